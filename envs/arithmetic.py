@@ -1,10 +1,10 @@
-"""Procedural integer arithmetic with directional feedback (``rlrf/Arithmetic-v0``).
+r"""Procedural integer arithmetic with directional feedback (``rlrf/Arithmetic-v0``).
 
 Each task is an expression such as ``37 + 58`` or ``12 * 7``, generated deterministically from
 its task id, so every process agrees on the task set without shipping data.
 
 Reward: 1.0 when the final answer equals the value, else 0.0. The final answer is the content
-of ``<answer>...</answer>`` if present, else of ``\\boxed{...}``, else the last integer in the
+of ``<answer>...</answer>`` if present, else of ``\boxed{...}``, else the last integer in the
 response.
 
 Feedback (never the answer itself):
@@ -55,6 +55,7 @@ class ArithmeticEnv(RLRFEnv):
         n_train: Number of training tasks.
         n_test: Number of held-out tasks.
         system_prompt: Optional system message.
+
     """
 
     def __init__(
@@ -66,8 +67,10 @@ class ArithmeticEnv(RLRFEnv):
         system_prompt: str | None = None,
     ) -> None:
         if digits < 1 or not ops or set(ops) - set(_OPS):
-            raise ValueError(f"digits must be >= 1 and ops a non-empty subset of '+-*', got "
-                             f"digits={digits}, ops={ops!r}")
+            raise ValueError(
+                f"digits must be >= 1 and ops a non-empty subset of '+-*', got "
+                f"digits={digits}, ops={ops!r}"
+            )
         self.digits, self.ops = digits, ops
         self._ids = {
             "train": [f"train-{i:05d}" for i in range(n_train)],

@@ -186,8 +186,8 @@ def check_gold_not_leaked(env: _AnyEnv, max_tasks: int = 20) -> None:
 
 def _check_episode(env: _AnyEnv) -> None:
     env.reset(seed=0)
-    for turn in range(env.max_turns + 1):
-        obs, reward, terminated, truncated, info = env.step("I do not know.")
+    for _ in range(env.max_turns + 1):
+        _, reward, terminated, truncated, info = env.step("I do not know.")
         if not isinstance(info.get("feedback"), tuple):
             raise EnvCheckError(f"{_name(env)}: step's info['feedback'] must be a tuple")
         if not isinstance(reward, (int, float)) or not math.isfinite(reward):
@@ -206,6 +206,7 @@ def check_env(env: _AnyEnv, *, skip: Sequence[str] = ()) -> None:
     Args:
         env: The environment (possibly wrapped).
         skip: Names of checks to skip, e.g. ``("check_gold_not_leaked",)``.
+
     """
     checks = [
         check_spaces,

@@ -12,6 +12,7 @@ task (the same seed picks the same task; ``options={"task_id": ...}`` picks one 
 ``step(response)`` returns ``(observation, reward, terminated, truncated, info)`` with the
 typed feedback in ``info["feedback"]``. :meth:`RLRFEnv.step_result` is the typed view.
 
+>>> from rlrf import FeedbackKind
 >>> class Echo(RLRFEnv):
 ...     def task_ids(self, split="train"):
 ...         return ["a", "b"] if split == "train" else ["c"]
@@ -35,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, SupportsFloat, TypedDict
+from typing import Any, ClassVar, SupportsFloat, TypedDict
 
 import gymnasium
 import numpy as np
@@ -74,9 +75,7 @@ class ChatSpace(spaces.Space):
         if not isinstance(x, (list, tuple)) or not 0 < len(x) <= self.max_messages:
             return False
         return all(
-            isinstance(m, dict)
-            and m.get("role") in _ROLES
-            and isinstance(m.get("content"), str)
+            isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
             for m in x
         )
 
@@ -134,6 +133,7 @@ class Outcome:
         observation: For multi-turn envs: messages appended after the response (for example
             a tool's result) that the policy sees on its next turn.
         info: Free-form extra information, copied into the step's ``info``.
+
     """
 
     reward: float | None
@@ -201,7 +201,7 @@ class RLRFEnv(gymnasium.Env):
         feedback_max_chars: The cap :func:`rlrf.check_env` enforces on feedback text.
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
     observation_space = ChatSpace()
     action_space = ResponseSpace()
     max_turns: int = 1
@@ -259,6 +259,7 @@ class RLRFEnv(gymnasium.Env):
         Args:
             seed: Seeds the env's RNG; the same seed picks the same task.
             options: ``{"task_id": id}`` picks a task; ``{"split": name}`` draws from a split.
+
         """
         super().reset(seed=seed)
         options = dict(options or {})

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "EntryPointError",
     "EnvCheckError",
     "EnvError",
     "EnvNotFoundError",
-    "EntryPointError",
     "InvalidEnvIdError",
     "PluginError",
     "RLRFError",

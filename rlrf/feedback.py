@@ -1,4 +1,4 @@
-"""Typed feedback: what an environment says about a response besides its reward.
+r"""Typed feedback: what an environment says about a response besides its reward.
 
 A :class:`Feedback` has a :class:`FeedbackKind` from a closed set, the ``text`` the policy is
 shown, optional structured ``details`` typed per kind (a failing test case, a runtime error, a
@@ -7,9 +7,9 @@ schema violation, a judge's score) and a ``source`` naming what produced it.
 >>> fb = Feedback(FeedbackKind.WRONG_ANSWER, "Input 2 3: expected 5, got 6",
 ...               TestCaseDetails(input="2 3", expected="5", actual="6"), source="tests")
 >>> render_feedback([fb, Feedback(FeedbackKind.FORMAT, "Put the code in a block.")])
-'Input 2 3: expected 5, got 6\\n\\nPut the code in a block.'
+'Input 2 3: expected 5, got 6\n\nPut the code in a block.'
 >>> render_feedback(Feedback(FeedbackKind.OTHER, "x" * 50), max_chars=40)
-'xxxxxxxxxxxx\\n[... truncated 38 characters]'
+'xxxxxxxxxx\n[... truncated 40 characters]'
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from rlrf.errors import TrajectoryFormatError
 
@@ -107,7 +107,7 @@ class JudgeDetails:
     model: str = ""
 
 
-Details = Union[TestCaseDetails, ErrorDetails, ToolCallDetails, JudgeDetails]
+Details = TestCaseDetails | ErrorDetails | ToolCallDetails | JudgeDetails
 _DETAIL_TYPES: dict[str, type] = {
     "test_case": TestCaseDetails,
     "error": ErrorDetails,
@@ -126,6 +126,7 @@ class Feedback:
         text: What the policy (or the self-teacher) is shown.
         details: Structured data typed per kind, for analysis and tests; never shown as is.
         source: What produced it, e.g. ``"code/public-tests"`` or ``"judge:qwen"``.
+
     """
 
     kind: FeedbackKind
@@ -204,7 +205,7 @@ def truncate_text(text: str, max_chars: int | None, *, max_bytes: int | None = N
     The result, marker included, fits both caps. Cuts fall on character boundaries, so a
     multi-byte UTF-8 sequence is never split, and a surrogate pair is never separated.
     """
-    if max_chars is not None and max_chars < 0 or max_bytes is not None and max_bytes < 0:
+    if (max_chars is not None and max_chars < 0) or (max_bytes is not None and max_bytes < 0):
         raise ValueError("max_chars and max_bytes must be >= 0 (or None for no cap)")
     fits_chars = max_chars is None or len(text) <= max_chars
     fits_bytes = max_bytes is None or len(text.encode("utf-8", "surrogatepass")) <= max_bytes

@@ -55,7 +55,9 @@ __all__ = [
 #: The entry-point group third-party packages use to register their environments.
 ENTRY_POINT_GROUP = "rlrf.envs"
 
-_ID_RE = re.compile(r"^(?P<namespace>[A-Za-z0-9_.\-]+)/(?P<name>[A-Za-z0-9_.\-]+?)(?:-v(?P<version>\d+))?$")
+_ID_RE = re.compile(
+    r"^(?P<namespace>[A-Za-z0-9_.\-]+)/(?P<name>[A-Za-z0-9_.\-]+?)(?:-v(?P<version>\d+))?$"
+)
 
 
 class PluginWarning(RLRFWarning):
@@ -73,6 +75,7 @@ class EnvSpec:
         max_turns: Overrides the env's ``max_turns`` when set.
         description: One line shown by ``rlrf envs``.
         plugin: ``"distribution:entry-point"`` for envs registered by a plugin.
+
     """
 
     id: str
@@ -201,6 +204,7 @@ def register(
 
     Returns:
         The new :class:`EnvSpec`.
+
     """
     namespace, name, version = _parse_id(id)
     if version is None:
@@ -312,7 +316,9 @@ def spec(env_id: str) -> EnvSpec:
     else:
         message += " Run `rlrf envs` to list the registered ids."
     if registry.plugin_errors:
-        message += " Note: some plugins failed to load: " + "; ".join(registry.plugin_errors)
+        message += " Note: some plugins failed to load: " + "; ".join(
+            registry.plugin_errors.values()
+        )
     raise EnvNotFoundError(message)
 
 

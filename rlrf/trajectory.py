@@ -35,8 +35,8 @@ from rlrf.feedback import Feedback
 __all__ = [
     "SCHEMA_VERSION",
     "Group",
-    "TrajectoryWriter",
     "Trajectory",
+    "TrajectoryWriter",
     "TruncatedFileWarning",
     "Turn",
     "read_trajectories",
@@ -63,6 +63,7 @@ class Turn:
         logprobs: The sampler's log-probability of each token in ``response_token_ids``.
         observation: Messages the env appended after this turn (multi-turn envs).
         info: Free-form, JSON-serializable extras.
+
     """
 
     response: str
@@ -121,6 +122,7 @@ class Trajectory:
         policy_version: The optimizer step of the policy that sampled it.
         timings: Seconds spent per phase (``"generate"``, ``"env"``, ...).
         info: Free-form, JSON-serializable extras (for SDPO: the teacher context).
+
     """
 
     env_id: str
@@ -298,9 +300,7 @@ class TrajectoryWriter:
         self.close()
 
 
-def write_trajectories(
-    path: str | os.PathLike[str], records: Sequence[Group | Trajectory]
-) -> None:
+def write_trajectories(path: str | os.PathLike[str], records: Sequence[Group | Trajectory]) -> None:
     """Write ``records`` to ``path`` (overwriting it)."""
     with TrajectoryWriter(path) as w:
         for r in records:

@@ -1,0 +1,159 @@
+"""The ``rlrf`` command line: list, check and sample environments; train; report.
+
+Run ``rlrf --help`` or ``rlrf COMMAND --help``. Heavy subcommands (``train``, ``report``,
+``ttsd``) import torch only when invoked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+
+import rlrf
+from rlrf.errors import RLRFError
+from rlrf.feedback import render_feedback
+
+__all__ = ["build_parser", "main"]
+
+# Subcommands provided by other packages: name -> (module, help). Each module exposes
+# ``add_parser(subparsers) -> ArgumentParser`` and the parser's ``func`` default.
+_EXTERNAL_COMMANDS = {
+    "train": ("algorithms.cli", "train a policy with GRPO, SDPO or the successful-rollout variant"),
+    "report": ("rlrf.report", "regenerate the report of one or more run folders"),
+    "ttsd": ("algorithms.ttsd_cli", "test-time self-distillation on hard questions"),
+}
+
+
+def _cmd_envs(args: argparse.Namespace) -> int:
+    if args.json:
+        rows = [
+            {"id": s.id, "description": s.description, "plugin": s.plugin}
+            for s in (rlrf.registry[i] for i in rlrf.registry)
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        rlrf.pprint_registry()
+    return 0
+
+
+def _parse_kwargs(pairs: Sequence[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--kwarg expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    env = rlrf.make(args.env_id, **_parse_kwargs(args.kwarg))
+    rlrf.check_env(env)
+    print(f"{args.env_id}: all checks passed")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    env = rlrf.make(args.env_id, **_parse_kwargs(args.kwarg))
+    for i in range(args.n):
+        prompt, info = env.reset(seed=args.seed + i, options={"split": args.split})
+        print(f"=== sample {i + 1}/{args.n}: task {info['task_id']} ({info['split']}) ===")
+        for m in prompt:
+            print(f"[{m['role']}]\n{m['content']}")
+        response = args.response
+        if response is None:
+            gold = env.gold_answer(info["task_id"])
+            response = f"<answer>{gold}</answer>" if gold and i % 2 else "I do not know."
+        print(f"[response]\n{response}")
+        result = env.step_result(response)
+        print(f"reward: {result.reward}  success: {result.success}")
+        text = render_feedback(result.feedback)
+        kinds = ", ".join(f.kind.value for f in result.feedback) or "none"
+        print(f"feedback ({kinds}):\n{text or '(no feedback)'}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``rlrf`` argument parser (external subcommands are added lazily)."""
+    parser = argparse.ArgumentParser(
+        prog="rlrf", description="Reinforcement Learning with Rich Feedback."
+    )
+    parser.add_argument("--version", action="version", version=f"rlrf {rlrf.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list the registered environments")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_envs)
+
+    p = sub.add_parser("check", help="run check_env on a registered environment")
+    p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor keyword argument (VALUE parsed as JSON when possible)",
+    )
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("sample", help="print prompts, a scripted response, reward and feedback")
+    p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
+    p.add_argument("--n", type=int, default=3, help="number of episodes (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
+    p.add_argument("--split", default="train", help="task split (default train)")
+    p.add_argument(
+        "--response",
+        default=None,
+        help="response to submit (default: alternately a refusal and the gold answer)",
+    )
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor keyword argument (VALUE parsed as JSON when possible)",
+    )
+    p.set_defaults(func=_cmd_sample)
+
+    for name, (module, help_text) in _EXTERNAL_COMMANDS.items():
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            continue
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=None, module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlrf`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.func is None:  # delegated subcommand: its module parses its own arguments
+            module = importlib.import_module(args.module)
+            return int(module.main(args.rest, prog=f"rlrf {args.command}") or 0)
+        return int(args.func(args) or 0)
+    except RLRFError as e:
+        print(f"rlrf {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

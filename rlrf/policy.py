@@ -1,0 +1,609 @@
+r"""The policy: a causal LM behind a small sampling interface, plus chunked scoring.
+
+Two pieces:
+
+* :class:`SamplingBackend`: ``sample(prompts, n, params) -> list[list[Sample]]``, G samples
+  per chat prompt with their token ids and per-token log-probs. Implemented by
+  :class:`HFPolicy` (a Hugging Face model, sampled with its own KV-cached loop) and by
+  :class:`OpenAIBackend` (any OpenAI-compatible endpoint, sampling only). A vLLM backend for
+  GPUs only needs to implement the same method.
+* Scoring: :func:`token_logprobs` and :func:`response_hidden_states` compute log-probs of
+  given response tokens under any prompt (for example a teacher context). The LM head runs
+  over chunks of positions, so peak memory grows with ``batch x chunk x vocab`` rather than
+  ``batch x length x vocab`` (SmolLM2's vocabulary is 49k); with gradients, each chunk is
+  recomputed in the backward pass (``torch.utils.checkpoint``) instead of being stored.
+
+Which distribution the log-probs belong to: the sampler returns log-probs of the
+temperature-scaled softmax over the FULL vocabulary, ``log_softmax(logits / temperature)``,
+evaluated at the sampled token. Top-p truncation changes which tokens can be drawn but is not
+renormalized into the returned log-probs, which is the convention of PPO-style trainers
+(verl, OpenRLHF): the trainer recomputes ``log_softmax(logits / temperature)`` for the ratio,
+so both sides measure the same distribution. With ``top_p=1`` (the default) the returned
+log-probs are exactly those of the distribution that was sampled. With ``temperature=0``
+(greedy) they are those of ``temperature=1``.
+
+Chat templates: prompts go through ``tokenizer.apply_chat_template`` with
+``add_generation_prompt=True`` (and ``enable_thinking=False``, which templates without a
+thinking switch ignore). A tokenizer without a chat template raises
+:class:`ChatTemplateError`, unless ``HFPolicy(..., chat_template="chatml")`` opts into the
+ChatML fallback (``<|im_start|>role\\ncontent<|im_end|>``), which only makes sense for models
+trained on it.
+
+This module imports torch; ``import rlrf`` does not import it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from rlrf.errors import ConfigError, RLRFError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlrf.env import Message
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "ChatTemplateError",
+    "HFPolicy",
+    "OpenAIBackend",
+    "Sample",
+    "SamplingBackend",
+    "SamplingParams",
+    "chunked_logprobs_from_hidden",
+    "encode_chat",
+    "lm_head_logits",
+    "response_hidden_states",
+    "token_logprobs",
+]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""The ChatML fallback template used with ``chat_template="chatml"``."""
+
+FinishReason = Literal["stop", "length"]
+
+
+class ChatTemplateError(RLRFError, ValueError):
+    """The tokenizer has no chat template and no fallback was chosen."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample.
+
+    Attributes:
+        temperature: Softmax temperature; 0 means greedy decoding.
+        top_p: Nucleus sampling mass (1.0 = off).
+        max_new_tokens: Cap on generated tokens per response (EOS included).
+        seed: Seed of the sampling RNG for this call; None draws from torch's global RNG.
+
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Sample:
+    """One sampled response.
+
+    Attributes:
+        text: The decoded response, without the EOS token.
+        token_ids: The sampled token ids, EOS included when generation stopped on it; None
+            where the backend cannot tell (some OpenAI-compatible servers).
+        logprobs: Per-token log-probs of ``token_ids`` under the sampling distribution (see
+            the module docstring); None where the backend does not return them.
+        finish_reason: ``"stop"`` (EOS) or ``"length"`` (hit ``max_new_tokens``).
+        prompt_token_ids: The tokenized prompt, where known.
+
+    """
+
+    text: str
+    token_ids: list[int] | None
+    logprobs: list[float] | None
+    finish_reason: FinishReason
+    prompt_token_ids: list[int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SamplingBackend(Protocol):
+    """Anything that samples ``n`` responses for each chat prompt."""
+
+    def sample(
+        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Return ``n`` samples per prompt, in prompt order."""
+        ...
+
+
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Message],
+    *,
+    chat_template: str | None = None,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Tokenize chat messages through the tokenizer's chat template.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        messages: The chat so far.
+        chat_template: Template overriding the tokenizer's (``"chatml"`` for the fallback).
+        add_generation_prompt: Append the assistant header.
+
+    Raises:
+        ChatTemplateError: the tokenizer has no chat template and none was given.
+
+    """
+    template = CHATML_TEMPLATE if chat_template == "chatml" else chat_template
+    if template is None and not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ChatTemplateError(
+            f"tokenizer {name!r} has no chat template; use an instruction-tuned model, set "
+            f"tokenizer.chat_template, or pass chat_template='chatml' to HFPolicy for the "
+            f"ChatML fallback"
+        )
+    text = tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        enable_thinking=False,
+    )
+    # the template already holds the special tokens (BOS included where the model wants it)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    if not ids:
+        raise ChatTemplateError("the tokenizer has no EOS token; set tokenizer.eos_token")
+    return sorted(ids)
+
+
+def _cache_kwarg(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument: ``cache`` in transformers >= 5.2x, else the old one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _output_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set logits outside the smallest set with mass >= top_p to -inf (keeps at least one)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class HFPolicy:
+    """A Hugging Face causal LM with its tokenizer: sampling and scoring.
+
+    Args:
+        model: The causal LM (possibly wrapped by ``peft``).
+        tokenizer: Its tokenizer; the pad token defaults to EOS.
+        chat_template: None to use the tokenizer's, ``"chatml"`` for the ChatML fallback, or
+            a Jinja template string.
+        max_batch_size: Rows (prompt x sample) generated at once.
+
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        chat_template: str | None = None,
+        max_batch_size: int = 64,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.chat_template = chat_template
+        self.max_batch_size = max_batch_size
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = "smollm2-135m",
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> HFPolicy:
+        """Load through :func:`rlrf.models.load_model` (the embedded model by default)."""
+        from rlrf.models import load_model
+
+        model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Tokenize a chat prompt with the assistant header appended."""
+        return encode_chat(self.tokenizer, messages, chat_template=self.chat_template)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Decode response tokens, dropping EOS and other special tokens."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def sample(
+        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Sample ``n`` responses per chat prompt (see :class:`SamplingBackend`)."""
+        encoded = [self.encode(p) for p in prompts]
+        return self.sample_ids(encoded, n, params)
+
+    def sample_ids(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Sample ``n`` responses per tokenized prompt."""
+        rows = [list(p) for p in prompt_ids for _ in range(n)]
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        flat: list[Sample] = []
+        for start in range(0, len(rows), self.max_batch_size):
+            flat.extend(
+                self._generate(rows[start : start + self.max_batch_size], params, generator)
+            )
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        rows: list[list[int]],
+        params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> list[Sample]:
+        model, device = self.model, self.device
+        was_training = model.training
+        model.eval()
+        pad = int(self.tokenizer.pad_token_id)
+        width = max(len(r) for r in rows)
+        # left padding so every row's next token is at the last column
+        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        attn = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r, device=device)
+            attn[i, width - len(r) :] = 1
+        positions = (attn.cumsum(-1) - 1).clamp_(min=0)
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        cache_kw = _cache_kwarg(model)
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        tokens: list[torch.Tensor] = []
+        logps: list[torch.Tensor] = []
+        out = model(
+            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
+        try:
+            for _ in range(params.max_new_tokens):
+                logits = out.logits[:, -1].float()
+                scaled = logits / params.temperature if params.temperature > 0 else logits
+                logp = scaled.log_softmax(-1)
+                if params.temperature == 0:
+                    token = logits.argmax(-1)
+                else:
+                    pick = _top_p_filter(scaled, params.top_p) if params.top_p < 1 else scaled
+                    token = torch.multinomial(pick.softmax(-1), 1, generator=generator)[:, 0]
+                token = torch.where(finished, torch.full_like(token, pad), token)
+                tokens.append(token)
+                logps.append(logp.gather(-1, token[:, None])[:, 0])
+                finished |= torch.isin(token, eos)
+                if bool(finished.all()):
+                    break
+                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+                positions = positions[:, -1:] + 1
+                out = model(
+                    input_ids=token[:, None], attention_mask=attn, position_ids=positions,
+                    use_cache=True, **{cache_kw: _output_cache(out)},
+                )  # fmt: skip
+        finally:
+            model.train(was_training)
+        tok = torch.stack(tokens, 1).tolist()
+        lp = torch.stack(logps, 1).tolist()
+        eos_set = set(self.eos_token_ids)
+        samples = []
+        for i, row in enumerate(rows):
+            length = len(tok[i])
+            reason: FinishReason = "length"
+            for t, token_id in enumerate(tok[i]):
+                if token_id in eos_set:
+                    length, reason = t + 1, "stop"
+                    break
+            ids_i = tok[i][:length]
+            samples.append(
+                Sample(
+                    text=self.decode(ids_i),
+                    token_ids=ids_i,
+                    logprobs=lp[i][:length],
+                    finish_reason=reason,
+                    prompt_token_ids=row,
+                )
+            )
+        return samples
+
+    def score(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+        chunk_size: int = 256,
+    ) -> list[list[float]]:
+        """Log-probs of each response's tokens after its prompt (no gradient).
+
+        Args:
+            prompt_ids: Tokenized prompts (for example teacher contexts).
+            response_ids: The response tokens to score, one list per prompt.
+            temperature: Logits are divided by it before the softmax (as when sampling).
+            chunk_size: Positions per LM-head chunk.
+
+        """
+        with torch.no_grad():
+            hidden, _ = response_hidden_states(self.model, prompt_ids, response_ids, pad=0)
+            targets = _pad_targets(response_ids, hidden.device)
+            lp = chunked_logprobs_from_hidden(
+                self.model, hidden, targets, temperature=temperature, chunk_size=chunk_size
+            )
+        return [lp[i, : len(r)].tolist() for i, r in enumerate(response_ids)]
+
+
+def _pad_targets(response_ids: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    width = max(1, max(len(r) for r in response_ids))
+    out = torch.zeros((len(response_ids), width), dtype=torch.long, device=device)
+    for i, r in enumerate(response_ids):
+        out[i, : len(r)] = torch.tensor(list(r), dtype=torch.long, device=device)
+    return out
+
+
+def response_hidden_states(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    pad: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compute the final hidden states at the positions that predict each response token.
+
+    Each row is ``prompt + response``, right-padded; one forward pass through the decoder
+    (without the LM head) gives the hidden states, and the ones that predict response token
+    ``t`` (at position ``len(prompt) + t - 1``) are gathered into a response-aligned tensor,
+    so student and teacher rows with different prompt lengths line up token by token.
+
+    Args:
+        model: A causal LM whose ``get_decoder()`` returns the transformer body.
+        prompt_ids: One tokenized prompt per row (non-empty).
+        response_ids: One list of response tokens per row.
+        pad: Token id used for padding (masked out by the attention mask).
+
+    Returns:
+        ``(hidden[B, L, H], mask[B, L])`` with ``L`` the longest response.
+
+    """
+    device = next(model.parameters()).device
+    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every row needs a non-empty prompt to predict its first token from")
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad, dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        row = list(p) + list(r)
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        attn[i, : len(row)] = 1
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
+    resp_len = torch.tensor([len(r) for r in response_ids], device=device)
+    max_len = max(1, int(resp_len.max()))
+    start = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)
+    offsets = torch.arange(max_len, device=device)
+    index = (start[:, None] + offsets[None, :]).clamp_(max=width - 1)
+    gathered = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+    mask = offsets[None, :] < resp_len[:, None]
+    return gathered, mask
+
+
+def lm_head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Apply the model's LM head (and final logit soft-capping where the config has it)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _chunk_logprobs(
+    model: PreTrainedModel, hidden: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    logits = lm_head_logits(model, hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+
+
+def chunked_logprobs_from_hidden(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    checkpoint_chunks: bool | None = None,
+) -> torch.Tensor:
+    """Per-token log-probs of ``targets`` from hidden states, the LM head run per chunk.
+
+    Args:
+        model: The causal LM (for its LM head).
+        hidden: ``[B, L, H]`` hidden states (see :func:`response_hidden_states`).
+        targets: ``[B, L]`` token ids.
+        temperature: Logits are divided by it before the log-softmax.
+        chunk_size: Positions per chunk; peak memory is ``B x chunk_size x vocab`` floats.
+        checkpoint_chunks: Recompute each chunk's logits in the backward pass instead of
+            storing them; defaults to "when gradients are enabled".
+
+    Returns:
+        ``[B, L]`` float32 log-probs.
+
+    """
+    if checkpoint_chunks is None:
+        checkpoint_chunks = torch.is_grad_enabled() and hidden.requires_grad
+    pieces = []
+    for start in range(0, hidden.shape[1], chunk_size):
+        h = hidden[:, start : start + chunk_size]
+        t = targets[:, start : start + chunk_size]
+        if checkpoint_chunks:
+            pieces.append(
+                checkpoint(_chunk_logprobs, model, h, t, temperature, use_reentrant=False)
+            )
+        else:
+            pieces.append(_chunk_logprobs(model, h, t, temperature))
+    return torch.cat(pieces, dim=1)
+
+
+def token_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    pad: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of response tokens under their prompts, with gradient if enabled.
+
+    Returns:
+        ``(logprobs[B, L], mask[B, L])``, response-aligned, zero where masked.
+
+    """
+    hidden, mask = response_hidden_states(model, prompt_ids, response_ids, pad=pad)
+    targets = _pad_targets(response_ids, hidden.device)
+    lp = chunked_logprobs_from_hidden(
+        model, hidden, targets, temperature=temperature, chunk_size=chunk_size
+    )
+    return lp * mask, mask
+
+
+class OpenAIBackend:
+    """Sampling through any OpenAI-compatible chat endpoint (no training).
+
+    Log-probs are requested and returned where the server provides them (``logprobs=True``);
+    token ids are filled in only when a ``tokenizer`` is given (by re-tokenizing the text,
+    which may differ from the server's own tokenization). Prompts are sent concurrently.
+
+    Args:
+        model: The model name the server expects.
+        base_url: For example ``http://127.0.0.1:8000/v1``.
+        api_key: Sent as the bearer token (local servers ignore it).
+        tokenizer: Optional tokenizer for ``Sample.token_ids``.
+        max_workers: Concurrent requests.
+        request_logprobs: Ask the server for per-token log-probs.
+        timeout: Seconds per request.
+
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        max_workers: int = 8,
+        request_logprobs: bool = True,
+        timeout: float = 120.0,
+    ) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_workers = max_workers
+        self.request_logprobs = request_logprobs
+
+    def sample(
+        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Sample ``n`` responses per chat prompt (see :class:`SamplingBackend`)."""
+        with concurrent.futures.ThreadPoolExecutor(self.max_workers) as pool:
+            return list(pool.map(lambda p: self._sample_one(p, n, params), prompts))
+
+    def _request(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list[Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(messages),
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+        }
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if self.request_logprobs:
+            kwargs["logprobs"] = True
+        return list(self.client.chat.completions.create(**kwargs).choices)
+
+    def _sample_one(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list:
+        choices = self._request(messages, n, params)
+        # some servers ignore n > 1: top up with single requests
+        while len(choices) < n:
+            more = self._request(messages, n - len(choices), params)
+            if not more:
+                raise RLRFError(f"server {self.client.base_url} returned no choices")
+            choices.extend(more)
+        return [self._to_sample(c) for c in choices[:n]]
+
+    def _to_sample(self, choice: Any) -> Sample:
+        text = choice.message.content or ""
+        logprobs = None
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
+        if content:
+            logprobs = [float(item.logprob) for item in content]
+        token_ids = None
+        if self.tokenizer is not None:
+            token_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        reason: FinishReason = "length" if choice.finish_reason == "length" else "stop"
+        return Sample(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason)
