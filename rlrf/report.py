@@ -1,0 +1,249 @@
+"""Run reports: Markdown plus PNG plots from one or more run folders.
+
+A run folder (written by the trainer) holds ``metrics.jsonl`` (one JSON object per line, each
+with ``step`` and ``generations``, the number of responses sampled so far, plus namespaced
+metrics), ``config.yaml`` and ``trajectories.jsonl``. :func:`write_report` draws
+
+* held-out accuracy and training reward against generations,
+* mean response length against generations,
+* the teacher-student divergence against generations,
+
+and writes ``report.md`` beside the plots, with the headline numbers and a few example
+rollouts with their feedback and teacher context. Several runs are overlaid on the same
+axes (``rlrf report RUN_A RUN_B --out cmp/``) for comparisons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlrf.errors import RLRFError
+from rlrf.trajectory import Group, Trajectory, read_trajectories
+
+__all__ = ["PLOTS", "RunMetrics", "load_run", "main", "write_report"]
+
+#: (file name, title, y label, metric keys tried in order) for each plot.
+PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("accuracy.png", "Held-out accuracy", "accuracy (avg@k)", ("eval/accuracy",)),
+    ("reward.png", "Training reward", "mean reward", ("rollout/reward_mean",)),
+    (
+        "response_length.png",
+        "Response length",
+        "tokens",
+        ("rollout/response_length_mean", "eval/response_length"),
+    ),
+    (
+        "divergence.png",
+        "Teacher-student divergence",
+        "divergence (token mean)",
+        ("train/divergence", "train/sdpo_divergence"),
+    ),
+)
+
+
+@dataclass
+class RunMetrics:
+    """The metrics of one run folder."""
+
+    path: Path
+    name: str
+    records: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """Return (generations, values) of every record holding a finite ``key``."""
+        xs, ys = [], []
+        for r in self.records:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                xs.append(float(r.get("generations", r.get("step", len(xs)))))
+                ys.append(float(v))
+        return xs, ys
+
+    def first_last(self, key: str) -> tuple[float, float] | None:
+        """First and last value of ``key``, or None when never logged."""
+        _, ys = self.series(key)
+        return (ys[0], ys[-1]) if ys else None
+
+
+def load_run(path: str | os.PathLike[str]) -> RunMetrics:
+    """Read a run folder's ``metrics.jsonl`` (and ``config.yaml`` when present)."""
+    root = Path(path)
+    metrics = root / "metrics.jsonl"
+    if not metrics.is_file():
+        raise RLRFError(
+            f"{root} is not a run folder: {metrics.name} is missing (pass the folder that "
+            "`rlrf train` or `make demo` printed)"
+        )
+    records = []
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno == len(lines):
+                break  # a run killed mid-write: keep the complete lines
+            raise RLRFError(f"{metrics}:{lineno} is not valid JSON") from None
+    config: dict[str, Any] = {}
+    cfg_path = root / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        config = yaml.safe_load(cfg_path.read_text()) or {}
+    name = str(config.get("run_name") or config.get("algorithm") or root.name)
+    return RunMetrics(root, name, records, config)
+
+
+def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for filename, title, ylabel, keys in PLOTS:
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        drew = False
+        for run in runs:
+            for key in keys:
+                xs, ys = run.series(key)
+                if xs:
+                    label = run.name if len(keys) == 1 else f"{run.name} ({key})"
+                    ax.plot(xs, ys, marker="o", markersize=3, label=label)
+                    drew = True
+        if not drew:
+            plt.close(fig)
+            continue
+        ax.set_title(title)
+        ax.set_xlabel("generations (responses sampled)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / filename)
+        plt.close(fig)
+        written.append(filename)
+    return written
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _examples(run: RunMetrics, limit: int = 2) -> list[str]:
+    path = run.path / "trajectories.jsonl"
+    if not path.is_file():
+        return []
+    shown: list[str] = []
+    for record in read_trajectories(path):
+        trajectories = record.trajectories if isinstance(record, Group) else [record]
+        for t in trajectories:
+            if not isinstance(t, Trajectory) or not t.feedback or not t.info.get("teacher_context"):
+                continue
+            context = t.info["teacher_context"]
+            teacher_text = context[-1]["content"] if isinstance(context, list) else str(context)
+            shown.append(
+                "\n".join(
+                    [
+                        f"**Task {t.task_id}** (step {t.policy_version}, reward {t.reward})",
+                        "",
+                        "Response:",
+                        "```text",
+                        t.response[:800],
+                        "```",
+                        "Feedback:",
+                        "```text",
+                        "\n".join(f.text for f in t.feedback)[:800],
+                        "```",
+                        "Teacher context (last message):",
+                        "```text",
+                        teacher_text[:1200],
+                        "```",
+                    ]
+                )
+            )
+            if len(shown) >= limit:
+                return shown
+    return shown
+
+
+def write_report(
+    runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write ``report.md`` and the PNG plots for ``runs``; return the report's path.
+
+    With one run, the report goes to ``RUN/report/`` unless ``out`` is given; with several,
+    ``out`` is required and the runs are overlaid.
+    """
+    if not runs:
+        raise RLRFError("give at least one run folder")
+    loaded = [load_run(r) for r in runs]
+    if out is None:
+        if len(loaded) > 1:
+            raise RLRFError("comparing several runs needs --out DIR for the combined report")
+        out = loaded[0].path / "report"
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = _plot(loaded, out_dir)
+    lines = ["# rlrf run report", ""]
+    lines += [
+        "| run | generations | held-out accuracy (first → last) | train reward (first → last) |"
+    ]
+    lines += ["| --- | --- | --- | --- |"]
+    for run in loaded:
+        gens = max((r.get("generations", 0) for r in run.records), default=0)
+        acc = run.first_last("eval/accuracy")
+        rew = run.first_last("rollout/reward_mean")
+        lines.append(
+            f"| {run.name} | {gens} | {_fmt(acc and acc[0])} → {_fmt(acc and acc[1])} | "
+            f"{_fmt(rew and rew[0])} → {_fmt(rew and rew[1])} |"
+        )
+    lines.append("")
+    for image in images:
+        lines += [f"![{image}]({image})", ""]
+    for run in loaded:
+        if run.config:
+            keys = (
+                "algorithm",
+                "env",
+                "model",
+                "steps",
+                "questions_per_step",
+                "rollouts_per_question",
+            )
+            shown = {k: run.config[k] for k in keys if k in run.config}
+            if shown:
+                lines += [f"## {run.name}: configuration", "", "```yaml"]
+                lines += [f"{k}: {v}" for k, v in shown.items()] + ["```", ""]
+        examples = _examples(run)
+        if examples:
+            lines += [f"## {run.name}: example rollouts with feedback", ""]
+            for ex in examples:
+                lines += [ex, ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "rlrf report") -> int:
+    """``rlrf report RUN_DIR [RUN_DIR ...] [--out DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Regenerate the report of one run, or overlay several runs."
+    )
+    parser.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: RUN/report for a single run)"
+    )
+    args = parser.parse_args(argv)
+    report = write_report(args.runs, args.out)
+    print(f"report: {report}")
+    return 0
