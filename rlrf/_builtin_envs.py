@@ -7,3 +7,16 @@ register(
     "envs.arithmetic:ArithmeticEnv",
     description="Integer arithmetic; feedback says whether the answer is too high or too low",
 )
+register(
+    "rlrf/Code-v0",
+    "envs.code:CodeEnv",
+    kwargs={"dataset": "shipped"},
+    description="Competitive programming with judge-style feedback; dataset=PATH loads "
+    "LiveCodeBench JSONL",
+)
+register(
+    "rlrf/HumanEval-v0",
+    "envs.code:CodeEnv",
+    kwargs={"dataset": "humaneval"},
+    description="HumanEval (164 problems); failed-assertion / runtime-error feedback",
+)

