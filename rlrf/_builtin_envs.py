@@ -20,3 +20,30 @@ register(
     kwargs={"dataset": "humaneval"},
     description="HumanEval (164 problems); failed-assertion / runtime-error feedback",
 )
+register(
+    "rlrf/ToolUse-v0",
+    "envs.tool_use:ToolUseEnv",
+    description="Tool calls validated with JSON Schema against ground truth; multi-turn tools",
+)
+register(
+    "rlrf/BFCL-v0",
+    "envs.bfcl:BFCLEnv",
+    kwargs={"categories": ["simple", "multiple", "parallel"]},
+    description="BFCL simple/multiple/parallel function calling (needs bfcl-eval --no-deps)",
+)
+register(
+    "rlrf/Judge-v0",
+    "envs.judge:JudgeEnv",
+    description="LLM-judge score and critique from any OpenAI-compatible endpoint",
+)
+register(
+    "rlrf/MCQ-v0",
+    "envs.science:MultipleChoiceEnv",
+    description="Multiple-choice science QA; 1/0 reward, explanation feedback if any",
+)
+register(
+    "rlrf/ReasoningGym-v0",
+    "envs.reasoning:ReasoningGymEnv",
+    kwargs={"dataset": "chain_sum"},
+    description="reasoning-gym procedural tasks (any dataset by name), score_answer reward",
+)

@@ -1,0 +1,333 @@
+"""JudgeEnv against real HTTP servers: a stdlib fault server and llm-katan with a real model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import rlrf
+from envs.judge import JudgeClient, JudgeEnv, JudgeParseError, parse_verdict
+from rlrf import FeedbackKind
+
+_HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("judge_http_server", _HERE / "judge_http_server.py")
+fake = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake)
+
+
+@pytest.fixture
+def serve():
+    """Start an in-process stdlib judge server in a mode; shut all down at the end."""
+    started = []
+
+    def start(mode: str, **kwargs) -> fake.JudgeServer:
+        server = fake.JudgeServer(mode, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def _env(server_url: str, **kwargs) -> JudgeEnv:
+    kwargs.setdefault("max_retries", 0)
+    kwargs.setdefault("timeout_s", 5.0)
+    return JudgeEnv(base_url=server_url, model="judge", **kwargs)
+
+
+def _assert_missing(outcome, *needles: str) -> None:
+    assert outcome.reward is None
+    (fb,) = outcome.feedback_items
+    assert fb.kind is FeedbackKind.OTHER
+    assert "judge" in fb.text
+    for needle in needles:
+        assert needle in fb.text, fb.text
+
+
+# ---- the parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "score", "critique"),
+    [
+        ('{"score": 7, "critique": "ok"}', 7.0, "ok"),
+        ('Sure!\n```json\n{"rating": "8/10", "feedback": "good"}\n```', 8.0, "good"),
+        ('{"response": "{\\"score\\": 3, \\"critique\\": \\"bad\\"}"}', 3.0, "bad"),
+        ('{"response": "The score is 6 because it is short."}', 6.0, None),
+        ("Score: 4/5. Missing details.", 8.0, None),
+        ('{"score": 7, "critique": "cut off her', 7.0, "cut off her"),
+    ],
+)
+def test_parse_verdict_tolerates_common_shapes(text, score, critique):
+    verdict = parse_verdict(text, 0, 10)
+    assert verdict.score == score
+    if critique is not None:
+        assert verdict.critique == critique
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "nice answer!", '{"score": 42}', '{"score":'])
+def test_parse_verdict_rejects_unusable_answers(text):
+    with pytest.raises(JudgeParseError):
+        parse_verdict(text, 0, 10)
+
+
+# ---- the stdlib server --------------------------------------------------------------------
+
+
+def test_env_passes_check_env_and_normalizes_the_score(serve):
+    server = serve("ok")
+    env = _env(server.url)
+    rlrf.check_env(env)
+    outcome = env.evaluate("haiku-autumn", "Leaves fall, red and gold.")
+    assert outcome.reward == pytest.approx(0.7)
+    (fb,) = outcome.feedback_items
+    assert fb.kind is FeedbackKind.JUDGE_CRITIQUE
+    assert fb.text == "Mostly right, but add an example."
+    assert fb.details.score == 7 and fb.details.max_score == 10
+    assert not outcome.solved
+
+
+def test_cache_answers_repeated_requests_without_http(serve):
+    server = serve("ok")
+    env = _env(server.url)
+    first = env.evaluate("haiku-autumn", "Leaves fall.")
+    second = env.evaluate("haiku-autumn", "Leaves fall.")
+    third = env.evaluate("haiku-autumn", "Leaves fall!")
+    assert first.reward == second.reward == third.reward
+    assert server.requests == 2
+    assert env.client.stats["cache_hits"] == 1
+
+
+def test_concurrency_limit_is_respected(serve):
+    server = serve("slow", delay=0.3)
+    env = _env(server.url, max_concurrency=2)
+    start = time.monotonic()
+    outcomes = env.evaluate_many("haiku-autumn", [f"answer {i}" for i in range(6)])
+    elapsed = time.monotonic() - start
+    assert [o.reward for o in outcomes] == [pytest.approx(0.7)] * 6
+    assert server.max_inflight == 2  # concurrent, but never more than the limit
+    assert elapsed >= 0.85  # 6 requests / 2 slots * 0.3 s
+
+
+def test_slow_server_times_out_with_missing_reward(serve):
+    server = serve("slow", delay=3.0)
+    env = _env(server.url, timeout_s=0.4, max_retries=1, backoff_s=0.05)
+    start = time.monotonic()
+    outcome = env.evaluate("haiku-autumn", "Leaves fall.")
+    assert time.monotonic() - start < 2.5
+    _assert_missing(outcome, "did not answer within 0.4 s", "2 attempt(s)")
+    result = _step(env, "Leaves fall.")
+    assert result.reward_missing and result.reward == 0.0
+
+
+def _step(env, response):
+    env.reset(options={"task_id": "haiku-autumn"})
+    return env.step_result(response)
+
+
+@pytest.mark.parametrize(
+    ("mode", "needle"),
+    [
+        ("garbage", "no usable score"),
+        ("empty", "empty"),
+        ("truncated", "cut off at the token limit"),
+        ("invalid_json", "unreadable response"),
+    ],
+)
+def test_bad_judge_answers_give_missing_reward(serve, mode, needle):
+    server = serve(mode)
+    env = _env(server.url)
+    outcome = env.evaluate("haiku-autumn", "Leaves fall.")
+    _assert_missing(outcome, needle)
+    assert "judge_error" in outcome.info
+    assert env.client.stats["failures"] == 1
+
+
+def test_refused_key_is_reported_and_not_retried(serve):
+    server = serve("unauthorized")
+    env = _env(server.url, max_retries=3, api_key_env="RLRF_TEST_NO_SUCH_KEY")
+    outcome = env.evaluate("haiku-autumn", "Leaves fall.")
+    _assert_missing(outcome, "refused the API key", "$RLRF_TEST_NO_SUCH_KEY")
+    assert server.requests == 1
+
+
+def test_transient_errors_are_retried_with_backoff(serve):
+    server = serve("flaky", fail_first=2)
+    env = _env(server.url, max_retries=2, backoff_s=0.05)
+    outcome = env.evaluate("haiku-autumn", "Leaves fall.")
+    assert outcome.reward == pytest.approx(0.7)
+    assert server.requests == 3
+
+
+def test_server_without_json_mode_falls_back_to_plain_chat(serve):
+    server = serve("no_json_mode")
+    env = _env(server.url)
+    assert env.evaluate("haiku-autumn", "Leaves fall.").reward == pytest.approx(0.7)
+    assert env.client.response_format is None
+
+
+def test_no_server_gives_missing_reward_fast():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens
+    env = _env(f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_s=0.05)
+    start = time.monotonic()
+    outcomes = env.evaluate_many("haiku-autumn", ["a", "b", "c"])
+    assert time.monotonic() - start < 5
+    for outcome in outcomes:
+        _assert_missing(outcome, "cannot connect")
+
+
+def test_empty_response_and_odd_text_need_no_crash(serve):
+    server = serve("ok")
+    env = _env(server.url)
+    empty = env.evaluate("haiku-autumn", "  ")
+    assert empty.reward == 0.0 and empty.feedback_items[0].kind is FeedbackKind.FORMAT
+    assert server.requests == 0  # graded without asking the judge
+    odd = env.evaluate("haiku-autumn", "caf\udce9 \ud800 \x00" + "x" * 50_000)
+    assert odd.reward == pytest.approx(0.7)
+
+
+def test_judge_wraps_another_env_with_its_gold_as_reference(serve):
+    server = serve("ok")
+    env = _env(server.url, base_env="rlrf/Arithmetic-v0")
+    task = env.task_ids("train")[0]
+    assert env.prompt(task) == rlrf.make("rlrf/Arithmetic-v0").prompt(task)
+    gold = rlrf.make("rlrf/Arithmetic-v0").gold_answer(task)
+    messages = env.client.messages("r", env.prompt(task), "resp", gold)
+    assert f"## Reference answer\n{gold}" in messages[1]["content"]
+    assert env.evaluate(task, "<answer>1</answer>").reward == pytest.approx(0.7)
+
+
+def test_server_killed_mid_run(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, str(_HERE / "judge_http_server.py"), "ok"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), proc.stderr.read()
+        env = _env(f"http://127.0.0.1:{line.split()[1]}/v1", max_retries=1, backoff_s=0.05)
+        assert env.evaluate("haiku-autumn", "first").reward == pytest.approx(0.7)
+        proc.kill()
+        proc.wait(timeout=10)
+        after = env.evaluate_many("haiku-autumn", ["first", "second", "third"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert after[0].reward == pytest.approx(0.7)  # cached before the kill
+    for outcome in after[1:]:
+        _assert_missing(outcome, "cannot connect")
+
+
+def test_registered_id_makes_the_env(serve):
+    server = serve("ok")
+    rlrf.register(
+        "rlrf/Judge-v0",
+        "envs.judge:JudgeEnv",
+        description="LLM-judge score and critique from any OpenAI-compatible endpoint",
+        override=True,
+    )
+    env = rlrf.make("rlrf/Judge-v0", base_url=server.url, max_retries=0)
+    assert env.evaluate("haiku-autumn", "Leaves.").reward == pytest.approx(0.7)
+
+
+def test_client_rejects_bad_configuration():
+    with pytest.raises(rlrf.ConfigError):
+        JudgeClient("http://127.0.0.1:1/v1", "m", min_score=5, max_score=5)
+    with pytest.raises(rlrf.ConfigError):
+        JudgeClient("http://127.0.0.1:1/v1", "m", response_format="xml")
+
+
+# ---- llm-katan serving the real default model ---------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def katan():
+    """llm-katan serving the embedded SmolLM2-135M on 127.0.0.1 (fails, never skips)."""
+    from rlrf.models import default_model_path
+
+    exe = Path(sys.executable).with_name("llm-katan")
+    assert exe.exists(), "llm-katan is not installed: pip install llm-katan"
+    model = default_model_path()
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    stats = Path(log.name).with_suffix(".stats.json")
+    cmd = [str(exe), "--model", str(model), "--served-model-name", "judge", "--host",
+           "127.0.0.1", "--port", str(port), "--no-quantize", "--device", "cpu",
+           "--max-tokens", "16", "--stats-file", str(stats), "--disable-dashboard",
+           "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"llm-katan exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"llm-katan not ready within 120 s:\n{log.read()[-3000:]}")
+            time.sleep(0.3)
+        yield f"{url}/v1", proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+        os.unlink(log.name)
+        stats.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_real_model_judge_then_server_killed(katan, monkeypatch):
+    url, proc = katan
+    monkeypatch.setenv("RLRF_JUDGE_API_KEY", "local-test-key")
+    env = JudgeEnv(base_url=url, model="judge", max_tokens=16, timeout_s=60, max_retries=0)
+    outcomes = env.evaluate_many("list-primes", ["2, 3, 5, 7, 11, 13, 17, 19", "banana"])
+    for outcome in outcomes:
+        # The 135M judge (cut at 16 tokens) often gives no usable score: then the reward is
+        # missing, never a fake 0. Either way the server must really have answered.
+        if outcome.reward is None:
+            _assert_missing(outcome)
+            assert "cannot connect" not in outcome.info["judge_error"]
+        else:
+            assert 0.0 <= outcome.reward <= 1.0
+            assert all(f.kind is FeedbackKind.JUDGE_CRITIQUE for f in outcome.feedback_items)
+    assert env.client.stats["requests"] == 2
+    # Kill the server mid-run: the next steps report a missing reward, nothing raises.
+    proc.kill()
+    proc.wait(timeout=15)
+    for outcome in env.evaluate_many("list-primes", ["2, 3, 5", "7"]):
+        _assert_missing(outcome, "cannot connect")
