@@ -1,0 +1,444 @@
+"""Adversarial properties, one per test, checked against every backend (see conftest.sandbox)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from sandboxes import ExecutionStatus, FunctionCall, Job, Limits, Sandbox
+from sandboxes.compare import json_match
+from tests.sandboxes.conftest import SECRET
+
+S = ExecutionStatus
+FAST = Limits(wall_time_s=3.0, cpu_time_s=2.0)
+SHORT = Limits(wall_time_s=1.5, cpu_time_s=1.0)
+
+
+def still_works(sb: Sandbox) -> None:
+    r = sb.run("print('alive')", limits=FAST)
+    assert (r.status, r.stdout) == (S.OK, "alive\n"), r
+
+
+# ----------------------------------------------------------------- processes
+
+
+FORK_BOMBS = {
+    "os.fork": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "posix.fork": "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass\n",
+    "multiprocessing": (
+        "import multiprocessing as mp, time\n"
+        "def spin():\n    while True:\n        pass\n"
+        "ps = []\n"
+        "for _ in range(10000):\n"
+        "    try:\n        p = mp.Process(target=spin); p.start(); ps.append(p)\n"
+        "    except Exception:\n        pass\n"
+        "print('started', len(ps))\n"
+        "time.sleep(60)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORK_BOMBS))
+def test_fork_bomb_is_contained(sandbox: Sandbox, kind: str) -> None:
+    t0 = time.monotonic()
+    r = sandbox.run(FORK_BOMBS[kind], limits=Limits(wall_time_s=2.0, cpu_time_s=2.0))
+    assert r.status is S.TIMEOUT, r
+    assert time.monotonic() - t0 < 10
+    still_works(sandbox)
+
+
+def test_process_count_is_capped(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\nn = 0\n"
+        "for _ in range(200):\n"
+        "    try:\n        pid = os.fork()\n    except OSError:\n        break\n"
+        "    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+        "    n += 1\n"
+        "print(n)\n"
+    )
+    r = sandbox.run(code, limits=Limits(wall_time_s=5.0, processes=8))
+    assert r.status is S.OK, r
+    assert int(r.stdout) < 8
+
+
+def test_posix_spawn_cannot_run_programs(sandbox: Sandbox) -> None:
+    code = (
+        "import os\n"
+        "try:\n"
+        "    pid = os.posix_spawn('/bin/echo', ['echo', 'PWNED'], {})\n"
+        "    os.waitpid(pid, 0)\n"
+        "except OSError as e:\n"
+        "    print('blocked', e.errno)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert "PWNED" not in r.stdout
+    assert "blocked" in r.stdout, r
+
+
+def test_orphans_from_double_fork_and_setsid_die(sandbox: Sandbox) -> None:
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(120)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.2)\n"
+        "print('parent done')\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert r.status is S.OK, r
+    assert r.wall_time_s < 2.5  # the run ends with its main process, orphans do not hold it
+    from tests.sandboxes.conftest import slot_uid_processes
+
+    if sandbox.name == "local":
+        assert slot_uid_processes(sandbox.slot_uids) == []  # type: ignore[attr-defined]
+    still_works(sandbox)
+
+
+def test_cannot_kill_the_parent_or_other_processes(sandbox: Sandbox) -> None:
+    code = (
+        "import os, signal\nres = []\n"
+        f"for pid in (os.getppid(), 1, {os.getpid()}):\n"
+        "    try:\n        os.kill(pid, signal.SIGKILL)\n        res.append('killed')\n"
+        "    except OSError as e:\n        res.append(type(e).__name__)\n"
+        "print(res)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert "killed" not in r.stdout, r
+    still_works(sandbox)
+
+
+# ----------------------------------------------------------------- resources
+
+
+def test_memory_bomb_reports_memory_limit(sandbox: Sandbox) -> None:
+    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024 * 1024))\n"
+    r = sandbox.run(code, limits=Limits(memory_bytes=128 << 20, wall_time_s=5.0))
+    assert r.status is S.MEMORY_LIMIT, r
+
+
+def test_one_huge_allocation_reports_memory_limit(sandbox: Sandbox) -> None:
+    r = sandbox.run("x = bytearray(8 << 30)\n", limits=Limits(memory_bytes=128 << 20))
+    assert r.status is S.MEMORY_LIMIT, r
+
+
+def test_cpu_loop_times_out(sandbox: Sandbox) -> None:
+    r = sandbox.run("while True:\n    pass\n", limits=SHORT)
+    assert r.status is S.TIMEOUT, r
+    assert r.wall_time_s < 4.0
+
+
+def test_sleep_times_out_on_wall_clock(sandbox: Sandbox) -> None:
+    r = sandbox.run("import time\ntime.sleep(60)\n", limits=Limits(wall_time_s=1.0))
+    assert r.status is S.TIMEOUT, r
+    assert 0.9 < r.wall_time_s < 3.0
+
+
+def test_c_level_bigint_computation_is_killed(sandbox: Sandbox) -> None:
+    # One C call that never checks for signals: only an external kill stops it.
+    r = sandbox.run("x = pow(3, 10**9)\n", limits=SHORT)
+    assert r.status is S.TIMEOUT, r
+    assert r.wall_time_s < 4.0
+
+
+def test_stack_overflow_is_a_runtime_error_naming_the_signal(sandbox: Sandbox) -> None:
+    # Through map() every level is a C call, so this exhausts the C stack, not the heap.
+    code = (
+        "import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return list(map(f, [n]))\nf(0)\n"
+    )
+    r = sandbox.run(code, limits=Limits(wall_time_s=10.0, memory_bytes=1 << 30))
+    assert r.status is S.RUNTIME_ERROR, r
+    assert r.signal_name == "SIGSEGV"
+    assert "SIGSEGV" in r.message
+
+
+def test_fd_exhaustion_is_capped(sandbox: Sandbox) -> None:
+    code = (
+        "fs = []\n"
+        "try:\n    while True:\n        fs.append(open('/dev/null'))\n"
+        "except OSError as e:\n    print(len(fs), e.errno)\n"
+    )
+    r = sandbox.run(code, limits=Limits(open_files=32, wall_time_s=5.0))
+    assert r.status is S.OK, r
+    assert int(r.stdout.split()[0]) <= 32
+
+
+def test_disk_fill_is_capped(sandbox: Sandbox) -> None:
+    code = (
+        "total = 0\n"
+        "try:\n"
+        "    for i in range(100000):\n"
+        "        with open(f'f{i}', 'wb') as f:\n"
+        "            f.write(b'x' * (1 << 20))\n"
+        "        total += 1 << 20\n"
+        "except OSError as e:\n    pass\n"
+        "print(total)\n"
+    )
+    r = sandbox.run(code, limits=Limits(file_size_bytes=8 << 20, wall_time_s=10.0))
+    assert r.status in (S.OK, S.RUNTIME_ERROR), r
+    # Docker caps the disk with the container's /tmp tmpfs, local with a per-run tmpfs.
+    cap = getattr(sandbox, "tmpfs_bytes", 8 << 20)
+    assert int(r.stdout or 0) <= cap
+    still_works(sandbox)
+
+
+def test_huge_stdout_is_capped_and_reported(sandbox: Sandbox) -> None:
+    t0 = time.monotonic()
+    r = sandbox.run(
+        "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n",
+        limits=Limits(output_bytes=100_000, wall_time_s=10.0),
+    )
+    assert r.status is S.OUTPUT_LIMIT, r.status
+    assert r.stdout_truncated and len(r.stdout) == 100_000
+    assert time.monotonic() - t0 < 5
+
+
+def test_huge_stderr_is_capped_and_reported(sandbox: Sandbox) -> None:
+    r = sandbox.run(
+        "import sys\nwhile True:\n    sys.stderr.write('e' * 65536)\n",
+        limits=Limits(output_bytes=100_000, wall_time_s=10.0),
+    )
+    assert r.status is S.OUTPUT_LIMIT, r.status
+    assert r.stderr_truncated and len(r.stderr) == 100_000
+
+
+def test_large_output_under_the_cap_is_not_a_false_timeout(sandbox: Sandbox) -> None:
+    r = sandbox.run("print('y' * 500_000)\n", limits=FAST)
+    assert r.status is S.OK, r.message
+    assert len(r.stdout) == 500_001 and not r.truncated
+
+
+# ----------------------------------------------------------------- files, env, network
+
+
+def test_cannot_read_etc_passwd(sandbox: Sandbox) -> None:
+    r = sandbox.run("print(open('/etc/passwd').read())", limits=FAST)
+    assert "root:" not in r.stdout
+
+
+def test_cannot_read_the_parents_files(sandbox: Sandbox) -> None:
+    target = os.path.abspath(__file__)
+    r = sandbox.run(f"print(open({target!r}).read())", limits=FAST)
+    assert "Adversarial properties" not in r.stdout
+    assert r.status is S.RUNTIME_ERROR
+
+
+def test_cannot_read_the_parents_environment(sandbox: Sandbox) -> None:
+    code = (
+        "import os\nfound = []\n"
+        "found.append(str(dict(os.environ)))\n"
+        f"for pid in ('self', os.getppid(), 1, {os.getpid()}):\n"
+        "    try:\n        found.append(open(f'/proc/{pid}/environ', 'rb').read().decode())\n"
+        "    except OSError:\n        pass\n"
+        "print('\\n'.join(found))\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert SECRET not in r.stdout
+
+
+def test_cannot_write_outside_the_temp_dir(sandbox: Sandbox, tmp_path) -> None:
+    tmp_path.chmod(0o777)  # even where permissions would allow it
+    targets = [str(tmp_path / "escape.txt"), "/tmp/rlrf-escape.txt", "/dev/shm/rlrf-escape"]
+    code = (
+        f"for p in {targets!r}:\n"
+        "    try:\n        open(p, 'w').write('x')\n        print('wrote', p)\n"
+        "    except OSError:\n        pass\n"
+        "open('inside.txt', 'w').write('ok')\nprint('inside ok')\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert "wrote" not in r.stdout, r.stdout
+    assert "inside ok" in r.stdout, r
+    assert not any(os.path.exists(p) for p in targets)
+
+
+def test_loopback_connection_fails(sandbox: Sandbox) -> None:
+    code = (
+        "import socket\ns = socket.socket()\ns.settimeout(2)\n"
+        "try:\n    s.connect(('127.0.0.1', 9))\n    print('connected')\n"
+        "except OSError as e:\n    print(e.errno)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert r.status is S.OK and r.stdout.strip() != "connected", r
+
+
+def test_no_network_interface_but_loopback(sandbox: Sandbox) -> None:
+    # The program's loopback is its own namespace's: no interface leads to the host.
+    r = sandbox.run("import socket\nprint([n for _, n in socket.if_nameindex()])", limits=FAST)
+    assert r.stdout == "['lo']\n", r
+
+
+def test_local_loopback_never_reaches_the_host(local_sandbox: Sandbox) -> None:
+    # A closed host port answers ECONNREFUSED (111); any other error means no packet reached
+    # the host's loopback (the worker's namespace has a down loopback, Landlock denies TCP).
+    code = (
+        "import socket\ns = socket.socket()\n"
+        "try:\n    s.connect(('127.0.0.1', 9))\n    print('connected')\n"
+        "except OSError as e:\n    print(e.errno)\n"
+    )
+    r = local_sandbox.run(code, limits=FAST)
+    assert r.stdout.strip() not in ("connected", "111"), r
+
+
+def test_no_route_to_outside_addresses(sandbox: Sandbox) -> None:
+    # UDP connect() only looks up a route; no packet is sent to the TEST-NET address.
+    code = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "try:\n    s.connect(('192.0.2.1', 9))\n    print('routed')\n"
+        "except OSError as e:\n    print('blocked', e.errno)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert r.stdout.startswith("blocked"), r
+
+
+# ----------------------------------------------------------------- grading tricks
+
+EXIT_TRICKS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "raise SystemExit(0)": "raise SystemExit(0)\n",
+    "os._exit(0)": "import os\nos._exit(0)\n",
+    "atexit os._exit(0)": (
+        "import atexit, os\natexit.register(lambda: os._exit(0))\n"
+        "def add(a, b):\n    raise AssertionError('wrong')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("trick", sorted(EXIT_TRICKS))
+def test_exit_tricks_never_pass_a_function_call(sandbox: Sandbox, trick: str) -> None:
+    code = EXIT_TRICKS[trick] + "def add(a, b):\n    return a + b\n"
+    if trick.startswith("atexit"):
+        code = EXIT_TRICKS[trick]
+    r = sandbox.run_function(code, "add", "[1, 2]", limits=FAST)
+    assert r.return_json is None
+    assert r.status is not S.OK
+    assert not json_match(r.return_json, 3)
+
+
+def test_exit_zero_before_the_end_is_not_completed(sandbox: Sandbox) -> None:
+    r = sandbox.run("import sys\nsys.exit(0)\nprint('tests ran')\n", limits=FAST)
+    assert r.exit_code == 0 and not r.completed
+
+
+def test_always_equal_object_cannot_pass(sandbox: Sandbox) -> None:
+    code = (
+        "class Eq:\n    def __eq__(self, other):\n        return True\n"
+        "    def __ne__(self, other):\n        return False\n"
+        "def solve(x):\n    return Eq()\n"
+    )
+    r = sandbox.run_function(code, "solve", "[5]", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR
+    assert "not strict JSON" in r.stderr
+    assert not json_match(r.return_json, 25)
+
+
+def test_lying_str_subclass_arrives_as_its_real_value(sandbox: Sandbox) -> None:
+    code = (
+        "class S(str):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = str.__hash__\n"
+        "def solve(x):\n    return S('nope')\n"
+    )
+    r = sandbox.run_function(code, "solve", '["a"]', limits=FAST)
+    assert r.return_value == "nope"
+    assert not json_match(r.return_json, "expected-answer")
+
+
+def test_frame_and_gc_inspection_find_no_expected_output(sandbox: Sandbox) -> None:
+    expected = "EXPECTED-3f9a1c"
+    code = (
+        "import gc, sys, inspect\n"
+        "def solve(x):\n"
+        "    seen = set()\n"
+        "    for o in gc.get_objects():\n"
+        "        try:\n            seen.add(str(o)[:200])\n        except Exception:\n            pass\n"
+        "    f = sys._getframe()\n"
+        "    while f:\n"
+        "        seen.update(repr(v)[:200] for v in f.f_locals.values())\n"
+        "        f = f.f_back\n"
+        "    hits = [s for s in seen if 'EXPECTED-' in s and 'hits' not in s]\n"
+        "    return hits[0] if hits else 'nothing'\n"
+    )
+    r = sandbox.run_function(code, "solve", json.dumps(["input"]), limits=FAST)
+    assert r.status is S.OK, r
+    assert expected not in (r.return_json or "")
+    assert not json_match(r.return_json, expected)
+
+
+def test_state_does_not_leak_between_runs(sandbox: Sandbox) -> None:
+    leak = (
+        "import json, sys, builtins\n"
+        "json.LEAKED = 1\nbuiltins.LEAKED = 1\nsys.modules['leaked_mod'] = json\n"
+        "open('leak.txt', 'w').write('x')\nprint('set')\n"
+    )
+    probe = (
+        "import json, builtins, os, sys\n"
+        "print(hasattr(json, 'LEAKED'), hasattr(builtins, 'LEAKED'),"
+        " 'leaked_mod' in sys.modules, os.path.exists('leak.txt'), os.listdir('.'))\n"
+    )
+    first = sandbox.run_many([Job(leak, limits=FAST)] * 4)
+    assert all(r.stdout == "set\n" for r in first)
+    for r in sandbox.run_many([Job(probe, limits=FAST)] * 4):
+        assert r.stdout == "False False False False ['solution.py']\n", r.stdout
+
+
+# ----------------------------------------------------------------- bad input, reporting
+
+
+def test_traceback_points_at_the_submitted_program(sandbox: Sandbox) -> None:
+    r = sandbox.run("x = 1\n\ndef g():\n    return 1 / 0\n\ng()\n", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR
+    assert 'File "solution.py", line 4, in g' in r.stderr
+    assert "_worker" not in r.stderr and "harness" not in r.stderr
+    assert r.stderr.rstrip().endswith("ZeroDivisionError: division by zero")
+
+
+def test_syntax_error_is_a_runtime_error_with_its_line(sandbox: Sandbox) -> None:
+    r = sandbox.run("x = 1\ny = (\n", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR
+    assert "solution.py" in r.stderr and "SyntaxError" in r.stderr
+
+
+def test_empty_program_is_ok(sandbox: Sandbox) -> None:
+    r = sandbox.run("", limits=FAST)
+    assert (r.status, r.stdout, r.completed) == (S.OK, "", True)
+
+
+def test_null_bytes_in_code_give_a_typed_result(sandbox: Sandbox) -> None:
+    r = sandbox.run("print(1)\x00\n", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR
+    assert "null" in r.stderr
+
+
+def test_invalid_utf8_output_is_replaced_not_raised(sandbox: Sandbox) -> None:
+    r = sandbox.run("import os\nos.write(1, b'ok\\xff\\xfe')\n", limits=FAST)
+    assert r.status is S.OK
+    assert r.stdout == "ok\ufffd\ufffd"
+
+
+def test_stdin_roundtrip_and_files(sandbox: Sandbox) -> None:
+    code = "import sys\ndata = open('data/in.txt').read()\nprint(sys.stdin.read().upper() + data)\n"
+    r = sandbox.run(code, stdin="abc", files={"data/in.txt": b"!"}, limits=FAST)
+    assert (r.status, r.stdout) == (S.OK, "ABC!\n"), r
+
+
+def test_function_call_returns_strict_json(sandbox: Sandbox) -> None:
+    code = "def f(a, b):\n    print('noise')\n    return {'sum': a + b, 't': (a, b)}\n"
+    r = sandbox.run(code, call=FunctionCall("f", "[1, 2.5]"), limits=FAST)
+    assert r.status is S.OK and r.completed
+    assert r.return_value == {"sum": 3.5, "t": [1, 2.5]}
+    assert r.stdout == "noise\n"
+
+
+def test_nan_is_not_strict_json(sandbox: Sandbox) -> None:
+    r = sandbox.run_function("def f():\n    return float('nan')\n", "f", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR and r.return_json is None
+
+
+def test_run_many_keeps_order(sandbox: Sandbox) -> None:
+    jobs = [
+        Job(f"import time\ntime.sleep({0.05 * (i % 3)})\nprint({i})", limits=FAST) for i in range(8)
+    ]
+    assert [r.stdout for r in sandbox.run_many(jobs)] == [f"{i}\n" for i in range(8)]
