@@ -104,10 +104,13 @@ def _install_dockerd() -> None:
             "install Docker, or run scripts/start-dockerd.sh on a machine that has it"
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    r = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "docker.io"],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "docker.io"]
+    r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if r.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600,
+                       check=False)  # fmt: skip
+        r = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600,
+                           check=False)  # fmt: skip
     if r.returncode != 0 or shutil.which("dockerd") is None:
         raise SandboxUnavailableError(
             f"'apt-get install -y docker.io' failed (exit {r.returncode}): {r.stderr[-500:]}"

@@ -11,6 +11,9 @@ if [ "${1:-}" = "--stop" ]; then
     exec "$PY" -m sandboxes.docker_engine stop --root "$ROOT"
 fi
 if ! command -v dockerd >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io
+    }
 fi
 exec "$PY" -m sandboxes.docker_engine start --root "$ROOT"
