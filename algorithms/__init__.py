@@ -1,1 +1,1 @@
-"""Algorithms that consume the common trajectory format: GRPO, SDPO, the successful-rollout variant."""
+"""Algorithms on the common trajectory format: GRPO, SDPO and the successful-rollout variant."""

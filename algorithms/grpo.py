@@ -36,7 +36,7 @@ Departures from the paper (DeepSeekMath GRPO) and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -325,3 +325,26 @@ def policy_loss(
         # KL(π_old ‖ π_θ) from tokens sampled by π_old: k3 with the roles of the policies swapped.
         stats["approx_kl_old"] = aggregate(ratio - 1.0 - log_ratio, m, aggregation, normalizer)
     return loss, stats
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def train(env: Any = None, model: Any = None, config: Any = None, **kwargs: Any) -> Any:
+    """Train with GRPO; see :func:`algorithms.trainer.train`.
+
+    ``config`` is a GRPOConfig or GRPOTrainConfig; ``kwargs`` override any config field by
+    name (``lr=1e-5``).
+    From the shell: ``python -m algorithms.grpo --env rlrf/Code-v0 --model PATH ...``.
+    """
+    from algorithms.trainer import train as _train
+
+    return _train(env, model, config, algorithm="grpo", **kwargs)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from algorithms.cli import main
+
+    sys.exit(main(algo="grpo"))

@@ -667,3 +667,26 @@ def mixed_advantages(
         tm = teacher_mask[:, None] if teacher_mask.ndim == 1 else teacher_mask
         s = torch.where(tm.bool(), s, torch.zeros_like(s))
     return lam * g.to(s.dtype) + (1.0 - lam) * s
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def train(env: Any = None, model: Any = None, config: Any = None, **kwargs: Any) -> Any:
+    """Train with SDPO; see :func:`algorithms.trainer.train`.
+
+    ``config`` is an SDPOConfig (e.g. ``SDPOConfig.successful_rollout()``) or an
+    SDPOTrainConfig; ``kwargs`` override any config field by name (``lr=1e-5``).
+    From the shell: ``python -m algorithms.sdpo --env rlrf/Code-v0 --model PATH ...``.
+    """
+    from algorithms.trainer import train as _train
+
+    return _train(env, model, config, algorithm="sdpo", **kwargs)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from algorithms.cli import main
+
+    sys.exit(main(algo="sdpo"))

@@ -80,6 +80,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``rlrf`` argument parser (external subcommands are added lazily)."""
     parser = argparse.ArgumentParser(
@@ -123,35 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sample)
 
     for name, (module, help_text) in _EXTERNAL_COMMANDS.items():
-        if importlib.util.find_spec(module.split(".")[0]) is None:
-            continue
-        try:
-            spec = importlib.util.find_spec(module)
-        except ModuleNotFoundError:
-            spec = None
-        if spec is None:
-            continue
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=None, module=module)
+        if _find(module):
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlrf`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    command = argv[0] if argv else None
     try:
-        if args.func is None:  # delegated subcommand: its module parses its own arguments
-            module = importlib.import_module(args.module)
-            return int(module.main(args.rest, prog=f"rlrf {args.command}") or 0)
+        if command in _EXTERNAL_COMMANDS and _find(_EXTERNAL_COMMANDS[command][0]):
+            # Delegated subcommands parse their own arguments (and --help).
+            module = importlib.import_module(_EXTERNAL_COMMANDS[command][0])
+            return int(module.main(argv[1:], prog=f"rlrf {command}") or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except RLRFError as e:
-        print(f"rlrf {args.command}: error: {e}", file=sys.stderr)
+        print(f"rlrf {command}: error: {e}", file=sys.stderr)
         return 1
 
 

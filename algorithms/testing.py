@@ -1,0 +1,148 @@
+"""Tiny random-weight models and a character-level chat tokenizer (no downloads).
+
+Used by the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.feedback import Feedback, FeedbackKind
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<unk>", "<|im_start|>", "<|im_end|>"]
+
+
+def tiny_tokenizer(chat_template: str | None = CHATML):
+    """Build a character-level fast tokenizer with a ChatML template; EOS is ``<|im_end|>``."""
+    from tokenizers import Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + chars)}
+    backend = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    return tok
+
+
+def tiny_model(seed: int = 0, vocab_size: int | None = None, layers: int = 2, hidden: int = 32):
+    """Build a random-weight Llama small enough for CPU tests, matching :func:`tiny_tokenizer`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab_size = vocab_size or len(tiny_tokenizer())
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def save_tiny(path: Path, seed: int = 0, **kwargs) -> Path:
+    """Write a tiny model folder (weights + tokenizer) and return its path."""
+    tiny_model(seed, **kwargs).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+class TargetCharEnv(RLRFEnv):
+    """Toy env: the reward is the fraction of response characters equal to a target character.
+
+    Task ``k`` asks for a response; its target is ``targets[k % len(targets)]``. Feedback on an
+    imperfect response names the character to use. Learnable by GRPO even from random
+    weights (the reward varies across samples and favours one token).
+    """
+
+    def __init__(self, n_tasks: int = 8, targets: str = "a", n_test: int = 4) -> None:
+        super().__init__()
+        self.n_tasks, self.targets, self.n_test = n_tasks, targets, n_test
+
+    def task_ids(self, split: str = "train") -> list[str]:
+        """Train ids ``t0..``, test ids ``e0..``."""
+        if split == "train":
+            return [f"t{i}" for i in range(self.n_tasks)]
+        return [f"e{i}" for i in range(self.n_test)]
+
+    def _target(self, task_id: str) -> str:
+        return self.targets[int(task_id[1:]) % len(self.targets)]
+
+    def prompt(self, task_id: str) -> list[Message]:
+        """A short request that does not reveal the target."""
+        return [{"role": "user", "content": f"Task {task_id}: write."}]
+
+    def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:
+        """Reward = share of characters equal to the target; feedback names the target."""
+        target = self._target(task_id)
+        reward = sum(c == target for c in response) / max(1, len(response))
+        if reward >= 1.0:
+            return Outcome(reward=1.0)
+        return Outcome(
+            reward=reward,
+            feedback=Feedback(FeedbackKind.WRONG_ANSWER, f"Use only the character '{target}'."),
+        )
+
+
+class TargetWordEnv(RLRFEnv):
+    """Toy env for real chat models: say a given word; feedback tells which word.
+
+    The prompt asks for "the secret word"; the response succeeds (reward 1) when its first
+    word is the task's word. Feedback on a failure says what the word is, so a teacher that
+    sees the feedback knows the answer: SDPO can learn it, the student alone cannot guess.
+    """
+
+    def __init__(self, words: Sequence[str] = ("blue",), n_test: int = 2) -> None:
+        super().__init__()
+        self.words, self.n_test = list(words), n_test
+
+    def task_ids(self, split: str = "train") -> list[str]:
+        """One train task per word; test tasks reuse the words."""
+        if split == "train":
+            return [f"t{i}" for i in range(len(self.words))]
+        return [f"e{i}" for i in range(self.n_test)]
+
+    def prompt(self, task_id: str) -> list[Message]:
+        """Ask for the secret word without revealing it."""
+        return [{"role": "user", "content": "What is the secret word? Answer with one word."}]
+
+    def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:
+        """Reward 1 when the first word of the response is the task's word."""
+        word = self.words[int(task_id[1:]) % len(self.words)]
+        first = response.strip().split()[0].strip(".,!\"'*").lower() if response.strip() else ""
+        if first == word:
+            return Outcome(reward=1.0)
+        return Outcome(
+            reward=0.0,
+            feedback=Feedback(
+                FeedbackKind.WRONG_ANSWER,
+                f"Wrong. The secret word is '{word}'. Answer with exactly: {word}",
+            ),
+        )

@@ -1,0 +1,954 @@
+"""The training loop on accelerate, shared by GRPO, SDPO and the successful-rollout variant.
+
+One step:
+
+1. Draw ``questions_per_step`` train tasks (:class:`algorithms.rollout.TaskSampler`, seeded
+   and resumable), sample G rollouts each with the current policy and grade them
+   (:func:`algorithms.rollout.collect_groups`); rollouts with a missing reward are skipped
+   and counted.
+2. Build training rows (:mod:`algorithms.batching`): GRPO advantages
+   (:func:`algorithms.grpo.group_advantages`); for SDPO the teacher context of every rollout
+   (:func:`algorithms.sdpo.teacher_contexts_for_group`, tokenized and left-truncated by
+   :func:`algorithms.sdpo.encode_teacher_prompt`), recorded in ``Trajectory.info``.
+3. ``epochs`` passes over the rows, each split into ``mini_batches`` optimizer steps, each
+   split into micro-batches of ``micro_batch_size`` rows. Every loss is normalized by the
+   WHOLE mini-batch's normalizer (token count, sequence count, or B · max_new_tokens), so
+   gradient accumulation is exact: the parameters after a step do not depend on
+   ``micro_batch_size`` (tested). AdamW, grad-norm clipping, then the teacher update
+   (EMA / trust region / frozen / live) after EVERY optimizer step.
+4. Log ``train/``, ``rollout/``, ``timing/`` metrics; evaluate on held-out tasks (split
+   ``"test"``) every ``eval_every`` steps (``eval/avg@k``, mean response length); checkpoint
+   every ``checkpoint_every`` steps.
+
+SDPO's logit-level loss runs on hidden states: the student's final hidden states are computed
+once with gradient; per chunk of ``logit_chunk_size`` response positions the student logits
+give the top-K indices (no gradient), the teacher's log-softmax over the full vocabulary is
+gathered at those indices (no gradient), and :func:`algorithms.sdpo.distillation_loss` runs
+under ``torch.utils.checkpoint`` so the chunk's ``[B, chunk, V]`` logits are recomputed in the
+backward pass instead of stored: peak memory does not grow with ``T x V``.
+
+Resuming (``resume=True``) restores model, optimizer, scheduler, teacher, RNG states and the
+task sampler's position from the newest complete checkpoint, and truncates ``metrics.jsonl``
+and ``trajectories.jsonl`` to that step, so a run killed with SIGKILL and resumed ends
+bit-identical on CPU to an uninterrupted one (tested).
+
+Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for example
+``accelerate launch --num_processes 4 -m algorithms.sdpo --env ... --model ...``): each
+process rolls out its share of the step's tasks, the normalizers are summed across
+processes, and DDP averages the gradients (the loss is scaled by the number of processes
+to make that a sum). Only the main process evaluates, logs and checkpoints. This path is
+written for accelerate's DDP but has been tested on a single process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import rlrf
+from algorithms import grpo, sdpo
+from algorithms.batching import Batch, Row, collate, split_rows
+from algorithms.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, TrainConfig, config_to_dict
+from algorithms.metrics import MetricsLogger, Timer, truncate_jsonl
+from algorithms.rollout import TaskSampler, collect_groups, turn_prompts
+from algorithms.teacher import Teacher
+from rlrf.errors import ConfigError, RLRFError
+from rlrf.policy import (
+    HFPolicy,
+    SamplingParams,
+    chunked_logprobs_from_hidden,
+    lm_head_logits,
+    response_hidden_states,
+)
+from rlrf.trajectory import Group, TrajectoryWriter
+
+__all__ = ["RunResult", "Trainer", "TrainingError", "train"]
+
+
+class TrainingError(RLRFError):
+    """Training cannot continue (non-finite loss, nothing to train on, ...)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves behind.
+
+    Attributes:
+        output_dir: The run folder.
+        final_model_dir: ``save_pretrained`` folder of the final model (and tokenizer).
+        steps: Training steps completed.
+        generations: Responses sampled for training (the learning-efficiency x-axis).
+        metrics: The last step's metrics.
+        evals: Every evaluation's metrics, with its ``step``.
+
+    """
+
+    output_dir: Path
+    final_model_dir: Path | None
+    steps: int
+    generations: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mix_seed(*parts: int) -> int:
+    """Combine integers into a 63-bit seed (stable across runs and platforms)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class Trainer:
+    """Trains a policy on an env with GRPO or SDPO (the config's type decides).
+
+    Args:
+        config: A :class:`GRPOTrainConfig` or :class:`SDPOTrainConfig`.
+        env: An env instance; default ``rlrf.make(config.env, **config.env_kwargs)``.
+        model: A model object, a model name/path, or None for ``config.model``.
+        tokenizer: The tokenizer when ``model`` is an object.
+
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        env: rlrf.RLRFEnv | None = None,
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
+        from accelerate import Accelerator
+
+        if not isinstance(config, (GRPOTrainConfig, SDPOTrainConfig)):
+            raise ConfigError(
+                f"config must be a GRPOTrainConfig or SDPOTrainConfig, got {type(config).__name__}"
+            )
+        self.config = cfg = config
+        self.is_sdpo = isinstance(cfg, SDPOTrainConfig)
+        self.output_dir = Path(cfg.output_dir)
+        trackers = [t for t in cfg.trackers if t]
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            log_with=trackers or None,
+            project_dir=str(self.output_dir),
+        )
+        _seed_everything(cfg.seed)
+        self.env = env if env is not None else rlrf.make(cfg.env, **cfg.env_kwargs)
+        self.env_id = getattr(self.env, "env_id", None) or cfg.env
+        model, tokenizer = self._load_model(model, tokenizer)
+        self.tokenizer = tokenizer
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+        )
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
+        self.teacher: Teacher | None = None
+        if isinstance(cfg, SDPOTrainConfig):
+            self.teacher = Teacher(self.unwrapped, cfg.sdpo.teacher, cfg.sdpo.teacher_tau)
+        self.reference: torch.nn.Module | None = None
+        if cfg.grpo.kl_coef > 0:
+            self.reference = copy.deepcopy(self.unwrapped).eval().requires_grad_(False)
+        self.sampler = TaskSampler(self.env.task_ids("train"), seed=cfg.seed)
+        self.step = 0
+        self.generations = 0
+        self.optimizer_steps = 0
+        self.timer = Timer()
+        self.evals: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+
+    # --- setup ------------------------------------------------------------------------
+
+    def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        from rlrf.models import load_model
+
+        cfg = self.config
+        dtype = getattr(torch, cfg.dtype)
+        if isinstance(model, HFPolicy):
+            model, tokenizer = model.model, model.tokenizer
+        if model is None or isinstance(model, (str, Path)):
+            model, tokenizer = load_model(str(model or cfg.model), dtype=dtype)
+        elif tokenizer is None:
+            raise ConfigError("pass tokenizer= together with a model object")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        if cfg.lora_r > 0:
+            try:
+                import peft
+            except ImportError as e:
+                raise ConfigError("lora_r > 0 needs peft: pip install peft") from e
+            lora = peft.LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules),
+                task_type="CAUSAL_LM",
+            )
+            model = peft.get_peft_model(model, lora)
+        model.train()
+        return model, tokenizer
+
+    # --- rows ------------------------------------------------------------------------
+
+    def _rows(self, groups: list[Group]) -> tuple[list[Row], dict[str, float]]:
+        """Turn groups into training rows; record teacher contexts in the trajectories."""
+        cfg = self.config
+        stats: dict[str, float] = defaultdict(float)
+        rewards, group_ids, where = [], [], []
+        for gi, g in enumerate(groups):
+            for ti, traj in enumerate(g.trajectories):
+                if traj.reward is None:
+                    continue
+                if any(t.response_token_ids is None or t.logprobs is None for t in traj.turns):
+                    raise TrainingError(
+                        "a rollout has no token ids or log-probs; training needs the HF backend"
+                    )
+                rewards.append(traj.reward)
+                group_ids.append(gi)
+                where.append((gi, ti))
+        advantages: dict[tuple[int, int], float] = {}
+        keep: set[tuple[int, int]] = set(where)
+        if rewards:
+            r = torch.tensor(rewards, dtype=torch.float64)
+            gid = torch.tensor(group_ids)
+            adv = grpo.group_advantages(r, gid, cfg.grpo.advantage_scale)
+            signal = grpo.groups_with_signal(r, gid)
+            stats["zero_adv_groups"] = float(
+                len({g for g, s in zip(group_ids, signal.tolist(), strict=True) if not s})
+            )
+            for k, key in enumerate(where):
+                advantages[key] = float(adv[k])
+            if cfg.grpo.filter_zero_advantage_groups and not self.is_sdpo:
+                keep = {key for key, s in zip(where, signal.tolist(), strict=True) if s}
+
+        contexts: dict[tuple[int, int], list[int] | None] = {}
+        if isinstance(cfg, SDPOTrainConfig):
+            for gi, g in enumerate(groups):
+                for ti, (traj, ctx) in enumerate(
+                    zip(g.trajectories, sdpo.teacher_contexts_for_group(g, cfg.sdpo), strict=True)
+                ):
+                    traj.info["teacher_context"] = ctx
+                    ids = None
+                    if ctx is not None:
+                        ids = sdpo.encode_teacher_prompt(
+                            self.tokenizer,
+                            ctx,
+                            max_tokens=cfg.sdpo.teacher_max_prompt_tokens,
+                            enable_thinking=False,
+                        )
+                        traj.info["teacher_prompt_tokens"] = len(ids)
+                    contexts[(gi, ti)] = ids
+            with_ctx = sum(ids is not None for key, ids in contexts.items() if key in keep)
+            stats["teacher_signal"] = float(with_ctx)
+            stats["no_teacher_signal"] = float(len(keep) - with_ctx)
+
+        needs_all = not self.is_sdpo or cfg.sdpo.grpo_mix > 0  # type: ignore[union-attr]
+        rows: list[Row] = []
+        for gi, ti in sorted(keep):
+            traj = groups[gi].trajectories[ti]
+            teacher_ids = contexts.get((gi, ti))
+            if not needs_all and teacher_ids is None:
+                continue
+            chats = turn_prompts(traj)
+            for k, (turn, chat) in enumerate(zip(traj.turns, chats, strict=True)):
+                if not turn.response_token_ids:
+                    continue
+                if k > 0 and not needs_all:
+                    break  # SDPO distills the first turn only (its teacher context)
+                rows.append(
+                    Row(
+                        prompt_ids=self.policy.encode(chat),
+                        response_ids=list(turn.response_token_ids),
+                        old_logprobs=list(turn.logprobs or ()),
+                        advantage=advantages[(gi, ti)],
+                        teacher_prompt_ids=teacher_ids if k == 0 else None,
+                        group=gi,
+                        trajectory=ti,
+                        turn=k,
+                    )
+                )
+        stats["trained_rows"] = float(len(rows))
+        return rows, stats
+
+    # --- normalizers -----------------------------------------------------------------
+
+    def _normalizers(self, rows: list[Row]) -> dict[str, float]:
+        cfg = self.config
+        tokens = sum(len(r.response_ids) for r in rows)
+        teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
+        agg = cfg.grpo.aggregation
+        if agg == "token_mean":
+            pg = float(tokens)
+        elif agg == "seq_mean_token_mean":
+            pg = float(len(rows))
+        else:
+            pg = float(len(rows) * cfg.max_new_tokens)
+        values = torch.tensor([pg, float(teacher_tokens), float(tokens)], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values.to(self.accelerator.device), "sum").cpu()
+        pg, teacher_tokens_f, tokens_f = values.tolist()
+        if isinstance(cfg, SDPOTrainConfig) and cfg.sdpo.grpo_mix == 0:
+            # token-level SDPO only trains rows that have a teacher: normalize over those
+            pg_token = teacher_tokens_f if agg == "token_mean" else pg
+        else:
+            pg_token = pg
+        return {"pg": pg, "sdpo": teacher_tokens_f, "tokens": tokens_f, "pg_token": pg_token}
+
+    # --- losses ----------------------------------------------------------------------
+
+    def _loss(
+        self, batch: Batch, norm: dict[str, float], on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        if isinstance(cfg, SDPOTrainConfig):
+            if cfg.sdpo.loss_level == "token":
+                return self._sdpo_token_loss(batch, norm, on_policy)
+            return self._sdpo_logit_loss(batch, norm, on_policy)
+        return self._grpo_loss(batch, norm)
+
+    def _student_logprobs(self, batch: Batch) -> torch.Tensor:
+        hidden, _ = response_hidden_states(
+            self.model, batch.prompts, batch.responses, pad=self._pad
+        )
+        return self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
+
+    def _logprobs_from_hidden(
+        self, model: Any, hidden: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        return chunked_logprobs_from_hidden(
+            model,
+            hidden,
+            targets,
+            temperature=self._temperature,
+            chunk_size=self.config.logit_chunk_size,
+        )
+
+    @property
+    def _temperature(self) -> float:
+        t = self.config.temperature
+        return t if t > 0 else 1.0
+
+    @property
+    def _pad(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def _grpo_loss(
+        self, batch: Batch, norm: dict[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        g = self.config.grpo
+        lp = self._student_logprobs(batch)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                hidden, _ = response_hidden_states(
+                    self.reference, batch.prompts, batch.responses, pad=self._pad
+                )
+                ref = self._logprobs_from_hidden(self.reference, hidden, batch.response_ids)
+        return grpo.policy_loss(
+            lp,
+            batch.old_logprobs,
+            batch.advantages,
+            batch.mask,
+            clip_low=g.clip_low,
+            clip_high=g.clip_high,
+            ref_logprobs=ref,
+            kl_coef=g.kl_coef,
+            aggregation=g.aggregation,
+            normalizer=norm["pg"],
+        )
+
+    def _teacher_hidden(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher hidden states of the rows that have a teacher prompt (no gradient)."""
+        assert self.teacher is not None
+        index = torch.nonzero(batch.has_teacher.cpu(), as_tuple=False)[:, 0]
+        rows = [batch.rows[i] for i in index.tolist()]
+        prompts = [r.teacher_prompt_ids for r in rows]
+        responses = [r.response_ids for r in rows]
+        hiddens = []
+        with torch.no_grad():
+            for module in self.teacher.scoring_modules(self.unwrapped):
+                h, _ = response_hidden_states(module, prompts, responses, pad=self._pad)  # type: ignore[arg-type]
+                hiddens.append(h)
+        return index.to(batch.mask.device), hiddens
+
+    def _teacher_chunk_logprobs(self, hiddens: list[torch.Tensor], sl: slice) -> torch.Tensor:
+        """Teacher log-softmax over the full vocabulary for a chunk of positions."""
+        assert self.teacher is not None
+        modules = self.teacher.scoring_modules(self.unwrapped)
+        logits = self.teacher.combine_logits(
+            [lm_head_logits(m, h[:, sl]).float() for m, h in zip(modules, hiddens, strict=True)]
+        )
+        return (logits / self._temperature).log_softmax(-1)
+
+    def _sdpo_logit_loss(
+        self, batch: Batch, norm: dict[str, float], on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        assert isinstance(cfg, SDPOTrainConfig)
+        s = cfg.sdpo
+        hidden, mask = response_hidden_states(
+            self.model, batch.prompts, batch.responses, pad=self._pad
+        )
+        t0 = time.perf_counter()
+        t_index, t_hiddens = self._teacher_hidden(batch)
+        teacher_s = time.perf_counter() - t0
+        tmask = batch.mask & batch.has_teacher[:, None]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        width = hidden.shape[1]
+        temperature = self._temperature
+        head = self.unwrapped
+        k = min(s.top_k, self.unwrapped.config.vocab_size)
+        for start in range(0, width, cfg.logit_chunk_size):
+            sl = slice(start, start + cfg.logit_chunk_size)
+            h = hidden[:, sl]
+            ids = batch.response_ids[:, sl]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                s_logits = lm_head_logits(head, h.detach()).float() / temperature
+                idx = sdpo.student_topk_indices(s_logits, k)
+                del s_logits
+                t_topk = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)
+                t_lp_y = torch.zeros(ids.shape, dtype=torch.float32, device=idx.device)
+                if t_index.numel():
+                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl)
+                    t_topk[t_index] = t_lp.gather(-1, idx[t_index])
+                    t_lp_y[t_index] = t_lp.gather(-1, ids[t_index][..., None])[..., 0]
+                    del t_lp
+            teacher_s += time.perf_counter() - t0
+            old = None if on_policy else batch.old_logprobs[:, sl]
+
+            def chunk_loss(
+                h: torch.Tensor,
+                idx: torch.Tensor = idx,
+                t_topk: torch.Tensor = t_topk,
+                t_lp_y: torch.Tensor = t_lp_y,
+                m: torch.Tensor = tmask[:, sl],
+                old: torch.Tensor | None = old,
+                ids: torch.Tensor = ids,
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                logits = lm_head_logits(head, h).float() / temperature
+                return sdpo.distillation_loss(
+                    logits,
+                    None,
+                    m,
+                    old,
+                    ids,
+                    teacher_topk_logprobs=t_topk,
+                    topk_indices=idx,
+                    teacher_sampled_logprobs=t_lp_y,
+                    alpha=s.alpha,
+                    is_clip=s.is_clip,
+                    normalizer=norm["sdpo"],
+                )
+
+            if torch.is_grad_enabled():
+                loss_c, stats_c = checkpoint(chunk_loss, h, use_reentrant=False)
+            else:
+                loss_c, stats_c = chunk_loss(h)
+            total = total + loss_c
+            for key, value in stats_c.items():
+                stats[key] = stats[key] + value.detach().float().cpu()
+        stats["teacher_seconds"] = torch.tensor(teacher_s)
+        if s.grpo_mix > 0:
+            lp = self._logprobs_from_hidden(head, hidden, batch.response_ids)
+            g = cfg.grpo
+            pg_loss, pg_stats = grpo.policy_loss(
+                lp,
+                batch.old_logprobs,
+                batch.advantages,
+                mask,
+                clip_low=g.clip_low,
+                clip_high=g.clip_high,
+                aggregation=g.aggregation,
+                normalizer=norm["pg"],
+            )
+            total = s.grpo_mix * pg_loss + (1.0 - s.grpo_mix) * total
+            for key, value in pg_stats.items():
+                stats[key] = value.detach().float().cpu()
+        return total, dict(stats)
+
+    def _sdpo_token_loss(
+        self, batch: Batch, norm: dict[str, float], on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.config
+        assert isinstance(cfg, SDPOTrainConfig)
+        s, g = cfg.sdpo, cfg.grpo
+        hidden, mask = response_hidden_states(
+            self.model, batch.prompts, batch.responses, pad=self._pad
+        )
+        lp = self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
+        t0 = time.perf_counter()
+        t_index, t_hiddens = self._teacher_hidden(batch)
+        t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
+        with torch.no_grad():
+            if t_index.numel():
+                pieces = []
+                ids = batch.response_ids[t_index]
+                for start in range(0, lp.shape[1], cfg.logit_chunk_size):
+                    sl = slice(start, start + cfg.logit_chunk_size)
+                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl)
+                    pieces.append(t_lp.gather(-1, ids[:, sl][..., None])[..., 0])
+                t_lp_y[t_index] = torch.cat(pieces, 1)
+        teacher_s = time.perf_counter() - t0
+        a_sdpo = sdpo.token_level_advantages(t_lp_y, lp)
+        tmask = batch.mask & batch.has_teacher[:, None]
+        a_sdpo = torch.where(tmask, a_sdpo, torch.zeros_like(a_sdpo))
+        if s.grpo_mix > 0:
+            adv = sdpo.mixed_advantages(
+                batch.advantages, a_sdpo, s.grpo_mix, teacher_mask=batch.has_teacher
+            )
+            loss_mask, normalizer = mask, norm["pg"]
+        else:
+            adv, loss_mask, normalizer = a_sdpo, tmask, norm["pg_token"]
+        loss, stats = grpo.policy_loss(
+            lp,
+            batch.old_logprobs,
+            adv,
+            loss_mask,
+            clip_low=g.clip_low,
+            clip_high=g.clip_high,
+            aggregation=g.aggregation,
+            normalizer=normalizer,
+        )
+        with torch.no_grad():
+            gap = grpo.aggregate(
+                (t_lp_y - lp.detach()).float(), tmask, "token_mean", norm["sdpo"] or None
+            )
+        stats = {k: v.detach().float().cpu() for k, v in stats.items()}
+        stats["logprob_gap"] = gap.cpu()
+        stats["teacher_seconds"] = torch.tensor(teacher_s)
+        return loss, stats
+
+    # --- one step --------------------------------------------------------------------
+
+    def _update(self, rows: list[Row]) -> dict[str, float]:
+        cfg = self.config
+        acc = self.accelerator
+        totals: dict[str, float] = defaultdict(float)
+        n_updates = 0
+        teacher_s = 0.0
+        for epoch in range(cfg.epochs):
+            order = list(range(len(rows)))
+            if cfg.epochs > 1 or cfg.mini_batches > 1:
+                random.Random(_mix_seed(cfg.seed, self.step, epoch)).shuffle(order)
+            shuffled = [rows[i] for i in order]
+            size = math.ceil(len(shuffled) / cfg.mini_batches)
+            for mb_index, mini in enumerate(split_rows(shuffled, size)):
+                norm = self._normalizers(mini)
+                on_policy = epoch == 0 and mb_index == 0
+                micro = split_rows(mini, cfg.micro_batch_size)
+                step_stats: dict[str, float] = defaultdict(float)
+                for k, micro_rows in enumerate(micro):
+                    batch = collate(micro_rows, acc.device)
+                    sync = (
+                        contextlib.nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
+                    )
+                    with sync, acc.autocast():
+                        loss, stats = self._loss(batch, norm, on_policy)
+                        if not torch.isfinite(loss.detach()).all():
+                            kept = self.last_checkpoint or "none saved yet"
+                            raise TrainingError(
+                                f"non-finite loss ({float(loss.detach())}) at step "
+                                f"{self.step + 1}, epoch {epoch}, mini-batch {mb_index}, "
+                                f"micro-batch {k} (groups "
+                                f"{sorted({r.group for r in micro_rows})}); the update was "
+                                f"not applied and the last checkpoint ({kept}) is kept. "
+                                "Lower lr or check the rewards and the model's dtype"
+                            )
+                        acc.backward(loss * acc.num_processes)
+                    step_stats["loss"] += float(loss.detach())
+                    for key, value in stats.items():
+                        if key == "teacher_seconds":
+                            teacher_s += float(value)
+                        else:
+                            step_stats[key] += float(value)
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                if cfg.max_grad_norm > 0:
+                    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    grads = [p.grad.norm() for p in params if p.grad is not None]
+                    grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
+                step_stats["grad_norm"] = float(grad_norm)
+                step_stats["lr"] = float(self.scheduler.get_last_lr()[0])
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.teacher is not None:
+                    self.teacher.update(self.unwrapped)
+                self.optimizer_steps += 1
+                n_updates += 1
+                for key, value in step_stats.items():
+                    totals[key] += value
+        out = {f"train/{k}": v / max(1, n_updates) for k, v in totals.items()}
+        out["train/optimizer_steps"] = float(n_updates)
+        out["_teacher_seconds"] = teacher_s
+        return out
+
+    def train_step(self) -> dict[str, Any]:
+        """Run one step (roll out, update); return its metrics."""
+        cfg = self.config
+        acc = self.accelerator
+        timer = Timer()
+        t_step = time.perf_counter()
+        tasks = self.sampler.next(cfg.questions_per_step)
+        local = tasks[acc.process_index :: acc.num_processes]
+        params = SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=_mix_seed(cfg.seed, self.step, acc.process_index),
+        )
+        with acc.autocast():
+            groups, rstats = collect_groups(
+                self.env,
+                self.policy,
+                local,
+                cfg.rollouts_per_question,
+                params,
+                env_id=self.env_id,
+                policy_version=self.step,
+                env_workers=cfg.env_workers,
+            )
+        timer.add("generation", rstats.generation_s)
+        timer.add("env", rstats.env_s)
+        self.generations += rstats.rollouts * acc.num_processes
+
+        with timer("build"):
+            rows, row_stats = self._rows(groups)
+        metrics: dict[str, Any] = {}
+        t_update = time.perf_counter()
+        if rows:
+            metrics.update(self._update(rows))
+        else:
+            metrics["train/skipped"] = 1.0
+        teacher_s = float(metrics.pop("_teacher_seconds", 0.0))
+        timer.add("teacher", teacher_s)
+        timer.add("update", time.perf_counter() - t_update - teacher_s)
+
+        rewards = [r for g in groups for r in g.rewards if r is not None]
+        successes = [t.success for g in groups for t in g.trajectories if t.reward is not None]
+        metrics.update(
+            {
+                "rollout/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
+                "rollout/reward_std": float(np.std(rewards)) if rewards else float("nan"),
+                "rollout/success_rate": float(np.mean(successes)) if successes else float("nan"),
+                "rollout/missing_rewards": float(rstats.missing_rewards),
+                "rollout/response_tokens_mean": rstats.response_tokens / max(1, rstats.turns),
+                "rollout/truncated_frac": rstats.truncated / max(1, rstats.turns),
+                "rollout/generations": float(self.generations),
+                "rollout/zero_adv_groups": row_stats.get("zero_adv_groups", 0.0),
+                "rollout/trained_rows": row_stats.get("trained_rows", 0.0),
+            }
+        )
+        if self.is_sdpo:
+            n = row_stats.get("teacher_signal", 0.0) + row_stats.get("no_teacher_signal", 0.0)
+            metrics["rollout/teacher_signal_frac"] = row_stats.get("teacher_signal", 0.0) / max(
+                1.0, n
+            )
+            metrics["rollout/no_teacher_signal"] = row_stats.get("no_teacher_signal", 0.0)
+        self.step += 1
+        if acc.is_main_process and self._trajectory_writer is not None:
+            for g in groups:
+                self._trajectory_writer.write(g)
+        metrics.update(timer.as_metrics())
+        metrics["timing/step"] = time.perf_counter() - t_step
+        return metrics
+
+    # --- evaluation ------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Sample ``eval_k`` responses per held-out task; return ``eval/`` metrics."""
+        cfg = self.config
+        if "test" not in getattr(self.env, "splits", ("train", "test")):
+            return {}
+        task_ids = list(self.env.task_ids("test"))[: cfg.eval_tasks]
+        if not task_ids:
+            return {}
+        params = SamplingParams(
+            temperature=cfg.eval_temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=_mix_seed(cfg.seed, 10**9 + self.step),
+        )
+        t0 = time.perf_counter()
+        with self.accelerator.autocast():
+            groups, st = collect_groups(
+                self.env, self.policy, task_ids, cfg.eval_k, params, env_id=self.env_id
+            )
+        succ = [t.success for g in groups for t in g.trajectories if t.reward is not None]
+        rewards = [r for g in groups for r in g.rewards if r is not None]
+        acc = float(np.mean(succ)) if succ else float("nan")
+        return {
+            f"eval/avg@{cfg.eval_k}": acc,
+            "eval/accuracy": acc,
+            "eval/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
+            "eval/response_tokens_mean": st.response_tokens / max(1, st.turns),
+            "eval/missing_rewards": float(st.missing_rewards),
+            "eval/tasks": float(len(task_ids)),
+            "timing/eval": time.perf_counter() - t0,
+        }
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where resumable checkpoints go."""
+        return self.output_dir / "checkpoints"
+
+    def save(self) -> Path | None:
+        """Write a resumable checkpoint of the current state (main process)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return None
+        state = {
+            "step": self.step,
+            "generations": self.generations,
+            "optimizer_steps": self.optimizer_steps,
+            "model": self.unwrapped.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": capture_rng(),
+            "evals": self.evals,
+            "config": config_to_dict(self.config),
+        }
+        path = save_checkpoint(self.checkpoint_dir, self.step, state)
+        prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        self.last_checkpoint = path
+        return path
+
+    def load(self, path: Path) -> None:
+        """Restore everything from a checkpoint folder."""
+        state = load_checkpoint(path)
+        self.unwrapped.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.teacher is not None:
+            if state["teacher"] is None:
+                raise ConfigError(f"checkpoint {path} holds no teacher; it was not an SDPO run")
+            self.teacher.load_state_dict(state["teacher"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.generations = int(state["generations"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        self.evals = list(state.get("evals", []))
+        restore_rng(state["rng"])
+        self.last_checkpoint = path
+
+    # --- the loop --------------------------------------------------------------------
+
+    _trajectory_writer: TrajectoryWriter | None = None
+
+    def train(self) -> RunResult:
+        """Run the configured number of steps; return a :class:`RunResult`."""
+        import yaml
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        acc = self.accelerator
+        main = acc.is_main_process
+        resumed = False
+        if cfg.resume:
+            latest = latest_checkpoint(self.checkpoint_dir)
+            if latest is not None:
+                self.load(latest)
+                resumed = True
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(
+                yaml.safe_dump(config_to_dict(self.config), sort_keys=False), encoding="utf-8"
+            )
+            metrics_path = self.output_dir / "metrics.jsonl"
+            traj_path = self.output_dir / "trajectories.jsonl"
+            if resumed:
+                truncate_jsonl(metrics_path, lambda r: r.get("step", 0) <= self.step)
+                truncate_jsonl(traj_path, lambda r: r.get("policy_version", 0) < self.step)
+            self._logger = MetricsLogger(metrics_path, acc, append=resumed)
+            self._trajectory_writer = TrajectoryWriter(traj_path, append=resumed)
+            if cfg.trackers:
+                acc.init_trackers("rlrf", config=_flat_for_trackers(config_to_dict(cfg)))
+        last: dict[str, Any] = {}
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not (cfg.progress and main),
+            desc=f"{cfg.algorithm} {self.env_id}",
+            unit="step",
+        )
+        try:
+            if self.step == 0 and cfg.eval_every and main:
+                first_eval = self.evaluate()
+                if first_eval:
+                    self._record_eval(0, first_eval)
+                    self._logger.log(0, first_eval)
+            while self.step < cfg.steps:
+                metrics = self.train_step()
+                due_eval = cfg.eval_every and (
+                    self.step % cfg.eval_every == 0 or self.step == cfg.steps
+                )
+                if due_eval and main:
+                    ev = self.evaluate()
+                    if ev:
+                        self._record_eval(self.step, ev)
+                        metrics.update(ev)
+                if main:
+                    self._logger.log(self.step, metrics)
+                last = metrics
+                due_ckpt = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if due_ckpt or self.step == cfg.steps:
+                    self.save()
+                bar.update(1)
+                bar.set_postfix(_postfix(metrics))
+        finally:
+            bar.close()
+            if main:
+                self._logger.close()
+                if self._trajectory_writer is not None:
+                    self._trajectory_writer.close()
+            if cfg.trackers:
+                acc.end_training()
+        final_dir = None
+        if main:
+            final_dir = self.output_dir / "final"
+            self.unwrapped.save_pretrained(final_dir)
+            self.tokenizer.save_pretrained(final_dir)
+        return RunResult(
+            output_dir=self.output_dir,
+            final_model_dir=final_dir,
+            steps=self.step,
+            generations=self.generations,
+            metrics=last,
+            evals=list(self.evals),
+        )
+
+    def _record_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.evals.append({"step": step, "generations": self.generations, **metrics})
+
+
+def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, short in (
+        ("rollout/reward_mean", "reward"),
+        ("eval/accuracy", "eval"),
+        ("train/divergence", "div"),
+    ):
+        if key in metrics and isinstance(metrics[key], float) and math.isfinite(metrics[key]):
+            out[short] = f"{metrics[key]:.3f}"
+    return out
+
+
+def _flat_for_trackers(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat_for_trackers(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    env: rlrf.RLRFEnv | str | None = None,
+    model: Any = None,
+    config: Any = None,
+    *,
+    tokenizer: Any = None,
+    algorithm: str = "sdpo",
+    **overrides: Any,
+) -> RunResult:
+    """Train ``model`` on ``env`` and return the :class:`RunResult`.
+
+    Args:
+        env: An env instance or a registered id (default: ``config.env``).
+        model: A model name/path (``"smollm2-135m"``), a model object (with ``tokenizer=``),
+            an :class:`rlrf.policy.HFPolicy`, or None for ``config.model``.
+        config: A :class:`GRPOTrainConfig` / :class:`SDPOTrainConfig`, or just the loss
+            config (:class:`algorithms.grpo.GRPOConfig` / :class:`algorithms.sdpo.SDPOConfig`),
+            or None for the defaults of ``algorithm``.
+        tokenizer: The tokenizer when ``model`` is an object.
+        algorithm: ``"grpo"``, ``"sdpo"`` or ``"sdpo-srf"`` (used when ``config`` does not say).
+        **overrides: Any config field by its flat name (``lr=1e-5``, ``top_k=100``).
+
+    """
+    from algorithms.config import config_from_dict
+
+    cls: type[TrainConfig]
+    if isinstance(config, grpo.GRPOConfig):
+        cfg: TrainConfig = GRPOTrainConfig(grpo=config)
+    elif isinstance(config, sdpo.SDPOConfig):
+        cfg = SDPOTrainConfig(sdpo=config)
+    elif isinstance(config, TrainConfig):
+        cfg = config
+    elif config is None:
+        if algorithm == "grpo":
+            cfg = GRPOTrainConfig()
+        elif algorithm == "sdpo":
+            cfg = SDPOTrainConfig()
+        elif algorithm == "sdpo-srf":
+            cfg = SDPOTrainConfig(sdpo=sdpo.SDPOConfig.successful_rollout(), lr=1e-5)
+        else:
+            raise ConfigError(f"algorithm {algorithm!r} is not one of 'grpo', 'sdpo', 'sdpo-srf'")
+    else:
+        raise ConfigError(f"config must be a config dataclass, got {type(config).__name__}")
+    if overrides:
+        cls = type(cfg)
+        merged = _as_flat(cfg)
+        merged.update(overrides)
+        cfg = config_from_dict(cls, merged, where="train() keyword arguments")
+    env_obj = None
+    if isinstance(env, str):
+        cfg = dataclasses.replace(cfg, env=env)
+    elif env is not None:
+        env_obj = env
+    return Trainer(cfg, env=env_obj, model=model, tokenizer=tokenizer).train()
+
+
+def _as_flat(cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update({sf.name: getattr(value, sf.name) for sf in dataclasses.fields(value)})
+        else:
+            out[f.name] = value
+    return out

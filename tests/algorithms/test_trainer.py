@@ -1,0 +1,197 @@
+"""The training loop: exact gradient accumulation, run-folder outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from algorithms import grpo, sdpo
+from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, config_from_dict
+from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
+from algorithms.trainer import Trainer, TrainingError, train
+from rlrf import Outcome, RLRFEnv
+from rlrf.errors import ConfigError
+
+SMALL = dict(
+    steps=1,
+    questions_per_step=2,
+    rollouts_per_question=4,
+    max_new_tokens=10,
+    eval_every=0,
+    checkpoint_every=0,
+    progress=False,
+    lr=1e-3,
+    max_grad_norm=0.0,
+)
+
+
+def _step(config, seed=0, grads=None):
+    trainer = Trainer(
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(seed), tokenizer=tiny_tokenizer()
+    )
+    trainer._trajectory_writer = None
+    if grads is not None:
+        # capture the accumulated gradients the optimizer is about to apply
+        def hook(optimizer, args, kwargs):
+            grads.append([p.grad.detach().clone() for p in trainer.unwrapped.parameters()])
+
+        trainer.optimizer.optimizer.register_step_pre_hook(hook)
+    metrics = trainer.train_step()
+    return trainer, metrics
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: GRPOTrainConfig(**kw),
+        lambda **kw: GRPOTrainConfig(grpo=grpo.GRPOConfig(aggregation="seq_mean_token_mean"), **kw),
+        lambda **kw: GRPOTrainConfig(
+            grpo=grpo.GRPOConfig(aggregation="seq_mean_token_sum_norm"), **kw
+        ),
+        lambda **kw: SDPOTrainConfig(**kw),
+        lambda **kw: SDPOTrainConfig(sdpo=sdpo.SDPOConfig(loss_level="token"), **kw),
+        lambda **kw: SDPOTrainConfig(sdpo=sdpo.SDPOConfig(grpo_mix=0.5, alpha=0.5), **kw),
+    ],
+    ids=[
+        "grpo-token_mean",
+        "grpo-seq_mean",
+        "grpo-sum_norm",
+        "sdpo-logit",
+        "sdpo-token",
+        "sdpo-mix",
+    ],
+)
+def test_gradient_accumulation_is_exact(make, tmp_path):
+    results = []
+    for micro, chunk in ((8, 1000), (1, 4)):
+        cfg = make(
+            output_dir=str(tmp_path / f"m{micro}"),
+            micro_batch_size=micro,
+            logit_chunk_size=chunk,
+            **SMALL,
+        )
+        grads = []
+        _, metrics = _step(cfg, grads=grads)
+        results.append((metrics, grads[0]))
+    base_metrics, base_params = results[0]
+    assert base_metrics["rollout/trained_rows"] > 0
+    assert base_metrics["train/grad_norm"] > 0
+    for metrics, params in results[1:]:
+        assert metrics["rollout/reward_mean"] == base_metrics["rollout/reward_mean"]
+        assert math.isclose(
+            metrics["train/grad_norm"], base_metrics["train/grad_norm"], rel_tol=1e-4
+        )
+        assert math.isclose(
+            metrics["train/loss"], base_metrics["train/loss"], rel_tol=1e-4, abs_tol=1e-7
+        )
+        for g, g0 in zip(params, base_params, strict=True):
+            scale = float(g0.abs().max()) + 1e-12
+            torch.testing.assert_close(g, g0, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_run_folder_outputs(tmp_path):
+    out = tmp_path / "run"
+    result = train(
+        TargetCharEnv(),
+        tiny_model(),
+        None,
+        tokenizer=tiny_tokenizer(),
+        algorithm="sdpo",
+        **{**SMALL, "steps": 2, "eval_every": 2, "eval_tasks": 2, "eval_k": 2},
+        output_dir=str(out),
+    )
+    assert result.steps == 2 and result.generations == 16
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2]
+    keys = set(lines[-1])
+    for key in (
+        "train/divergence",
+        "train/grad_norm",
+        "rollout/teacher_signal_frac",
+        "rollout/missing_rewards",
+        "timing/generation",
+        "timing/teacher",
+        "timing/update",
+        "eval/avg@2",
+        "eval/response_tokens_mean",
+    ):
+        assert key in keys, key
+    assert all(
+        k == "step" or k.split("/")[0] in {"train", "rollout", "eval", "timing"} for k in keys
+    )
+    import rlrf
+
+    groups = list(rlrf.read_trajectories(out / "trajectories.jsonl"))
+    assert len(groups) == 4
+    ctx = groups[0].trajectories[0].info["teacher_context"]
+    assert "Feedback from your unsuccessful earlier attempt" in ctx[-1]["content"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["algorithm"] == "sdpo" and config["sdpo"]["top_k"] == 20
+    assert (result.final_model_dir / "config.json").exists()
+    assert (out / "checkpoints").is_dir()
+
+
+class Silent(RLRFEnv):
+    """Pass/fail without any feedback: SDPO must fall back on successful siblings."""
+
+    def task_ids(self, split="train"):
+        return ["0", "1"]
+
+    def prompt(self, task_id):
+        return [{"role": "user", "content": "go"}]
+
+    def evaluate(self, task_id, response, history=()):
+        return Outcome(reward=float(len(response) % 2 == 0))
+
+
+def test_sdpo_without_feedback_counts_rollouts_without_teacher(tmp_path):
+    cfg = SDPOTrainConfig(output_dir=str(tmp_path), **SMALL)
+    trainer = Trainer(cfg, env=Silent(), model=tiny_model(), tokenizer=tiny_tokenizer())
+    trainer._trajectory_writer = None
+    metrics = trainer.train_step()
+    n = metrics["rollout/no_teacher_signal"]
+    frac = metrics["rollout/teacher_signal_frac"]
+    assert math.isclose(frac * 8 + n, 8)
+    assert metrics["rollout/trained_rows"] == round(frac * 8)
+
+
+class NaNBackend:
+    def __init__(self, policy):
+        self.policy = policy
+
+    def sample(self, prompts, n, params):
+        groups = self.policy.sample(prompts, n, params)
+        for g in groups:
+            for s in g:
+                s.logprobs = [float("nan")] * len(s.logprobs)
+        return groups
+
+    def encode(self, messages):
+        return self.policy.encode(messages)
+
+
+def test_nan_loss_stops_with_step_and_batch(tmp_path):
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **SMALL)
+    trainer = Trainer(
+        cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(), tokenizer=tiny_tokenizer()
+    )
+    trainer._trajectory_writer = None
+    trainer.policy = NaNBackend(trainer.policy)
+    before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
+    with pytest.raises(TrainingError, match=r"non-finite loss .* step 1, epoch 0, mini-batch 0"):
+        trainer.train_step()
+    for p, p0 in zip(trainer.unwrapped.parameters(), before, strict=True):
+        assert torch.equal(p, p0)
+
+
+def test_unknown_field_names_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'rollouts_per_question'"):
+        config_from_dict(SDPOTrainConfig, {"rollouts_per_questions": 4})
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        train(TargetCharEnv(), tiny_model(), None, tokenizer=tiny_tokenizer(), topk=3)
+    with pytest.raises(ConfigError, match="did you mean 'clip_high'"):
+        config_from_dict(GRPOTrainConfig, {"grpo": {"clip_hi": 0.3}})
