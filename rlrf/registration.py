@@ -307,7 +307,7 @@ def spec(env_id: str) -> EnvSpec:
         have = ", ".join(s.id for _, s in versions)
         raise EnvNotFoundError(f"Env {env_id} is not registered; available versions: {have}")
     message = f"No env registered with id {env_id!r}."
-    close = difflib.get_close_matches(env_id, list(specs), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(env_id, list(specs), n=3, cutoff=0.75)
     if not close:
         lowered = {i.lower(): i for i in specs}
         close = [lowered[i] for i in difflib.get_close_matches(env_id.lower(), lowered, n=3)]
