@@ -1,8 +1,8 @@
 """Run reports: Markdown plus PNG plots from one or more run folders.
 
 A run folder (written by the trainer) holds ``metrics.jsonl`` (one JSON object per line, each
-with ``step`` and ``generations``, the number of responses sampled so far, plus namespaced
-metrics), ``config.yaml`` and ``trajectories.jsonl``. :func:`write_report` draws
+with ``step``, ``rollout/generations`` (responses sampled so far) and namespaced metrics),
+``config.yaml`` and ``trajectories.jsonl``. :func:`write_report` draws
 
 * held-out accuracy and training reward against generations,
 * mean response length against generations,
@@ -37,13 +37,13 @@ PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "response_length.png",
         "Response length",
         "tokens",
-        ("rollout/response_length_mean", "eval/response_length"),
+        ("rollout/response_tokens_mean", "eval/response_tokens_mean"),
     ),
     (
         "divergence.png",
         "Teacher-student divergence",
         "divergence (token mean)",
-        ("train/divergence", "train/sdpo_divergence"),
+        ("train/divergence",),
     ),
 )
 
@@ -63,7 +63,7 @@ class RunMetrics:
         for r in self.records:
             v = r.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
-                xs.append(float(r.get("generations", r.get("step", len(xs)))))
+                xs.append(float(_generations(r)))
                 ys.append(float(v))
         return xs, ys
 
@@ -71,6 +71,13 @@ class RunMetrics:
         """First and last value of ``key``, or None when never logged."""
         _, ys = self.series(key)
         return (ys[0], ys[-1]) if ys else None
+
+
+def _generations(record: dict[str, Any]) -> float:
+    for key in ("generations", "rollout/generations"):
+        if isinstance(record.get(key), (int, float)):
+            return float(record[key])
+    return 0.0 if record.get("step", 0) == 0 else float("nan")
 
 
 def load_run(path: str | os.PathLike[str]) -> RunMetrics:
@@ -200,7 +207,8 @@ def write_report(
     ]
     lines += ["| --- | --- | --- | --- |"]
     for run in loaded:
-        gens = max((r.get("generations", 0) for r in run.records), default=0)
+        finite = [g for g in map(_generations, run.records) if math.isfinite(g)]
+        gens = int(max(finite, default=0))
         acc = run.first_last("eval/accuracy")
         rew = run.first_last("rollout/reward_mean")
         lines.append(

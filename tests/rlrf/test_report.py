@@ -18,7 +18,7 @@ def _run(tmp_path, name, accs):
                 "generations": 8 * step,
                 "eval/accuracy": acc,
                 "rollout/reward_mean": acc / 2,
-                "rollout/response_length_mean": 40 - step,
+                "rollout/response_tokens_mean": 40 - step,
                 "train/divergence": 0.5 / (step + 1),
             }
         )
