@@ -22,6 +22,7 @@ __all__ = ["build_parser", "main"]
 # Subcommands provided by other packages: name -> (module, help). Each module exposes
 # ``add_parser(subparsers) -> ArgumentParser`` and the parser's ``func`` default.
 _EXTERNAL_COMMANDS = {
+    "demo": ("algorithms.demo", "the main job: SDPO on the embedded model, with a report"),
     "train": ("algorithms.cli", "train a policy with GRPO, SDPO or the successful-rollout variant"),
     "report": ("rlrf.report", "regenerate the report of one or more run folders"),
     "ttsd": ("algorithms.ttsd_cli", "test-time self-distillation on hard questions"),
