@@ -70,7 +70,7 @@ from algorithms.checkpoint import (
 )
 from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, TrainConfig, config_to_dict
 from algorithms.metrics import MetricsLogger, Timer, truncate_jsonl
-from algorithms.rollout import TaskSampler, collect_groups, turn_prompts
+from algorithms.rollout import RolloutStats, TaskSampler, collect_groups, turn_prompts
 from algorithms.teacher import Teacher
 from rlrf.errors import ConfigError, RLRFError
 from rlrf.policy import (
@@ -82,7 +82,7 @@ from rlrf.policy import (
 )
 from rlrf.trajectory import Group, TrajectoryWriter
 
-__all__ = ["RunResult", "Trainer", "TrainingError", "train"]
+__all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "train"]
 
 
 class TrainingError(RLRFError):
@@ -111,7 +111,7 @@ class RunResult:
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _mix_seed(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """Combine integers into a 63-bit seed (stable across runs and platforms)."""
     h = 1469598103934665603
     for p in parts:
@@ -177,6 +177,7 @@ class Trainer:
         self.sampler = TaskSampler(self.env.task_ids("train"), seed=cfg.seed)
         self.step = 0
         self.generations = 0
+        self.last_groups: list[Group] = []
         self.optimizer_steps = 0
         self.timer = Timer()
         self.evals: list[dict[str, Any]] = []
@@ -560,7 +561,7 @@ class Trainer:
         for epoch in range(cfg.epochs):
             order = list(range(len(rows)))
             if cfg.epochs > 1 or cfg.mini_batches > 1:
-                random.Random(_mix_seed(cfg.seed, self.step, epoch)).shuffle(order)
+                random.Random(mix_seed(cfg.seed, self.step, epoch)).shuffle(order)
             shuffled = [rows[i] for i in order]
             size = math.ceil(len(shuffled) / cfg.mini_batches)
             for mb_index, mini in enumerate(split_rows(shuffled, size)):
@@ -615,18 +616,26 @@ class Trainer:
         return out
 
     def train_step(self) -> dict[str, Any]:
-        """Run one step (roll out, update); return its metrics."""
+        """Run one step (roll out, then update); return its metrics."""
+        started = time.perf_counter()
+        groups, rstats = self.collect()
+        return self.learn(groups, rstats, started=started)
+
+    def collect(self) -> tuple[list[Group], RolloutStats]:
+        """Roll out this step's tasks with the current policy, without updating it.
+
+        Callers that need to look at the groups before learning (test-time
+        self-distillation stops at the first success) call this, then :meth:`learn`.
+        """
         cfg = self.config
         acc = self.accelerator
-        timer = Timer()
-        t_step = time.perf_counter()
         tasks = self.sampler.next(cfg.questions_per_step)
         local = tasks[acc.process_index :: acc.num_processes]
         params = SamplingParams(
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,
-            seed=_mix_seed(cfg.seed, self.step, acc.process_index),
+            seed=mix_seed(cfg.seed, self.step, acc.process_index),
         )
         with acc.autocast():
             groups, rstats = collect_groups(
@@ -639,6 +648,18 @@ class Trainer:
                 policy_version=self.step,
                 env_workers=cfg.env_workers,
             )
+        return groups, rstats
+
+    def learn(
+        self, groups: list[Group], rstats: RolloutStats, *, started: float | None = None
+    ) -> dict[str, Any]:
+        """Update on ``groups`` (from :meth:`collect`), advance the step, return its metrics.
+
+        The groups are also kept as :attr:`last_groups` and written to trajectories.jsonl.
+        """
+        acc = self.accelerator
+        timer = Timer()
+        t_step = time.perf_counter() if started is None else started
         timer.add("generation", rstats.generation_s)
         timer.add("env", rstats.env_s)
         self.generations += rstats.rollouts * acc.num_processes
@@ -677,6 +698,7 @@ class Trainer:
             )
             metrics["rollout/no_teacher_signal"] = row_stats.get("no_teacher_signal", 0.0)
         self.step += 1
+        self.last_groups = groups
         if acc.is_main_process and self._trajectory_writer is not None:
             for g in groups:
                 self._trajectory_writer.write(g)
@@ -698,7 +720,7 @@ class Trainer:
             temperature=cfg.eval_temperature,
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,
-            seed=_mix_seed(cfg.seed, 10**9 + self.step),
+            seed=mix_seed(cfg.seed, 10**9 + self.step),
         )
         t0 = time.perf_counter()
         with self.accelerator.autocast():
