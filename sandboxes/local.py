@@ -47,7 +47,6 @@ What is NOT protected:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import queue
@@ -77,8 +76,8 @@ from sandboxes.protocol import (
     FunctionCall,
     Limits,
     Sandbox,
-    check_inputs,
     default_workers,
+    worker_request,
 )
 
 __all__ = ["LocalSandbox"]
@@ -302,20 +301,9 @@ class LocalSandbox(Sandbox):
         call: FunctionCall | None = None,
     ) -> ExecutionResult:
         """Execute ``code`` in a fresh sandboxed child; see :meth:`Sandbox.run`."""
-        if not isinstance(code, str):
-            raise SandboxConfigError(f"code must be str, got {type(code).__name__}")
-        if call is not None and not isinstance(call, FunctionCall):
-            raise SandboxConfigError(f"call must be a FunctionCall, got {type(call).__name__}")
-        stdin_b, lim, files_d = check_inputs(stdin, limits, files)
+        req, lim = worker_request(code, stdin, limits, files, call)
         if self._closed:
             raise SandboxClosedError("this LocalSandbox is closed; create a new one")
-        req = {
-            "code": code,
-            "stdin": stdin_b,
-            "files": files_d,
-            "limits": dataclasses.asdict(lim),
-            "call": (call.entry_point, call.args_json) if call is not None else None,
-        }
         w = self._idle.get()
         if self._closed:
             self._idle.put(w)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import enum
 import json
 import math
@@ -347,12 +348,30 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_inputs(
-    stdin: str | bytes | None, limits: Limits | None, files: Mapping[str, bytes] | None
-) -> tuple[bytes, Limits, dict[str, bytes]]:
-    """Validate the arguments of :meth:`Sandbox.run` and normalise them (for backends)."""
+def worker_request(
+    code: str,
+    stdin: str | bytes | None,
+    limits: Limits | None,
+    files: Mapping[str, bytes] | None,
+    call: FunctionCall | None,
+) -> tuple[dict[str, Any], Limits]:
+    """Validate :meth:`Sandbox.run`'s arguments; return the worker request and the limits.
+
+    Shared by the backends, which all speak the same worker protocol.
+    """
+    if not isinstance(code, str):
+        raise SandboxConfigError(f"code must be str, got {type(code).__name__}")
+    if call is not None and not isinstance(call, FunctionCall):
+        raise SandboxConfigError(f"call must be a FunctionCall, got {type(call).__name__}")
     if limits is None:
         limits = Limits()
     elif not isinstance(limits, Limits):
         raise SandboxConfigError(f"limits must be a sandboxes.Limits, got {type(limits).__name__}")
-    return _as_bytes(stdin), limits, _check_files(files)
+    request = {
+        "code": code,
+        "stdin": _as_bytes(stdin),
+        "files": _check_files(files),
+        "limits": dataclasses.asdict(limits),
+        "call": (call.entry_point, call.args_json) if call is not None else None,
+    }
+    return request, limits
