@@ -67,22 +67,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     )
     args = parser.parse_args(argv)
 
-    import json
-
     from algorithms.cli import build_config
     from algorithms.trainer import Trainer
+    from rlrf.cli import parse_key_values
     from rlrf.report import write_report
 
     values = {**DEMO_SETTINGS, "model": args.model, "steps": args.steps,
               "output_dir": args.output_dir}  # fmt: skip
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            values[key.replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.replace("-", "_")] = raw
+    values.update(parse_key_values(args.set, flag="--set"))
     config = build_config("sdpo", values, where="rlrf demo --set")
     started = time.perf_counter()
     result = Trainer(config).train()

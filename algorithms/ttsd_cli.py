@@ -14,31 +14,18 @@ and question), ``discovery.jsonl`` (one line per method: discovery@k for k = 1..
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from rlrf.cli import parse_key_values
 from rlrf.errors import ConfigError
 
 if TYPE_CHECKING:
     from algorithms.ttsd import QuestionResult
 
 __all__ = ["build_parser", "main", "print_summary"]
-
-
-def _kwargs(pairs: Sequence[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--kwarg expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
@@ -171,7 +158,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf ttsd") -> int:
             model=args.model,
             seed=args.seed,
         )
-        env = rlrf.make(args.env, **_kwargs(args.kwarg))
+        env = rlrf.make(args.env, **parse_key_values(args.kwarg))
         tasks = args.tasks or list(env.task_ids(args.split))[: args.num_tasks]
         if not tasks:
             raise ConfigError(f"split {args.split!r} of {args.env} has no tasks; pass --tasks")

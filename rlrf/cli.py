@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 import rlrf
-from rlrf.errors import RLRFError
+from rlrf.errors import ConfigError, RLRFError
 from rlrf.feedback import render_feedback
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_key_values"]
 
 # Subcommands provided by other packages: name -> (module, help). Each module exposes
 # ``add_parser(subparsers) -> ArgumentParser`` and the parser's ``func`` default.
@@ -41,28 +41,39 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_kwargs(pairs: Sequence[str]) -> dict[str, object]:
+def parse_key_values(pairs: Sequence[str], flag: str = "--kwarg") -> dict[str, object]:
+    """Parse ``KEY=VALUE`` strings; each VALUE is JSON when it parses, else the raw string."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--kwarg expects KEY=VALUE, got {pair!r}")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
-            out[key] = json.loads(value)
+            out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
-            out[key] = value
+            out[key.replace("-", "_")] = value
     return out
 
 
+def _add_kwarg_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor keyword argument (VALUE parsed as JSON when possible)",
+    )
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    env = rlrf.make(args.env_id, **_parse_kwargs(args.kwarg))
+    env = rlrf.make(args.env_id, **parse_key_values(args.kwarg))
     rlrf.check_env(env)
     print(f"{args.env_id}: all checks passed")
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    env = rlrf.make(args.env_id, **_parse_kwargs(args.kwarg))
+    env = rlrf.make(args.env_id, **parse_key_values(args.kwarg))
     for i in range(args.n):
         prompt, info = env.reset(seed=args.seed + i, options={"split": args.split})
         print(f"=== sample {i + 1}/{args.n}: task {info['task_id']} ({info['split']}) ===")
@@ -102,13 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="run check_env on a registered environment")
     p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
+    _add_kwarg_option(p)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("sample", help="print prompts, a scripted response, reward and feedback")
@@ -121,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="response to submit (default: alternately a refusal and the gold answer)",
     )
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
+    _add_kwarg_option(p)
     p.set_defaults(func=_cmd_sample)
 
     for name, (module, help_text) in _EXTERNAL_COMMANDS.items():
