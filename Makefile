@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/rlrf sample rlrf/Arithmetic-v0 --n 3
+	$(BIN)/rlrf demo
 
 lint: setup
 	$(BIN)/ruff check .
