@@ -5,7 +5,8 @@ its task id, so every process agrees on the task set without shipping data.
 
 Reward: 1.0 when the final answer equals the value, else 0.0. The final answer is the content
 of ``<answer>...</answer>`` if present, else of ``\boxed{...}``, else the last integer in the
-response.
+response that is not followed by an operator or ``=`` (so "4 + 5 =" at the end of a cut-off
+response does not count as answering 5).
 
 Feedback (never the answer itself):
 
@@ -28,7 +29,10 @@ __all__ = ["ArithmeticEnv", "extract_integer"]
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 _ANSWER_RE = re.compile(r"<answer>\s*(-?[\d,]+)\s*</answer>", re.S)
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?[\d,]+)\s*\}")
-_INT_RE = re.compile(r"-?\d[\d,]*")
+# An integer that is not an operand of a further operation: in "3 + 4 = 7, 4 + 5 =" only the 7
+# counts, so a response cut off mid-expression does not score with one of its operands.
+# A "-" right after a number ("8 - 3") is an operator, not a sign.
+_INT_RE = re.compile(r"(?:(?<!\d)(?<!\d\s)-)?\d[\d,]*(?![\d,]*\s*[-+*/=×])")
 
 
 def extract_integer(response: str) -> int | None:

@@ -1,0 +1,48 @@
+import pytest
+
+import rlrf
+from envs.arithmetic import ArithmeticEnv, extract_integer
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("The answer is 14", 14),
+        ("2 + 3 = 5", 5),
+        ("<answer>-7</answer> and later 8", -7),
+        ("\\boxed{12} then 13", 12),
+        ("it is 1,000", 1000),
+        ("It is -4.", -4),
+        ("9 - 5 = 4", 4),
+        ("8 - 3", 3),  # a minus after a number is an operator, not a sign
+        # cut off mid-expression: the trailing operand is not an answer
+        ("2 + 2 = 4, 3 + 4 = 7, 4 + 5 =", 7),
+        ("no digits at all", None),
+    ],
+)
+def test_extract_integer(response, expected):
+    assert extract_integer(response) == expected
+
+
+def test_rewards_and_feedback_never_give_the_answer():
+    env = ArithmeticEnv(digits=1, ops="+")
+    task = env.task_ids("train")[0]
+    gold = int(env.gold_answer(task))
+    assert env.evaluate(task, f"<answer>{gold}</answer>").reward == 1.0
+    high = env.evaluate(task, f"<answer>{gold + 3}</answer>")
+    assert high.reward == 0.0
+    [fb] = high.feedback_items
+    assert fb.kind.value == "wrong_answer" and "too high (by less than 10)" in fb.text
+    assert str(gold) not in fb.text.replace(str(gold + 3), "")
+    low = env.evaluate(task, f"<answer>{gold - 40}</answer>").feedback_items[0].text
+    assert "too low (by about 10 or more)" in low
+    assert env.evaluate(task, "no idea").feedback_items[0].kind.value == "format"
+
+
+def test_tasks_are_deterministic_and_splits_disjoint():
+    a, b = ArithmeticEnv(), ArithmeticEnv()
+    assert [a.prompt(t) for t in a.task_ids("test")[:5]] == [b.prompt(t) for t in b.task_ids("test")[:5]]
+    assert not set(a.task_ids("train")) & set(a.task_ids("test"))
+    with pytest.raises(ValueError, match="subset of"):
+        ArithmeticEnv(ops="/")
+    rlrf.check_env(rlrf.make("rlrf/Arithmetic-v0", digits=1, ops="+"))
