@@ -1,9 +1,7 @@
 import json
-import shutil
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 from rlrf.cli import main
 
@@ -30,7 +28,9 @@ def test_unknown_env_is_an_error_not_a_traceback(capsys):
 
 
 def test_help_everywhere():
-    exe = shutil.which("rlrf") or pytest.skip("console script not installed")
+    # the console script sits beside the interpreter (the venv's bin/), whatever PATH says
+    exe = Path(sys.executable).with_name("rlrf")
+    assert exe.is_file(), "the rlrf console script is not installed (pip install -e .)"
     for args in ([], ["envs"], ["check"], ["sample"]):
         proc = subprocess.run([exe, *args, "--help"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "usage: rlrf" in proc.stdout
