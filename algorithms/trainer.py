@@ -398,7 +398,10 @@ class Trainer:
         with torch.no_grad():
             for module in self.teacher.scoring_modules(self.unwrapped):
                 h, _ = response_hidden_states(module, prompts, responses, pad=self._pad)  # type: ignore[arg-type]
-                hiddens.append(h)
+                # The teacher rows may be a subset whose longest response is shorter than
+                # the batch's: pad to the batch's width so chunks line up.
+                width = batch.response_ids.shape[1]
+                hiddens.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
         return index.to(batch.mask.device), hiddens
 
     def _teacher_chunk_logprobs(self, hiddens: list[torch.Tensor], sl: slice) -> torch.Tensor:

@@ -195,3 +195,35 @@ def test_unknown_field_names_the_closest():
         train(TargetCharEnv(), tiny_model(), None, tokenizer=tiny_tokenizer(), topk=3)
     with pytest.raises(ConfigError, match="did you mean 'clip_high'"):
         config_from_dict(GRPOTrainConfig, {"grpo": {"clip_hi": 0.3}})
+
+
+@pytest.mark.parametrize("loss_level", ["logit", "token"])
+def test_grpo_mix_with_teacher_rows_shorter_than_the_batch(loss_level):
+    """Rows without a teacher are trained too (GRPO part); the teacher rows' responses are
+    shorter than the batch's longest, which once broke the chunked teacher gather."""
+    from algorithms.batching import Row, collate
+
+    config = SDPOTrainConfig(
+        sdpo=sdpo.SDPOConfig(grpo_mix=0.9, loss_level=loss_level),
+        **{**SMALL, "logit_chunk_size": 4},
+    )
+    trainer = Trainer(
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+    )
+    tok = trainer.tokenizer
+    prompt = tok.encode("hello")
+    long_row = Row(prompt, tok.encode("abcdefghijkl"), [-1.0] * 12, advantage=1.0)
+    short_row = Row(
+        prompt,
+        tok.encode("abcde"),
+        [-1.0] * 5,
+        advantage=-1.0,
+        teacher_prompt_ids=tok.encode("hello, the answer is a"),
+    )
+    rows = [long_row, short_row]
+    loss, stats = trainer._loss(collate(rows), trainer._normalizers(rows), on_policy=True)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.unwrapped.parameters()
+    )
