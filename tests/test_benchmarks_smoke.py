@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmarks: they run end to end at a tiny size and their math holds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(algo: str, points: list[tuple[int, float]], seed: int = 0) -> dict:
+    return {
+        "algorithm": algo,
+        "seed": seed,
+        "generations": points[-1][0],
+        "evals": [
+            {"step": i, "generations": g, "accuracy": a, "response_tokens": 10.0, "seconds": 1.0}
+            for i, (g, a) in enumerate(points)
+        ],
+        "train_response_tokens_mean": 12.0,
+        "step_seconds_mean": 1.0,
+        "wall_seconds": 5.0,
+    }
+
+
+def test_learning_efficiency_summary_ratio():
+    le = _load("learning_efficiency")
+    runs = {
+        "grpo": [
+            _record("grpo", [(0, 0.1), (64, 0.2), (128, 0.3)]),
+            _record("grpo", [(0, 0.1), (64, 0.2), (128, 0.3)], seed=1),
+        ],
+        # seed mean 0.1, 0.3, 0.4: first reaches GRPO's 0.3 at 64 generations -> ratio 2
+        "sdpo": [
+            _record("sdpo", [(0, 0.1), (64, 0.25), (128, 0.35)]),
+            _record("sdpo", [(0, 0.1), (64, 0.35), (128, 0.45)], seed=1),
+        ],
+        "sdpo-srf": [_record("sdpo-srf", [(0, 0.1), (64, 0.15), (128, 0.2)])],
+    }
+    summary = le.summarize(runs)
+    assert summary["grpo"]["final_accuracy"] == pytest.approx(0.3)
+    assert summary["sdpo"]["curve"] == [(0, 0.1), (64, pytest.approx(0.3)), (128, 0.4)]
+    assert summary["sdpo"]["generations_to_grpo_final"] == 64
+    assert summary["sdpo"]["ratio_vs_grpo"] == pytest.approx(2.0)
+    # GRPO first reached 0.3 at its last point (128): same ratio against its own first reach
+    assert summary["sdpo"]["ratio_vs_grpo_first_reach"] == pytest.approx(2.0)
+    # interpolated between (0, 0.1) and (64, 0.3): exactly at 64
+    assert summary["sdpo"]["generations_to_grpo_final_interpolated"] == pytest.approx(64)
+    assert le.generations_to_reach([(0, 0.0), (100, 0.4)], 0.1, interpolate=True) == 25
+    assert summary["sdpo-srf"]["generations_to_grpo_final"] is None
+    assert summary["sdpo-srf"]["ratio_vs_grpo"] is None
+
+
+@pytest.mark.slow
+def test_learning_efficiency_quick(tmp_path, capsys):
+    from algorithms.testing import save_tiny
+
+    le = _load("learning_efficiency")
+    model = save_tiny(tmp_path / "tiny")
+    out = tmp_path / "le"
+    results = le.main(
+        [
+            "--quick",
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--eval-tasks",
+            "4",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert (out / "learning_efficiency.png").stat().st_size > 1000
+    saved = json.loads((out / "learning_efficiency.json").read_text())
+    assert set(saved["summary"]) == {"grpo", "sdpo", "sdpo-srf"}
+    for algo in ("grpo", "sdpo", "sdpo-srf"):
+        # 1 step x 4 questions x 4 rollouts; evaluated before and after it
+        assert [g for g, _ in results["summary"][algo]["curve"]] == [0, 16]
+        assert not (out / f"{algo}-seed0" / "final").exists()  # models deleted by default
+    # same seed, same initial model, same evaluation seed: identical base accuracy
+    assert len({results["summary"][a]["base_accuracy"] for a in results["summary"]}) == 1
+    assert "reaches GRPO's final accuracy" in printed
+    assert "torch threads" in printed
+    assert (out / "report" / "report.md").is_file()
