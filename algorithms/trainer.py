@@ -945,14 +945,9 @@ def train(
     elif isinstance(config, TrainConfig):
         cfg = config
     elif config is None:
-        if algorithm == "grpo":
-            cfg = GRPOTrainConfig()
-        elif algorithm == "sdpo":
-            cfg = SDPOTrainConfig()
-        elif algorithm == "sdpo-srf":
-            cfg = SDPOTrainConfig(sdpo=sdpo.SDPOConfig.successful_rollout(), lr=1e-5)
-        else:
-            raise ConfigError(f"algorithm {algorithm!r} is not one of 'grpo', 'sdpo', 'sdpo-srf'")
+        from algorithms.cli import build_config
+
+        cfg = build_config(algorithm, {}, where="train(algorithm=...)")  # the CLI's presets
     else:
         raise ConfigError(f"config must be a config dataclass, got {type(config).__name__}")
     if overrides:

@@ -194,6 +194,10 @@ def write_report(
     if not runs:
         raise RLRFError("give at least one run folder")
     loaded = [load_run(r) for r in runs]
+    names = [run.name for run in loaded]
+    for run in loaded:
+        if names.count(run.name) > 1:  # e.g. two SDPO variants: tell them apart by folder
+            run.name = run.path.name
     if out is None:
         if len(loaded) > 1:
             raise RLRFError("comparing several runs needs --out DIR for the combined report")
