@@ -57,6 +57,7 @@ def test_demo_pipeline_leaves_a_complete_run_folder(tmp_path, capsys):
 
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["algorithm"] == "sdpo" and config["env_kwargs"] == {"digits": 1, "ops": "+"}
+    assert config["sdpo"]["grpo_mix"] == 0.9
     assert (out / "final" / "config.json").is_file()
     report = out / "report" / "report.md"
     assert report.is_file()
