@@ -19,8 +19,8 @@ from rlrf.feedback import render_feedback
 
 __all__ = ["build_parser", "main", "parse_key_values"]
 
-# Subcommands provided by other packages: name -> (module, help). Each module exposes
-# ``add_parser(subparsers) -> ArgumentParser`` and the parser's ``func`` default.
+# Subcommands that import torch, delegated so `rlrf envs` stays light: name -> (module, help).
+# Each module has ``main(argv, prog=...) -> int`` and parses its own arguments.
 _EXTERNAL_COMMANDS = {
     "demo": ("algorithms.demo", "the main job: SDPO on the embedded model, with a report"),
     "train": ("algorithms.cli", "train a policy with GRPO, SDPO or the successful-rollout variant"),
