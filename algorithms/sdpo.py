@@ -338,8 +338,10 @@ def teacher_contexts_for_group(
     """Build the teacher chat of every rollout of one group (None: no teacher signal).
 
     Uses each trajectory's prompt, its final response as a candidate solution for its
-    siblings, and all of its feedback rendered by :func:`rlrf.render_feedback` (capped at
-    ``feedback_max_chars``). Multi-turn trajectories get the context of their first prompt.
+    siblings, and the feedback on its FIRST response rendered by :func:`rlrf.render_feedback`
+    (capped at ``feedback_max_chars``): the trainer distills the first turn, and f_i must be
+    the feedback on the response y_i being distilled. Multi-turn trajectories get the context
+    of their first prompt.
     """
     cfg = config or SDPOConfig()
     responses = [t.response for t in group.trajectories]
@@ -356,7 +358,8 @@ def teacher_contexts_for_group(
             )
         feedback = None
         if cfg.use_feedback:
-            feedback = render_feedback(traj.feedback, max_chars=cfg.feedback_max_chars)
+            first = traj.turns[0].feedback if traj.turns else ()
+            feedback = render_feedback(first, max_chars=cfg.feedback_max_chars)
         contexts.append(
             build_teacher_messages(traj.prompt, solution=solution, feedback=feedback, config=cfg)
         )

@@ -391,6 +391,8 @@ class Trainer:
         """Teacher hidden states of the rows that have a teacher prompt (no gradient)."""
         assert self.teacher is not None
         index = torch.nonzero(batch.has_teacher.cpu(), as_tuple=False)[:, 0]
+        if index.numel() == 0:  # with grpo_mix > 0 a micro-batch may hold no teacher row
+            return index.to(batch.mask.device), []
         rows = [batch.rows[i] for i in index.tolist()]
         prompts = [r.teacher_prompt_ids for r in rows]
         responses = [r.response_ids for r in rows]

@@ -196,3 +196,16 @@ def test_encode_teacher_prompt_truncates_long_prompts_keeping_instruction_and_he
 def test_encode_teacher_prompt_rejects_messages_without_the_instruction():
     with pytest.raises(ValueError, match="build_teacher_messages"):
         encode_teacher_prompt(tiny_tokenizer(), PROMPT, max_tokens=100)
+
+
+def test_multi_turn_teacher_context_uses_the_first_turns_feedback():
+    from algorithms import sdpo as _sdpo
+    from rlrf import Feedback, FeedbackKind, Group, Trajectory, Turn
+
+    prompt = ({"role": "user", "content": "Q"},)
+    first = Turn("a", 0.0, (Feedback(FeedbackKind.WRONG_ANSWER, "feedback on turn one"),))
+    second = Turn("b", 0.0, (Feedback(FeedbackKind.WRONG_ANSWER, "feedback on turn two"),))
+    group = Group("e", "t", [Trajectory("e", "t", prompt, [first, second])])
+    [ctx] = _sdpo.teacher_contexts_for_group(group, _sdpo.SDPOConfig())
+    text = ctx[-1]["content"]
+    assert "feedback on turn one" in text and "feedback on turn two" not in text

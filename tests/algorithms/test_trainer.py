@@ -227,3 +227,20 @@ def test_grpo_mix_with_teacher_rows_shorter_than_the_batch(loss_level):
     assert any(
         p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.unwrapped.parameters()
     )
+
+
+@pytest.mark.parametrize("loss_level", ["logit", "token"])
+def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
+    from algorithms.batching import Row, collate
+
+    config = SDPOTrainConfig(sdpo=sdpo.SDPOConfig(grpo_mix=0.9, loss_level=loss_level), **SMALL)
+    trainer = Trainer(
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+    )
+    tok = trainer.tokenizer
+    rows = [
+        Row(tok.encode("hi"), tok.encode("abc"), [-1.0] * 3, advantage=0.5),
+        Row(tok.encode("hi"), tok.encode("ab"), [-1.0] * 2, advantage=-0.5),
+    ]
+    loss, _ = trainer._loss(collate(rows), trainer._normalizers(rows), on_policy=True)
+    assert torch.isfinite(loss) and loss.requires_grad
