@@ -37,7 +37,10 @@ Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for 
 process rolls out its share of the step's tasks, the normalizers are summed across
 processes, and DDP averages the gradients (the loss is scaled by the number of processes
 to make that a sum). Only the main process evaluates, logs and checkpoints. This path is
-written for accelerate's DDP but has been tested on a single process only.
+written for accelerate's DDP but NOT working yet: the losses get hidden states by calling
+the model's decoder directly, which fails on the DDP-wrapped model and would bypass DDP's
+gradient sync, and processes with different row counts would make different numbers of
+collective calls. Single-process (CPU or one GPU) is what is tested.
 """
 
 from __future__ import annotations
