@@ -21,7 +21,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails
 
 __all__ = ["ArithmeticEnv", "extract_integer"]
@@ -98,16 +98,10 @@ class ArithmeticEnv(RLRFEnv):
     def prompt(self, task_id: str) -> list[Message]:
         """Ask for the value of the task's expression."""
         a, op, b = self._task(task_id)
-        messages: list[Message] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append(
-            {
-                "role": "user",
-                "content": f"What is {a} {op} {b}? Give the final answer as <answer>N</answer>.",
-            }
+        return user_prompt(
+            f"What is {a} {op} {b}? Give the final answer as <answer>N</answer>.",
+            self.system_prompt,
         )
-        return messages
 
     def gold_answer(self, task_id: str) -> str:
         """The expression's value."""

@@ -81,7 +81,7 @@ from envs.code_program import (
     build_program,
     extract_code,
 )
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, EnvError
 from rlrf.feedback import ErrorDetails, Feedback, FeedbackKind
 from sandboxes.compare import CompareMode, json_match, outputs_match
@@ -277,11 +277,7 @@ class CodeEnv(RLRFEnv):
                 "and prints the answer to standard output. Put the program in one ```python "
                 "code block."
             )
-        messages: list[Message] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": f"{task.statement.rstrip()}\n\n{how}"})
-        return messages
+        return user_prompt(f"{task.statement.rstrip()}\n\n{how}", self.system_prompt)
 
     def gold_answer(self, task_id: str) -> str | None:
         """The reference solution, when the dataset has one."""

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
 
@@ -139,11 +139,7 @@ class ReasoningGymEnv(RLRFEnv):
             f"{self.entry(task_id)['question']}\n\nGive only your final answer inside "
             f"<{tag}></{tag}> tags."
         )
-        messages: list[Message] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": content})
-        return messages
+        return user_prompt(content, self.system_prompt)
 
     def gold_answer(self, task_id: str) -> str | None:
         """The dataset's reference answer (``None`` for datasets without one)."""

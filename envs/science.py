@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
 
@@ -243,11 +243,7 @@ class MultipleChoiceEnv(RLRFEnv):
             f"{it.question}\n\n{options}\n\nThink briefly, then give the letter of the correct "
             f"option as <{tag}>LETTER</{tag}>."
         )
-        messages: list[Message] = []
-        if self.system_prompt:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": content})
-        return messages
+        return user_prompt(content, self.system_prompt)
 
     def gold_answer(self, task_id: str) -> str:
         """A correct response: the right label inside the answer tag."""

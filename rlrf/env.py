@@ -45,7 +45,15 @@ from gymnasium import spaces
 from rlrf.errors import EnvError
 from rlrf.feedback import Feedback, as_feedback_tuple
 
-__all__ = ["ChatSpace", "Message", "Outcome", "RLRFEnv", "ResponseSpace", "StepResult"]
+__all__ = [
+    "ChatSpace",
+    "Message",
+    "Outcome",
+    "RLRFEnv",
+    "ResponseSpace",
+    "StepResult",
+    "user_prompt",
+]
 
 
 class Message(TypedDict):
@@ -56,6 +64,19 @@ class Message(TypedDict):
 
 
 _ROLES = ("system", "user", "assistant", "tool")
+
+
+def user_prompt(content: str, system: str | None = None) -> list[Message]:
+    """A one-question chat: an optional system message, then ``content`` as the user's.
+
+    >>> user_prompt("What is 2 + 2?", system="Be brief.")[0]["role"]
+    'system'
+    """
+    messages: list[Message] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": content})
+    return messages
 
 
 class ChatSpace(spaces.Space):

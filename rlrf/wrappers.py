@@ -20,7 +20,7 @@ from typing import Any
 
 import gymnasium
 
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, StepResult
 from rlrf.feedback import Feedback, as_feedback_tuple, truncate_text
 
 __all__ = ["CapFeedback", "DropFeedback", "FeedbackWrapper", "RedactFeedback", "Wrapper"]
@@ -76,10 +76,8 @@ class Wrapper(gymnasium.Wrapper):
         """Forward to the wrapped env."""
         return self.env.gold_answer(task_id)
 
-    def step_result(self, response: str) -> Any:
+    def step_result(self, response: str) -> StepResult:
         """Typed view of this wrapper's :meth:`step`."""
-        from rlrf.env import StepResult
-
         return StepResult.from_step(self.step(response))
 
 
