@@ -166,6 +166,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     values.update({k: v for k, v in vars(args).items() if k not in skip})
     config = build_config(args.algo, values)
     result = Trainer(config).train()
+    if result.final_model_dir is None:
+        return 0  # not the main process of a multi-process run: it reports
     last_eval = result.evals[-1] if result.evals else {}
     print(f"run folder: {result.output_dir}")
     if last_eval:

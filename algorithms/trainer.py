@@ -33,14 +33,17 @@ and ``trajectories.jsonl`` to that step, so a run killed with SIGKILL and resume
 bit-identical on CPU to an uninterrupted one (tested).
 
 Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for example
-``accelerate launch --num_processes 4 -m algorithms.sdpo --env ... --model ...``): each
-process rolls out its share of the step's tasks, the normalizers are summed across
-processes, and DDP averages the gradients (the loss is scaled by the number of processes
-to make that a sum). Only the main process evaluates, logs and checkpoints. This path is
-written for accelerate's DDP but NOT working yet: the losses get hidden states by calling
-the model's decoder directly, which fails on the DDP-wrapped model and would bypass DDP's
-gradient sync, and processes with different row counts would make different numbers of
-collective calls. Single-process (CPU or one GPU) is what is tested.
+``accelerate launch --multi_gpu --num_processes 4 -m algorithms.sdpo --env ... --model ...``;
+on CPU ``torchrun --nproc_per_node 2 -m algorithms.sdpo ...`` uses gloo). Each process rolls
+out its share of the step's tasks. The training forward goes through the accelerate/DDP
+wrapper of :class:`rlrf.policy.HiddenStates` (the LM's body), so DDP averages the gradients;
+the loss is scaled by the number of processes to make that a sum, and the normalizers are
+summed over processes. Every process makes the same collective calls whatever its share: the
+mini-batch count is fixed, a process with no rows in a mini-batch joins the gradient
+all-reduce with a zero loss, and a non-finite loss still goes through backward before every
+process refuses the step together. The main process evaluates, checkpoints, and logs the
+metrics and trajectories of every process. Tested with two CPU processes
+(``tests/algorithms/test_multiprocess.py``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ from algorithms.teacher import Teacher
 from rlrf.errors import ConfigError, RLRFError
 from rlrf.policy import (
     HFPolicy,
+    HiddenStates,
     SamplingParams,
     chunked_logprobs_from_hidden,
     lm_head_logits,
@@ -98,7 +102,8 @@ class RunResult:
 
     Attributes:
         output_dir: The run folder.
-        final_model_dir: ``save_pretrained`` folder of the final model (and tokenizer).
+        final_model_dir: ``save_pretrained`` folder of the final model (and tokenizer);
+            None on the other processes of a multi-process run.
         steps: Training steps completed.
         generations: Responses sampled for training (the learning-efficiency x-axis).
         metrics: The last step's metrics.
@@ -151,6 +156,8 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         trackers = [t for t in cfg.trackers if t]
         self.accelerator = Accelerator(
+            # without cuda (or another accelerator) several processes train on CPU over gloo
+            cpu=not torch.accelerator.is_available(),
             mixed_precision=cfg.mixed_precision,
             log_with=trackers or None,
             project_dir=str(self.output_dir),
@@ -168,8 +175,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
-        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
-        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        # The training forward goes through ``self.model``: the LM's body wrapped by
+        # accelerate (DDP when launched on several processes), so gradients are synchronized.
+        # Generation, teacher scoring and checkpoints use the plain LM, ``self.unwrapped``.
+        self.model, self.optimizer = self.accelerator.prepare(HiddenStates(model), self.optimizer)
+        self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
         self.teacher: Teacher | None = None
         if isinstance(cfg, SDPOTrainConfig):
@@ -226,7 +236,11 @@ class Trainer:
     def _rows(self, groups: list[Group]) -> tuple[list[Row], dict[str, float]]:
         """Turn groups into training rows; record teacher contexts in the trajectories."""
         cfg = self.config
-        stats: dict[str, float] = defaultdict(float)
+        # the same keys on every process: they are summed across processes in one all-reduce
+        keys = ["zero_adv_groups", "trained_rows"]
+        if self.is_sdpo:
+            keys += ["teacher_signal", "no_teacher_signal"]
+        stats = dict.fromkeys(keys, 0.0)
         rewards, group_ids, where = [], [], []
         for gi, g in enumerate(groups):
             for ti, traj in enumerate(g.trajectories):
@@ -306,6 +320,11 @@ class Trainer:
     # --- normalizers -----------------------------------------------------------------
 
     def _normalizers(self, rows: list[Row]) -> dict[str, float]:
+        """The mini-batch's loss normalizers, summed over every process.
+
+        Also returns ``rows``, the mini-batch's row count over all processes, so that every
+        process takes the same decisions (skip, or join the gradient all-reduce).
+        """
         cfg = self.config
         tokens = sum(len(r.response_ids) for r in rows)
         teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
@@ -316,16 +335,29 @@ class Trainer:
             pg = float(len(rows))
         else:
             pg = float(len(rows) * cfg.max_new_tokens)
-        values = torch.tensor([pg, float(teacher_tokens), float(tokens)], dtype=torch.float64)
-        if self.accelerator.num_processes > 1:
-            values = self.accelerator.reduce(values.to(self.accelerator.device), "sum").cpu()
-        pg, teacher_tokens_f, tokens_f = values.tolist()
+        pg, teacher_tokens_f, tokens_f, n_rows = self._sum_over_processes(
+            [pg, float(teacher_tokens), float(tokens), float(len(rows))]
+        )
         if isinstance(cfg, SDPOTrainConfig) and cfg.sdpo.grpo_mix == 0:
             # token-level SDPO only trains rows that have a teacher: normalize over those
             pg_token = teacher_tokens_f if agg == "token_mean" else pg
         else:
             pg_token = pg
-        return {"pg": pg, "sdpo": teacher_tokens_f, "tokens": tokens_f, "pg_token": pg_token}
+        return {
+            "pg": pg,
+            "sdpo": teacher_tokens_f,
+            "tokens": tokens_f,
+            "pg_token": pg_token,
+            "rows": n_rows,
+        }
+
+    def _sum_over_processes(self, values: list[float]) -> list[float]:
+        """Sum a few numbers over all processes (one all-reduce; a no-op on one process)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+        return acc.reduce(t, "sum").cpu().tolist()
 
     # --- losses ----------------------------------------------------------------------
 
@@ -561,6 +593,13 @@ class Trainer:
     # --- one step --------------------------------------------------------------------
 
     def _update(self, rows: list[Row]) -> dict[str, float]:
+        """``epochs`` passes of ``mini_batches`` optimizer steps over this process's rows.
+
+        On several processes every process makes the same sequence of collective calls
+        whatever its own row count: the mini-batch count is fixed, the normalizers are summed
+        in one all-reduce per mini-batch, and a process with no rows in a mini-batch still
+        joins the gradient all-reduce with a zero loss.
+        """
         cfg = self.config
         acc = self.accelerator
         totals: dict[str, float] = defaultdict(float)
@@ -571,29 +610,34 @@ class Trainer:
             if cfg.epochs > 1 or cfg.mini_batches > 1:
                 random.Random(mix_seed(cfg.seed, self.step, epoch)).shuffle(order)
             shuffled = [rows[i] for i in order]
-            size = math.ceil(len(shuffled) / cfg.mini_batches)
-            for mb_index, mini in enumerate(split_rows(shuffled, size)):
+            for mb_index, mini in enumerate(_even_parts(shuffled, cfg.mini_batches)):
                 norm = self._normalizers(mini)
+                if norm["rows"] == 0:
+                    continue  # the same on every process
                 on_policy = epoch == 0 and mb_index == 0
-                micro = split_rows(mini, cfg.micro_batch_size)
+                micro = split_rows(mini, cfg.micro_batch_size) or [[]]
                 step_stats: dict[str, float] = defaultdict(float)
+                failure = ""
                 for k, micro_rows in enumerate(micro):
-                    batch = collate(micro_rows, acc.device)
                     sync = (
                         contextlib.nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     )
                     with sync, acc.autocast():
-                        loss, stats = self._loss(batch, norm, on_policy)
-                        if not torch.isfinite(loss.detach()).all():
-                            kept = self.last_checkpoint or "none saved yet"
-                            raise TrainingError(
+                        stats: dict[str, torch.Tensor] = {}
+                        if micro_rows:
+                            batch = collate(micro_rows, acc.device)
+                            loss, stats = self._loss(batch, norm, on_policy)
+                        else:
+                            loss = self._zero_loss()
+                        if not failure and not torch.isfinite(loss.detach()).all():
+                            failure = (
                                 f"non-finite loss ({float(loss.detach())}) at step "
                                 f"{self.step + 1}, epoch {epoch}, mini-batch {mb_index}, "
                                 f"micro-batch {k} (groups "
-                                f"{sorted({r.group for r in micro_rows})}); the update was "
-                                f"not applied and the last checkpoint ({kept}) is kept. "
-                                "Lower lr or check the rewards and the model's dtype"
+                                f"{sorted({r.group for r in micro_rows})})"
                             )
+                        # even a non-finite loss goes through backward, so that every process
+                        # makes the same gradient all-reduces; the step is refused below
                         acc.backward(loss * acc.num_processes)
                     step_stats["loss"] += float(loss.detach())
                     for key, value in stats.items():
@@ -601,6 +645,20 @@ class Trainer:
                             teacher_s += float(value)
                         else:
                             step_stats[key] += float(value)
+                (failed,) = self._sum_over_processes([float(bool(failure))])
+                if failed:
+                    kept = self.last_checkpoint or "none saved yet"
+                    where = failure or (
+                        f"a non-finite loss on another process at step {self.step + 1}, "
+                        f"epoch {epoch}, mini-batch {mb_index}"
+                    )
+                    self.optimizer.zero_grad(set_to_none=True)
+                    raise TrainingError(
+                        f"{where}; the update was not applied and the last checkpoint "
+                        f"({kept}) is kept. Lower lr or check the rewards and the model's dtype"
+                    )
+                if acc.num_processes > 1:
+                    step_stats = _sum_dicts(acc, step_stats)
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 if cfg.max_grad_norm > 0:
                     grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -620,8 +678,20 @@ class Trainer:
                     totals[key] += value
         out = {f"train/{k}": v / max(1, n_updates) for k, v in totals.items()}
         out["train/optimizer_steps"] = float(n_updates)
+        if n_updates == 0:
+            out["train/skipped"] = 1.0
         out["_teacher_seconds"] = teacher_s
         return out
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A zero loss that runs the (DDP) forward and reaches every trainable parameter.
+
+        For a process with nothing to add to a gradient all-reduce the others are making.
+        """
+        ids = torch.full((1, 1), self._pad, dtype=torch.long, device=self.accelerator.device)
+        hidden = self.model(ids, torch.ones_like(ids))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return (hidden.float().sum() + sum(p.float().sum() for p in params)) * 0.0
 
     def train_step(self) -> dict[str, Any]:
         """Run one step (roll out, then update); return its metrics."""
@@ -670,22 +740,24 @@ class Trainer:
         t_step = time.perf_counter() if started is None else started
         timer.add("generation", rstats.generation_s)
         timer.add("env", rstats.env_s)
-        self.generations += rstats.rollouts * acc.num_processes
 
         with timer("build"):
             rows, row_stats = self._rows(groups)
         metrics: dict[str, Any] = {}
         t_update = time.perf_counter()
-        if rows:
-            metrics.update(self._update(rows))
-        else:
-            metrics["train/skipped"] = 1.0
+        metrics.update(self._update(rows))
         teacher_s = float(metrics.pop("_teacher_seconds", 0.0))
         timer.add("teacher", teacher_s)
         timer.add("update", time.perf_counter() - t_update - teacher_s)
 
-        rewards = [r for g in groups for r in g.rewards if r is not None]
-        successes = [t.success for g in groups for t in g.trajectories if t.reward is not None]
+        if acc.num_processes > 1:
+            # every process's rollouts count in the metrics and reach trajectories.jsonl
+            rstats, row_stats, all_groups = self._gather_step(rstats, row_stats, groups)
+        else:
+            all_groups = groups
+        self.generations += rstats.rollouts
+        rewards = [r for g in all_groups for r in g.rewards if r is not None]
+        successes = [t.success for g in all_groups for t in g.trajectories if t.reward is not None]
         metrics.update(
             {
                 "rollout/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
@@ -708,11 +780,28 @@ class Trainer:
         self.step += 1
         self.last_groups = groups
         if acc.is_main_process and self._trajectory_writer is not None:
-            for g in groups:
+            for g in all_groups:
                 self._trajectory_writer.write(g)
         metrics.update(timer.as_metrics())
         metrics["timing/step"] = time.perf_counter() - t_step
         return metrics
+
+    def _gather_step(
+        self, rstats: RolloutStats, row_stats: dict[str, float], groups: list[Group]
+    ) -> tuple[RolloutStats, dict[str, float], list[Group]]:
+        """Sum the counts and collect the groups of every process (main gets the groups)."""
+        from accelerate.utils import gather_object
+
+        counts = ("rollouts", "missing_rewards", "response_tokens", "truncated", "turns")
+        keys = sorted(row_stats)
+        summed = self._sum_over_processes(
+            [float(getattr(rstats, c)) for c in counts] + [row_stats[k] for k in keys]
+        )
+        total = dataclasses.replace(
+            rstats, **{c: int(v) for c, v in zip(counts, summed, strict=False)}
+        )
+        all_stats = dict(zip(keys, summed[len(counts) :], strict=True))
+        return total, all_stats, list(gather_object(groups))
 
     # --- evaluation ------------------------------------------------------------------
 
@@ -885,6 +974,24 @@ class Trainer:
 
     def _record_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.evals.append({"step": step, "generations": self.generations, **metrics})
+
+
+def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:
+    """Sum every process's loss statistics (each is its share of a globally normalized sum)."""
+    from accelerate.utils import gather_object
+
+    total: dict[str, float] = defaultdict(float)
+    for part in gather_object([dict(values)]):
+        for key, value in part.items():
+            total[key] += value
+    return total
+
+
+def _even_parts(rows: list[Row], n: int) -> list[list[Row]]:
+    """Split into exactly ``n`` consecutive parts whose sizes differ by at most one."""
+    q, r = divmod(len(rows), n)
+    bounds = [i * q + min(i, r) for i in range(n + 1)]
+    return [rows[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 def _postfix(metrics: dict[str, Any]) -> dict[str, str]:

@@ -12,6 +12,9 @@ Two pieces:
   over chunks of positions, so peak memory grows with ``batch x chunk x vocab`` rather than
   ``batch x length x vocab`` (SmolLM2's vocabulary is 49k); with gradients, each chunk is
   recomputed in the backward pass (``torch.utils.checkpoint``) instead of being stored.
+  :func:`shared_prefix_hidden_states` gives the same hidden states without gradient for
+  rows whose prompts share a prefix per group (a rollout group's teacher prompts), running
+  each shared prefix once and reusing its KV cache.
 
 Which distribution the log-probs belong to: the sampler returns log-probs of the
 temperature-scaled softmax over the FULL vocabulary, ``log_softmax(logits / temperature)``,
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -54,6 +57,7 @@ __all__ = [
     "CHATML_TEMPLATE",
     "ChatTemplateError",
     "HFPolicy",
+    "HiddenStates",
     "OpenAIBackend",
     "Sample",
     "SamplingBackend",
@@ -62,6 +66,7 @@ __all__ = [
     "encode_chat",
     "lm_head_logits",
     "response_hidden_states",
+    "shared_prefix_hidden_states",
     "token_logprobs",
 ]
 
@@ -202,6 +207,41 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
 def _output_cache(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+class HiddenStates(torch.nn.Module):
+    """A causal LM's transformer body as a module: ``(input_ids, attention_mask) -> hidden``.
+
+    The training losses need the final hidden states (the LM head runs per chunk of positions
+    afterwards), not the logits of every position. Calling ``model.get_decoder()`` directly
+    would bypass a DDP / accelerate wrapper and with it the gradient synchronization, so the
+    trainer wraps THIS module instead: its forward is the body's forward, and every
+    parameter of the LM (the head included) is a parameter of it.
+
+    Args:
+        model: A causal LM whose ``get_decoder()`` returns the transformer body.
+
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Return the final (normalized) hidden states ``[B, T, H]``."""
+        return _decoder_hidden(self.model, input_ids, attention_mask)
+
+
+def _decoder_hidden(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    out = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+
+def _body_forward(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """Hidden states from a causal LM or from a (possibly DDP-wrapped) :class:`HiddenStates`."""
+    if isinstance(getattr(model, "module", model), HiddenStates):
+        return model(ids, attn)
+    return _decoder_hidden(model, ids, attn)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -415,7 +455,8 @@ def response_hidden_states(
     so student and teacher rows with different prompt lengths line up token by token.
 
     Args:
-        model: A causal LM whose ``get_decoder()`` returns the transformer body.
+        model: A causal LM whose ``get_decoder()`` returns the transformer body, or a
+            :class:`HiddenStates` module (possibly wrapped by DDP / accelerate).
         prompt_ids: One tokenized prompt per row (non-empty).
         response_ids: One list of response tokens per row.
         pad: Token id used for padding (masked out by the attention mask).
@@ -435,8 +476,7 @@ def response_hidden_states(
         row = list(p) + list(r)
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
         attn[i, : len(row)] = 1
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
-    hidden = hidden[0] if isinstance(hidden, tuple) else hidden.last_hidden_state
+    hidden = _body_forward(model, ids, attn)
     resp_len = torch.tensor([len(r) for r in response_ids], device=device)
     max_len = max(1, int(resp_len.max()))
     start = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)
@@ -445,6 +485,219 @@ def response_hidden_states(
     gathered = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
     mask = offsets[None, :] < resp_len[:, None]
     return gathered, mask
+
+
+def shared_prefix_hidden_states(
+    model: PreTrainedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    groups: Sequence[Hashable],
+    pad: int = 0,
+    max_batch_size: int = 64,
+    min_shared: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_hidden_states` for rows whose prompts share a prefix per group.
+
+    Meant for scoring without gradient (the SDPO teacher): the G rows of one rollout group
+    have teacher prompts with a long common token prefix (template, system prompt, question,
+    often the same solution), so each group's prefix goes through the decoder ONCE, its KV
+    cache is copied to the group's rows, and only the rest of each prompt plus the response
+    is run on top of it. Steps:
+
+    1. Per group (rows with equal ``groups[i]``), the longest common token prefix of the
+       prompts, leaving at least one prompt token of every row outside it. A group of one
+       row, or one whose prefix is shorter than ``min_shared`` tokens, is not shared.
+    2. The distinct prefixes run left-padded (explicit ``position_ids``), at most
+       ``max_batch_size`` at a time, with ``use_cache=True``.
+    3. Rows are sorted by suffix length (rest of the prompt + response) and run in
+       sub-batches of at most ``max_batch_size``, right-padded, over the cache of their
+       prefixes (2-D attention mask over cache + suffix, positions continuing after the
+       prefix). A sub-batch with no shared row is a plain :func:`response_hidden_states`.
+
+    The result equals :func:`response_hidden_states` up to floating-point rounding. A model
+    whose cache is not a plain per-layer key/value cache (sliding-window or linear-attention
+    layers, transformers older than 5) gets the plain computation, in the same sub-batches.
+    Peak memory holds the expanded keys/values of one sub-batch.
+
+    Args:
+        model: A causal LM whose ``get_decoder()`` returns the transformer body (possibly a
+            ``peft`` model), or a :class:`HiddenStates` module.
+        prompt_ids: One tokenized prompt per row (non-empty).
+        response_ids: One list of response tokens per row.
+        groups: One hashable key per row; only rows with the same key share a prefix.
+        pad: Token id used for padding (masked out by the attention mask).
+        max_batch_size: Most rows (and most prefixes) per forward pass.
+        min_shared: Shortest common prefix, in tokens, worth sharing.
+
+    Returns:
+        ``(hidden[B, L, H], mask[B, L])`` with ``L`` the longest response, rows in the
+        given order; hidden states outside the mask are zero.
+
+    """
+    prompts = [list(p) for p in prompt_ids]
+    responses = [list(r) for r in response_ids]
+    if not len(prompts) == len(responses) == len(groups):
+        raise ValueError("prompt_ids, response_ids and groups need one entry per row")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every row needs a non-empty prompt to predict its first token from")
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    inner = getattr(model, "module", model)  # a (DDP-wrapped) HiddenStates: use its LM
+    if isinstance(inner, HiddenStates):
+        model = inner.model
+    device = next(model.parameters()).device
+    prefixes, owner = _group_prefixes(prompts, groups, min_shared)
+    cache = _PrefixCache.build(model, prefixes, pad, max_batch_size) if prefixes else None
+    if cache is None:
+        owner = [-1] * len(prompts)
+    shared = [len(prefixes[j]) if j >= 0 else 0 for j in owner]
+
+    width = max(1, max(len(r) for r in responses))
+    hidden = mask = None
+    order = sorted(
+        range(len(prompts)), key=lambda i: len(prompts[i]) - shared[i] + len(responses[i])
+    )
+    for start in range(0, len(order), max_batch_size):
+        rows = order[start : start + max_batch_size]
+        if cache is None or all(owner[i] < 0 for i in rows):
+            h, m = response_hidden_states(
+                model, [prompts[i] for i in rows], [responses[i] for i in rows], pad=pad
+            )
+        else:
+            h, m = cache.response_hidden_states(
+                [prompts[i][shared[i] :] for i in rows],
+                [responses[i] for i in rows],
+                [owner[i] for i in rows],
+                pad,
+            )
+        if hidden is None:
+            hidden = h.new_zeros((len(prompts), width, h.shape[-1]))
+            mask = torch.zeros((len(prompts), width), dtype=torch.bool, device=device)
+        index = torch.tensor(rows, device=device)
+        hidden[index, : h.shape[1]] = h * m[..., None]
+        mask[index, : m.shape[1]] = m
+    assert hidden is not None and mask is not None
+    return hidden, mask
+
+
+def _group_prefixes(
+    prompts: list[list[int]], groups: Sequence[Hashable], min_shared: int
+) -> tuple[list[list[int]], list[int]]:
+    """The shared prompt prefix of each group worth sharing, and each row's prefix (or -1)."""
+    members: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(groups):
+        members.setdefault(key, []).append(i)
+    prefixes: list[list[int]] = []
+    owner = [-1] * len(prompts)
+    for rows in members.values():
+        first = prompts[rows[0]]
+        n = min(len(prompts[i]) for i in rows) - 1  # every row keeps a non-empty suffix
+        for i in rows[1:]:
+            n = next((k for k in range(n) if prompts[i][k] != first[k]), n)
+        if len(rows) > 1 and n >= max(1, min_shared):
+            for i in rows:
+                owner[i] = len(prefixes)
+            prefixes.append(first[:n])
+    return prefixes, owner
+
+
+class _PrefixCache:
+    """Keys/values of distinct prompt prefixes, left-padded to one width, per decoder layer."""
+
+    def __init__(self, decoder: Any, cache_kw: str, layers: list, attn: torch.Tensor) -> None:
+        self.decoder = decoder
+        self.cache_kw = cache_kw
+        self.layers = layers  # [(keys[P, heads, W, d], values[P, heads, W, d]), ...]
+        self.attn = attn  # [P, W], zeros on the left padding
+        self.lengths = attn.sum(-1)
+
+    @classmethod
+    def build(
+        cls, model: Any, prefixes: list[list[int]], pad: int, max_batch_size: int
+    ) -> _PrefixCache | None:
+        """Run the prefixes; None where the model's cache can't be reused this way."""
+        try:
+            from transformers.cache_utils import DynamicLayer
+        except ImportError:  # older transformers: no per-layer cache objects
+            return None
+        decoder, cache_kw = model.get_decoder(), _cache_kwarg(model)
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prefixes)
+        chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        for start in range(0, len(prefixes), max_batch_size):
+            part = prefixes[start : start + max_batch_size]
+            ids, attn = _left_padded(part, width, pad, device)
+            positions = (attn.cumsum(-1) - 1).clamp_(min=0)
+            out = decoder(
+                input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True
+            )
+            cache = _output_cache(out)
+            layers = getattr(cache, "layers", None)
+            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+                return None
+            chunks.append([(layer.keys, layer.values) for layer in layers])
+        layers = [
+            tuple(torch.cat([c[n][kv] for c in chunks]) for kv in (0, 1))
+            for n in range(len(chunks[0]))
+        ]
+        _, attn = _left_padded(prefixes, width, pad, device)
+        return cls(decoder, cache_kw, layers, attn)
+
+    def response_hidden_states(
+        self,
+        suffixes: list[list[int]],
+        responses: list[list[int]],
+        owner: list[int],
+        pad: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of ``suffix + response`` rows over their prefixes (owner -1: none)."""
+        from transformers.cache_utils import DynamicCache
+
+        device = self.attn.device
+        has = torch.tensor([j >= 0 for j in owner], device=device)
+        index = torch.tensor([max(j, 0) for j in owner], device=device)
+        width = self.attn.shape[1]
+        keep = int(self.lengths[index][has].max())  # cache columns any row needs
+        cols = slice(width - keep, width)
+        cache = DynamicCache()
+        for n, (k, v) in enumerate(self.layers):
+            cache.update(k[index, :, cols], v[index, :, cols], n)
+        past = self.attn[index, cols] * has[:, None]
+        offset = torch.where(has, self.lengths[index], 0)
+
+        lengths = [len(s) + len(r) for s, r in zip(suffixes, responses, strict=True)]
+        ids = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long, device=device)
+        attn = torch.zeros_like(ids)
+        for i, (s, r) in enumerate(zip(suffixes, responses, strict=True)):
+            ids[i, : lengths[i]] = torch.tensor(s + r, dtype=torch.long, device=device)
+            attn[i, : lengths[i]] = 1
+        positions = offset[:, None] + torch.arange(ids.shape[1], device=device)[None, :]
+        out = self.decoder(
+            input_ids=ids,
+            attention_mask=torch.cat([past, attn], dim=1),
+            position_ids=positions,
+            use_cache=True,
+            **{self.cache_kw: cache},
+        )
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        resp_len = torch.tensor([len(r) for r in responses], device=device)
+        offsets = torch.arange(max(1, int(resp_len.max())), device=device)
+        start = torch.tensor([len(s) - 1 for s in suffixes], device=device)
+        at = (start[:, None] + offsets[None, :]).clamp_(max=ids.shape[1] - 1)
+        gathered = hidden.gather(1, at[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return gathered, offsets[None, :] < resp_len[:, None]
+
+
+def _left_padded(
+    rows: list[list[int]], width: int, pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
+        attn[i, width - len(r) :] = 1
+    return ids, attn
 
 
 def lm_head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
