@@ -86,6 +86,7 @@ from rlrf.policy import (
     chunked_logprobs_from_hidden,
     lm_head_logits,
     response_hidden_states,
+    shared_prefix_hidden_states,
 )
 from rlrf.trajectory import Group, TrajectoryWriter
 
@@ -434,7 +435,15 @@ class Trainer:
         hiddens = []
         with torch.no_grad():
             for module in self.teacher.scoring_modules(self.unwrapped):
-                h, _ = response_hidden_states(module, prompts, responses, pad=self._pad)  # type: ignore[arg-type]
+                # a group's rows share most of their teacher prompt: run that prefix once
+                h, _ = shared_prefix_hidden_states(
+                    module,  # type: ignore[arg-type]
+                    prompts,  # type: ignore[arg-type]
+                    responses,
+                    groups=[r.group for r in rows],
+                    pad=self._pad,
+                    max_batch_size=len(rows),
+                )
                 # The teacher rows may be a subset whose longest response is shorter than
                 # the batch's: pad to the batch's width so chunks line up.
                 width = batch.response_ids.shape[1]
@@ -615,6 +624,9 @@ class Trainer:
                 if norm["rows"] == 0:
                     continue  # the same on every process
                 on_policy = epoch == 0 and mb_index == 0
+                # a micro-batch of one group's rows shares its teacher-prompt prefix; the
+                # order inside a mini-batch does not change its gradient (a sum)
+                mini = sorted(mini, key=lambda r: (r.group, r.trajectory, r.turn))
                 micro = split_rows(mini, cfg.micro_batch_size) or [[]]
                 step_stats: dict[str, float] = defaultdict(float)
                 failure = ""

@@ -8,14 +8,18 @@ shared generation). Target: SDPO/GRPO <= 1.25x.
     python benchmarks/step_time.py --model tiny            # random tiny model (seconds)
     python benchmarks/step_time.py --model smollm2-135m    # the embedded model
     python benchmarks/step_time.py --model smollm2-135m --device cuda --dtype bfloat16
+    python benchmarks/step_time.py --model smollm2-135m --env rlrf/Arithmetic-v0 \
+        --env-kwargs '{"digits": 1, "ops": "+"}'    # some rollouts succeed: solutions in context
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import time
+from typing import Any
 
 import torch
 
@@ -50,6 +54,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--mixed-precision", default="no")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--env",
+        default="target",
+        help='"target" (a toy env: one fixed feedback line per task) or a registered env id',
+    )
+    ap.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for --env")
     args = ap.parse_args()
 
     if args.model == "tiny":
@@ -71,7 +81,12 @@ def main() -> None:
         output_dir="/tmp/rlrf_step_time",
         mixed_precision=args.mixed_precision,
     )
-    env = TargetCharEnv(n_tasks=args.questions, targets="ab")
+    if args.env == "target":
+        env: Any = TargetCharEnv(n_tasks=args.questions, targets="ab")
+    else:
+        import rlrf
+
+        env = rlrf.make(args.env, **json.loads(args.env_kwargs))
     # one shared rollout batch (seeded sampling: identical for both algorithms)
     base = Trainer(
         GRPOTrainConfig(**common), env=env, model=copy.deepcopy(model), tokenizer=tokenizer
@@ -95,7 +110,8 @@ def main() -> None:
     print(
         f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
         f"batch {args.questions}x{args.rollouts} rollouts, {tokens} response tokens; "
-        f"generation {gen_s:.2f}s (shared)"
+        f"generation {gen_s:.2f}s (shared); "
+        f"{sum(t.success for g in groups for t in g.trajectories)} rollouts succeeded"
     )
     results = {}
     for name, cfg in (
@@ -106,6 +122,7 @@ def main() -> None:
         for _ in range(args.repeats):
             trainer = Trainer(cfg, env=env, model=copy.deepcopy(model), tokenizer=tokenizer)
             rows, _ = trainer._rows(copy.deepcopy(groups))
+            teacher_lengths = [len(r.teacher_prompt_ids or ()) for r in rows]
             _peak_reset(args.device)
             t0 = time.perf_counter()
             metrics = trainer._update(rows)
@@ -120,6 +137,11 @@ def main() -> None:
         print(
             f"{name}: update {best['update']:.3f}s (teacher scoring {best['teacher']:.3f}s), "
             f"peak memory {best['peak_mib']:.0f} MiB"
+            + (
+                f"; teacher prompts {min(teacher_lengths)}-{max(teacher_lengths)} tokens"
+                if name == "sdpo" and teacher_lengths
+                else ""
+            )
         )
     ratio = results["sdpo"]["update"] / results["grpo"]["update"]
     step_ratio = (gen_s + results["sdpo"]["update"]) / (gen_s + results["grpo"]["update"])
