@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -506,12 +507,15 @@ def shared_prefix_hidden_states(
     is run on top of it. Steps:
 
     1. Per group (rows with equal ``groups[i]``), the longest common token prefix of the
-       prompts, leaving at least one prompt token of every row outside it. A group of one
-       row, or one whose prefix is shorter than ``min_shared`` tokens, is not shared.
+       prompts, leaving at least one prompt token of every row outside it; the group is
+       split into clusters with longer prefixes where that saves more tokens (the rows
+       given one sibling's solution share it too). A row alone, or a prefix shorter than
+       ``min_shared`` tokens, is not shared.
     2. The distinct prefixes run left-padded (explicit ``position_ids``), at most
        ``max_batch_size`` at a time, with ``use_cache=True``.
-    3. Rows are sorted by suffix length (rest of the prompt + response) and run in
-       sub-batches of at most ``max_batch_size``, right-padded, over the cache of their
+    3. Rows are sorted by suffix length (rest of the prompt + response) and cut into
+       sub-batches of at most ``max_batch_size`` rows where that saves padding (a fixed
+       cost per forward pass keeps GPU batches large), right-padded, over the cache of their
        prefixes (2-D attention mask over cache + suffix, positions continuing after the
        prefix). A sub-batch with no shared row is a plain :func:`response_hidden_states`.
 
@@ -558,8 +562,11 @@ def shared_prefix_hidden_states(
     order = sorted(
         range(len(prompts)), key=lambda i: len(prompts[i]) - shared[i] + len(responses[i])
     )
-    for start in range(0, len(order), max_batch_size):
-        rows = order[start : start + max_batch_size]
+    cost = [len(prompts[i]) - shared[i] + len(responses[i]) for i in order]
+    overhead = 32 if device.type == "cpu" else 1024
+    start = 0
+    for end in _length_buckets(cost, max_batch_size, overhead):
+        rows, start = order[start:end], end
         if cache is None or all(owner[i] < 0 for i in rows):
             h, m = response_hidden_states(
                 model, [prompts[i] for i in rows], [responses[i] for i in rows], pad=pad
@@ -584,22 +591,85 @@ def shared_prefix_hidden_states(
 def _group_prefixes(
     prompts: list[list[int]], groups: Sequence[Hashable], min_shared: int
 ) -> tuple[list[list[int]], list[int]]:
-    """The shared prompt prefix of each group worth sharing, and each row's prefix (or -1)."""
+    """The prompt prefixes worth running once, and each row's prefix index (or -1).
+
+    Within a group the rows are split further where that saves more tokens: the rows that
+    use one sibling's solution share the question AND that solution, the others only the
+    question, so one group may give several prefixes (see :func:`_best_clusters`).
+    """
     members: dict[Hashable, list[int]] = {}
     for i, key in enumerate(groups):
         members.setdefault(key, []).append(i)
     prefixes: list[list[int]] = []
     owner = [-1] * len(prompts)
     for rows in members.values():
-        first = prompts[rows[0]]
-        n = min(len(prompts[i]) for i in rows) - 1  # every row keeps a non-empty suffix
-        for i in rows[1:]:
-            n = next((k for k in range(n) if prompts[i][k] != first[k]), n)
-        if len(rows) > 1 and n >= max(1, min_shared):
-            for i in rows:
+        _, clusters = _best_clusters(prompts, rows, max(1, min_shared))
+        for cluster, n in clusters:
+            for i in cluster:
                 owner[i] = len(prefixes)
-            prefixes.append(first[:n])
+            prefixes.append(prompts[cluster[0]][:n])
     return prefixes, owner
+
+
+def _common_prefix(prompts: list[list[int]], rows: list[int]) -> int:
+    """Longest common prefix of the rows' prompts, leaving every row a non-empty suffix."""
+    first = prompts[rows[0]]
+    n = min(len(prompts[i]) for i in rows) - 1
+    for i in rows[1:]:
+        n = next((k for k in range(n) if prompts[i][k] != first[k]), n)
+    return n
+
+
+def _best_clusters(
+    prompts: list[list[int]], rows: list[int], min_shared: int
+) -> tuple[int, list[tuple[list[int], int]]]:
+    """Split ``rows`` into clusters with one shared prefix each, saving the most tokens.
+
+    A cluster of ``c`` rows sharing ``n`` tokens saves ``(c - 1) * n``. Either the rows
+    share their common prefix, or they are split by their first token after it and each
+    part is solved the same way; the better of the two wins. Returns (tokens saved,
+    [(rows, prefix length), ...]); rows left out share nothing.
+    """
+    if len(rows) < 2:
+        return 0, []
+    n = _common_prefix(prompts, rows)
+    whole = (len(rows) - 1) * n if n >= min_shared else 0
+    parts: dict[int, list[int]] = {}
+    for i in rows:
+        # a row whose prompt ends right after the common prefix stays alone
+        key = prompts[i][n] if len(prompts[i]) > n + 1 else -1 - i
+        parts.setdefault(key, []).append(i)
+    if len(parts) == 1:  # cannot happen (the prefix would be longer); guards the recursion
+        return whole, [(rows, n)] if whole else []
+    split_saved, split = 0, []
+    for part in parts.values():
+        saved, clusters = _best_clusters(prompts, part, min_shared)
+        split_saved += saved
+        split += clusters
+    if split_saved > whole:
+        return split_saved, split
+    return whole, [(rows, n)] if whole else []
+
+
+def _length_buckets(lengths: list[int], max_rows: int, overhead: int) -> list[int]:
+    """Where to cut rows sorted by length into sub-batches, fewest padded tokens first.
+
+    A sub-batch costs its rows times its longest row, plus ``overhead`` tokens per forward
+    pass (a GPU wants big batches, a CPU does not care): dynamic programming over the cut
+    points. Returns the end index of each sub-batch.
+    """
+    best = [0] + [math.inf] * len(lengths)
+    cut = [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * lengths[j - 1] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    ends, j = [], len(lengths)
+    while j > 0:
+        ends.append(j)
+        j = cut[j]
+    return ends[::-1]
 
 
 class _PrefixCache:

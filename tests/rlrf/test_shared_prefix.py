@@ -163,3 +163,43 @@ def test_bad_arguments(model):
         shared_prefix_hidden_states(model, [[3, 4]], [[5]], groups=[0, 1])
     with pytest.raises(ValueError, match="non-empty prompt"):
         shared_prefix_hidden_states(model, [[]], [[5]], groups=[0])
+
+
+def test_a_group_splits_where_rows_share_a_longer_prefix(model, monkeypatch):
+    # The teacher-prompt shape: question, then one of two solutions, then per-row feedback.
+    rng = random.Random(5)
+    vocab = model.config.vocab_size
+    question = _tokens(rng, 20, vocab)
+    solutions = [_tokens(rng, 30, vocab), _tokens(rng, 30, vocab)]
+    which = [0, 0, 0, 1, 0, 1, 0]
+    prompts = [question + solutions[w] + _tokens(rng, rng.randint(1, 8), vocab) for w in which]
+    responses = [_tokens(rng, rng.randint(1, 9), vocab) for _ in which]
+    calls = _count_prefix_runs(monkeypatch)
+    _assert_same(model, prompts, responses, ["g"] * len(which))
+    # two clusters (5 rows + 2 rows) sharing question + solution beat one sharing the question
+    assert len(calls) == 1 and sorted(calls[0]) == [50, 50]
+
+
+def test_clusters_only_where_they_save_tokens():
+    prompts = [[1] * 20 + [2, 9], [1] * 20 + [3, 9], [1] * 20 + [4, 9]]  # share 20, then differ
+    saved, clusters = policy._best_clusters(prompts, [0, 1, 2], min_shared=16)
+    assert saved == 40 and clusters == [([0, 1, 2], 20)]
+    saved, clusters = policy._best_clusters(prompts, [0, 1, 2], min_shared=21)
+    assert saved == 0 and clusters == []
+
+
+@pytest.mark.parametrize(
+    ("lengths", "overhead", "expected"),
+    [
+        ([5, 6, 7, 40, 41], 0, [1, 2, 3, 4, 5]),  # no cost per pass: every row alone
+        ([5, 6, 7, 40, 41], 10, [3, 5]),  # short rows together, long rows together
+        ([5, 6, 7, 40, 41], 10_000, [5]),  # a pass costs more than any padding
+    ],
+)
+def test_length_buckets_minimise_padded_tokens(lengths, overhead, expected):
+    assert policy._length_buckets(lengths, 8, overhead) == expected
+
+
+def test_length_buckets_respect_max_rows():
+    ends = policy._length_buckets([3] * 7, 3, 10_000)
+    assert len(ends) == 3 and all(b - a <= 3 for a, b in zip([0, *ends], ends, strict=False))
