@@ -450,12 +450,21 @@ class Trainer:
                 hiddens.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
         return index.to(batch.mask.device), hiddens
 
-    def _teacher_chunk_logprobs(self, hiddens: list[torch.Tensor], sl: slice) -> torch.Tensor:
-        """Teacher log-softmax over the full vocabulary for a chunk of positions."""
+    def _teacher_chunk_logprobs(
+        self, hiddens: list[torch.Tensor], sl: slice, select: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher log-softmax over the full vocabulary at the selected positions of a chunk.
+
+        ``select`` is ``[teacher rows, chunk]``; the result is ``[N, V]``, one row per
+        selected position in row-major order (the order of boolean-mask indexing).
+        """
         assert self.teacher is not None
         modules = self.teacher.scoring_modules(self.unwrapped)
         logits = self.teacher.combine_logits(
-            [lm_head_logits(m, h[:, sl]).float() for m, h in zip(modules, hiddens, strict=True)]
+            [
+                lm_head_logits(m, h[:, sl][select]).float()
+                for m, h in zip(modules, hiddens, strict=True)
+            ]
         )
         return (logits / self._temperature).log_softmax(-1)
 
@@ -472,37 +481,42 @@ class Trainer:
         t_index, t_hiddens = self._teacher_hidden(batch)
         teacher_s = time.perf_counter() - t0
         tmask = batch.mask & batch.has_teacher[:, None]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        width = hidden.shape[1]
-        temperature = self._temperature
+        # stays connected to every head parameter when no position is distilled (DDP needs
+        # a gradient, even zero, for each parameter)
         head = self.unwrapped
+        total = sum(
+            (p.sum() * 0.0 for p in head.get_output_embeddings().parameters() if p.requires_grad),
+            start=hidden.sum() * 0.0,
+        )
+        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        temperature = self._temperature
         k = min(s.top_k, self.unwrapped.config.vocab_size)
-        for start in range(0, width, cfg.logit_chunk_size):
+        for start in range(0, hidden.shape[1], cfg.logit_chunk_size):
             sl = slice(start, start + cfg.logit_chunk_size)
-            h = hidden[:, sl]
-            ids = batch.response_ids[:, sl]
+            # Only the positions that are distilled (teacher rows, inside the response) go
+            # through the LM head: padding and rows without a teacher would add nothing.
+            valid = tmask[:, sl]
+            if not bool(valid.any()):
+                continue
+            h = hidden[:, sl][valid][None]  # [1, N, H]
+            ids = batch.response_ids[:, sl][valid][None]
             t0 = time.perf_counter()
             with torch.no_grad():
                 s_logits = lm_head_logits(head, h.detach()).float() / temperature
                 idx = sdpo.student_topk_indices(s_logits, k)
                 del s_logits
-                t_topk = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)
-                t_lp_y = torch.zeros(ids.shape, dtype=torch.float32, device=idx.device)
-                if t_index.numel():
-                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl)
-                    t_topk[t_index] = t_lp.gather(-1, idx[t_index])
-                    t_lp_y[t_index] = t_lp.gather(-1, ids[t_index][..., None])[..., 0]
-                    del t_lp
+                t_lp = self._teacher_chunk_logprobs(t_hiddens, sl, valid[t_index])[None]
+                t_topk = t_lp.gather(-1, idx)
+                t_lp_y = t_lp.gather(-1, ids[..., None])[..., 0]
+                del t_lp
             teacher_s += time.perf_counter() - t0
-            old = None if on_policy else batch.old_logprobs[:, sl]
+            old = None if on_policy else batch.old_logprobs[:, sl][valid][None]
 
             def chunk_loss(
                 h: torch.Tensor,
                 idx: torch.Tensor = idx,
                 t_topk: torch.Tensor = t_topk,
                 t_lp_y: torch.Tensor = t_lp_y,
-                m: torch.Tensor = tmask[:, sl],
                 old: torch.Tensor | None = old,
                 ids: torch.Tensor = ids,
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -510,7 +524,7 @@ class Trainer:
                 return sdpo.distillation_loss(
                     logits,
                     None,
-                    m,
+                    torch.ones_like(ids, dtype=torch.bool),
                     old,
                     ids,
                     teacher_topk_logprobs=t_topk,
@@ -560,18 +574,17 @@ class Trainer:
         t0 = time.perf_counter()
         t_index, t_hiddens = self._teacher_hidden(batch)
         t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
+        tmask = batch.mask & batch.has_teacher[:, None]
         with torch.no_grad():
-            if t_index.numel():
-                pieces = []
-                ids = batch.response_ids[t_index]
-                for start in range(0, lp.shape[1], cfg.logit_chunk_size):
-                    sl = slice(start, start + cfg.logit_chunk_size)
-                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl)
-                    pieces.append(t_lp.gather(-1, ids[:, sl][..., None])[..., 0])
-                t_lp_y[t_index] = torch.cat(pieces, 1)
+            for start in range(0, lp.shape[1], cfg.logit_chunk_size):
+                sl = slice(start, start + cfg.logit_chunk_size)
+                valid = tmask[:, sl]
+                if bool(valid.any()):
+                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl, valid[t_index])
+                    ids = batch.response_ids[:, sl][valid]
+                    t_lp_y[:, sl][valid] = t_lp.gather(-1, ids[:, None])[:, 0]
         teacher_s = time.perf_counter() - t0
         a_sdpo = sdpo.token_level_advantages(t_lp_y, lp)
-        tmask = batch.mask & batch.has_teacher[:, None]
         a_sdpo = torch.where(tmask, a_sdpo, torch.zeros_like(a_sdpo))
         if s.grpo_mix > 0:
             adv = sdpo.mixed_advantages(

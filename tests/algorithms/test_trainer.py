@@ -244,3 +244,57 @@ def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
     ]
     loss, _ = trainer._loss(collate(rows), trainer._normalizers(rows), on_policy=True)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def _full_logits(model, prompts, responses):
+    """[B, L, V] logits at the positions predicting each response token: a plain forward."""
+    width = max(len(r) for r in responses)
+    out = []
+    for p, r in zip(prompts, responses, strict=True):
+        logits = model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1]
+        out.append(torch.nn.functional.pad(logits, (0, 0, 0, width - len(r))))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
+    """The trainer's chunked, hidden-state, distilled-positions-only SDPO loss (and its
+    gradient) equals sdpo.distillation_loss on full logits from plain forward passes."""
+    from algorithms.batching import Row, collate
+
+    config = SDPOTrainConfig(
+        sdpo=sdpo.SDPOConfig(top_k=8, alpha=alpha, teacher_tau=0.5),
+        **{**SMALL, "logit_chunk_size": 3},
+    )
+    trainer = Trainer(
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+    )
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in trainer.teacher.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tok = trainer.tokenizer
+    rows = [
+        Row(tok.encode("q1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode("q1 sol: a!")),
+        Row(tok.encode("q1"), tok.encode("ab"), [-1.5] * 2, 0.0, None),  # no teacher
+        Row(tok.encode("q2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode("q2? feedback")),
+    ]
+    batch = collate(rows)
+    norm = trainer._normalizers(rows)
+    loss, _ = trainer._loss(batch, norm, on_policy=False)
+    loss.backward()
+    got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
+    trainer.unwrapped.zero_grad()
+
+    student = _full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses)
+    with torch.no_grad():
+        teacher_prompts = [r.teacher_prompt_ids or r.prompt_ids for r in rows]
+        teacher = _full_logits(trainer.teacher.module, teacher_prompts, batch.responses)
+    mask = batch.mask & batch.has_teacher[:, None]
+    ref, _ = sdpo.distillation_loss(
+        student, teacher, mask, batch.old_logprobs, batch.response_ids,
+        top_k=8, alpha=alpha, is_clip=config.sdpo.is_clip, normalizer=norm["sdpo"],
+    )  # fmt: skip
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
