@@ -298,3 +298,37 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
+    from algorithms.batching import Row, collate
+
+    config = SDPOTrainConfig(
+        sdpo=sdpo.SDPOConfig(loss_level="token", teacher_tau=0.5),
+        **{**SMALL, "logit_chunk_size": 3},
+    )
+    trainer = Trainer(
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(1), tokenizer=tiny_tokenizer()
+    )
+    with torch.no_grad():
+        for p in trainer.teacher.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    tok = trainer.tokenizer
+    rows = [
+        Row(tok.encode("q1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode("q1 sol: a!")),
+        Row(tok.encode("q2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode("q2? feedback")),
+    ]
+    batch = collate(rows)
+    norm = trainer._normalizers(rows)
+    loss, _ = trainer._loss(batch, norm, on_policy=False)
+
+    def sampled(logits):
+        return logits.log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0]
+
+    lp = sampled(_full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses))
+    with torch.no_grad():
+        t_prompts = [r.teacher_prompt_ids for r in rows]
+        t_lp = sampled(_full_logits(trainer.teacher.module, t_prompts, batch.responses))
+    adv = torch.where(batch.mask, sdpo.token_level_advantages(t_lp, lp), 0.0)
+    ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg_token"])
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
