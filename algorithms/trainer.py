@@ -41,9 +41,9 @@ the loss is scaled by the number of processes to make that a sum, and the normal
 summed over processes. Every process makes the same collective calls whatever its share: the
 mini-batch count is fixed, a process with no rows in a mini-batch joins the gradient
 all-reduce with a zero loss, and a non-finite loss still goes through backward before every
-process refuses the step together. The main process evaluates, checkpoints, and logs the
-metrics and trajectories of every process. Tested with two CPU processes
-(``tests/algorithms/test_multiprocess.py``).
+process refuses the step together. Every process evaluates its share of the held-out
+tasks; the main process checkpoints and logs the metrics and trajectories of every
+process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``).
 """
 
 from __future__ import annotations
@@ -845,19 +845,34 @@ class Trainer:
             seed=mix_seed(cfg.seed, 10**9 + self.step),
         )
         t0 = time.perf_counter()
-        with self.accelerator.autocast():
-            groups, st = collect_groups(
-                self.env, self.policy, task_ids, cfg.eval_k, params, env_id=self.env_id
-            )
-        succ = [t.success for g in groups for t in g.trajectories if t.reward is not None]
-        rewards = [r for g in groups for r in g.rewards if r is not None]
+        accel = self.accelerator
+        # every process evaluates its share of the tasks (no process idles at a collective)
+        local = task_ids[accel.process_index :: accel.num_processes]
+        succ: list[bool] = []
+        rewards: list[float] = []
+        tokens = turns = missing = 0
+        if local:
+            with accel.autocast():
+                groups, st = collect_groups(
+                    self.env, self.policy, local, cfg.eval_k, params, env_id=self.env_id
+                )
+            succ = [t.success for g in groups for t in g.trajectories if t.reward is not None]
+            rewards = [r for g in groups for r in g.rewards if r is not None]
+            tokens, turns, missing = st.response_tokens, st.turns, st.missing_rewards
+        if accel.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(succ, rewards, tokens, turns, missing)])
+            succ = [x for p in parts for x in p[0]]
+            rewards = [x for p in parts for x in p[1]]
+            tokens, turns, missing = (sum(p[i] for p in parts) for i in (2, 3, 4))
         acc = float(np.mean(succ)) if succ else float("nan")
         return {
             f"eval/avg@{cfg.eval_k}": acc,
             "eval/accuracy": acc,
             "eval/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
-            "eval/response_tokens_mean": st.response_tokens / max(1, st.turns),
-            "eval/missing_rewards": float(st.missing_rewards),
+            "eval/response_tokens_mean": tokens / max(1, turns),
+            "eval/missing_rewards": float(missing),
             "eval/tasks": float(len(task_ids)),
             "timing/eval": time.perf_counter() - t0,
         }
@@ -952,17 +967,18 @@ class Trainer:
             unit="step",
         )
         try:
-            if self.step == 0 and cfg.eval_every and main:
+            if self.step == 0 and cfg.eval_every:
                 first_eval = self.evaluate()
                 if first_eval:
                     self._record_eval(0, first_eval)
-                    self._logger.log(0, first_eval)
+                    if main:
+                        self._logger.log(0, first_eval)
             while self.step < cfg.steps:
                 metrics = self.train_step()
                 due_eval = cfg.eval_every and (
                     self.step % cfg.eval_every == 0 or self.step == cfg.steps
                 )
-                if due_eval and main:
+                if due_eval:
                     ev = self.evaluate()
                     if ev:
                         self._record_eval(self.step, ev)

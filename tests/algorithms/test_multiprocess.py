@@ -100,7 +100,9 @@ def test_whole_run_on_two_processes(tmp_path: Path) -> None:
     assert [r["step"] for r in steps] == [1, 2, 3]
     # 3 tasks per step over 2 processes (2 + 1), 2 rollouts each: all counted, all written
     assert [r["rollout/generations"] for r in steps] == [6.0, 12.0, 18.0]
-    assert [r["step"] for r in lines if "eval/accuracy" in r] == [0, 2, 3]
+    evals = [r for r in lines if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 2, 3]
+    assert all(r["eval/tasks"] == 2 and r["eval/response_tokens_mean"] > 0 for r in evals)
     groups = (out / "trajectories.jsonl").read_text().splitlines()
     assert len(groups) == 9
     assert (out / "final" / "config.json").exists()
