@@ -43,7 +43,9 @@ mini-batch count is fixed, a process with no rows in a mini-batch joins the grad
 all-reduce with a zero loss, and a non-finite loss still goes through backward before every
 process refuses the step together. Every process evaluates its share of the held-out
 tasks; the main process checkpoints and logs the metrics and trajectories of every
-process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``).
+process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``). DDP only:
+FSDP / DeepSpeed ZeRO-3 shard the LM head, which the chunked losses call outside the
+wrapped forward.
 """
 
 from __future__ import annotations
@@ -163,6 +165,13 @@ class Trainer:
             log_with=trackers or None,
             project_dir=str(self.output_dir),
         )
+        kind = self.accelerator.distributed_type.name
+        if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise ConfigError(
+                f"accelerate is configured for {kind}, which shards the LM head that the "
+                "chunked losses call outside the wrapped forward; use data parallel (DDP): "
+                "`accelerate launch --multi_gpu --num_processes N ...`"
+            )
         _seed_everything(cfg.seed)
         self.env = env if env is not None else rlrf.make(cfg.env, **cfg.env_kwargs)
         self.env_id = getattr(self.env, "env_id", None) or cfg.env

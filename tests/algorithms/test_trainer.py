@@ -332,3 +332,16 @@ def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
     adv = torch.where(batch.mask, sdpo.token_level_advantages(t_lp, lp), 0.0)
     ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg_token"])
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sharded_launch_is_refused_with_the_supported_command(monkeypatch):
+    # FSDP can't be launched on this CPU machine; what the trainer reads is stubbed instead
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    with pytest.raises(ConfigError, match=r"FSDP.*--multi_gpu"):
+        Trainer(
+            GRPOTrainConfig(**SMALL), env=TargetCharEnv(), model=tiny_model(0),
+            tokenizer=tiny_tokenizer(),
+        )  # fmt: skip
