@@ -382,10 +382,23 @@ class Trainer:
         return self._grpo_loss(batch, norm)
 
     def _student_logprobs(self, batch: Batch) -> torch.Tensor:
-        hidden, _ = response_hidden_states(
-            self.model, batch.prompts, batch.responses, pad=self._pad
-        )
+        hidden, _ = self._student_hidden(batch)
         return self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
+
+    def _student_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student hidden states (with gradient) through the wrapped model.
+
+        The rows of one group share their prompt (a micro-batch holds whole groups where it
+        can), so each group's prompt runs once and its keys/values serve every row.
+        """
+        return shared_prefix_hidden_states(
+            self.model,
+            batch.prompts,
+            batch.responses,
+            groups=[r.group for r in batch.rows],
+            pad=self._pad,
+            max_batch_size=len(batch.rows),
+        )
 
     def _logprobs_from_hidden(
         self, model: Any, hidden: torch.Tensor, targets: torch.Tensor
@@ -483,9 +496,7 @@ class Trainer:
         cfg = self.config
         assert isinstance(cfg, SDPOTrainConfig)
         s = cfg.sdpo
-        hidden, mask = response_hidden_states(
-            self.model, batch.prompts, batch.responses, pad=self._pad
-        )
+        hidden, mask = self._student_hidden(batch)
         t0 = time.perf_counter()
         t_index, t_hiddens = self._teacher_hidden(batch)
         teacher_s = time.perf_counter() - t0
@@ -576,9 +587,7 @@ class Trainer:
         cfg = self.config
         assert isinstance(cfg, SDPOTrainConfig)
         s, g = cfg.sdpo, cfg.grpo
-        hidden, mask = response_hidden_states(
-            self.model, batch.prompts, batch.responses, pad=self._pad
-        )
+        hidden, mask = self._student_hidden(batch)
         lp = self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
         t0 = time.perf_counter()
         t_index, t_hiddens = self._teacher_hidden(batch)
@@ -722,8 +731,7 @@ class Trainer:
 
         For a process with nothing to add to a gradient all-reduce the others are making.
         """
-        ids = torch.full((1, 1), self._pad, dtype=torch.long, device=self.accelerator.device)
-        hidden = self.model(ids, torch.ones_like(ids))
+        hidden, _ = self.model([[self._pad]], [[]], pad=self._pad)
         params = [p for p in self.model.parameters() if p.requires_grad]
         return (hidden.float().sum() + sum(p.float().sum() for p in params)) * 0.0
 

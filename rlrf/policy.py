@@ -211,13 +211,15 @@ def _output_cache(out: Any) -> Any:
 
 
 class HiddenStates(torch.nn.Module):
-    """A causal LM's transformer body as a module: ``(input_ids, attention_mask) -> hidden``.
+    """A causal LM's body as a module that returns response-aligned final hidden states.
 
-    The training losses need the final hidden states (the LM head runs per chunk of positions
-    afterwards), not the logits of every position. Calling ``model.get_decoder()`` directly
-    would bypass a DDP / accelerate wrapper and with it the gradient synchronization, so the
-    trainer wraps THIS module instead: its forward is the body's forward, and every
-    parameter of the LM (the head included) is a parameter of it.
+    The training losses need the final hidden states at the response positions (the LM head
+    runs per chunk of positions afterwards), not the logits of every position. Calling
+    ``model.get_decoder()`` directly would bypass a DDP / accelerate wrapper and with it the
+    gradient synchronization, so the trainer wraps THIS module instead: its forward is the
+    whole forward of a batch of rows, and every parameter of the LM (the head included) is a
+    parameter of it. :func:`response_hidden_states` and :func:`shared_prefix_hidden_states`
+    accept it, wrapped or not, in place of the LM.
 
     Args:
         model: A causal LM whose ``get_decoder()`` returns the transformer body.
@@ -228,21 +230,42 @@ class HiddenStates(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Return the final (normalized) hidden states ``[B, T, H]``."""
-        return _decoder_hidden(self.model, input_ids, attention_mask)
+    def forward(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        *,
+        groups: Sequence[Hashable] | None = None,
+        pad: int = 0,
+        max_batch_size: int = 64,
+        min_shared: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden[B, L, H], mask[B, L])`` of :func:`response_hidden_states`.
+
+        With ``groups``, rows of a group run their common prompt prefix once
+        (:func:`shared_prefix_hidden_states`, gradient included).
+        """
+        if groups is None:
+            return response_hidden_states(self.model, prompt_ids, response_ids, pad=pad)
+        return shared_prefix_hidden_states(
+            self.model,
+            prompt_ids,
+            response_ids,
+            groups=groups,
+            pad=pad,
+            max_batch_size=max_batch_size,
+            min_shared=min_shared,
+        )
+
+
+def _as_hidden_states(model: Any) -> bool:
+    """Whether ``model`` is a :class:`HiddenStates`, possibly inside a DDP-style wrapper."""
+    return isinstance(getattr(model, "module", model), HiddenStates)
 
 
 def _decoder_hidden(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     out = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
-
-
-def _body_forward(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """Hidden states from a causal LM or from a (possibly DDP-wrapped) :class:`HiddenStates`."""
-    if isinstance(getattr(model, "module", model), HiddenStates):
-        return model(ids, attn)
-    return _decoder_hidden(model, ids, attn)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -466,6 +489,8 @@ def response_hidden_states(
         ``(hidden[B, L, H], mask[B, L])`` with ``L`` the longest response.
 
     """
+    if _as_hidden_states(model):  # its forward (through DDP's) calls this with the LM
+        return model(prompt_ids, response_ids, pad=pad)
     device = next(model.parameters()).device
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
     if any(len(p) == 0 for p in prompt_ids):
@@ -477,7 +502,7 @@ def response_hidden_states(
         row = list(p) + list(r)
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
         attn[i, : len(row)] = 1
-    hidden = _body_forward(model, ids, attn)
+    hidden = _decoder_hidden(model, ids, attn)
     resp_len = torch.tensor([len(r) for r in response_ids], device=device)
     max_len = max(1, int(resp_len.max()))
     start = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)
@@ -547,9 +572,15 @@ def shared_prefix_hidden_states(
         raise ValueError("every row needs a non-empty prompt to predict its first token from")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    inner = getattr(model, "module", model)  # a (DDP-wrapped) HiddenStates: use its LM
-    if isinstance(inner, HiddenStates):
-        model = inner.model
+    if _as_hidden_states(model):  # its forward (through DDP's) calls this with the LM
+        return model(
+            prompts,
+            responses,
+            groups=groups,
+            pad=pad,
+            max_batch_size=max_batch_size,
+            min_shared=min_shared,
+        )
     device = next(model.parameters()).device
     prefixes, owner = _group_prefixes(prompts, groups, min_shared)
     cache = _PrefixCache.build(model, prefixes, pad, max_batch_size) if prefixes else None

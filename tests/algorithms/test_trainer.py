@@ -273,10 +273,12 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
         for p in trainer.teacher.module.parameters():
             p.add_(0.05 * torch.randn_like(p))
     tok = trainer.tokenizer
+    # one group with a long common prompt: the student and teacher passes share prefixes
+    q = "Question: which letter comes first in the alphabet? "
     rows = [
-        Row(tok.encode("q1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode("q1 sol: a!")),
-        Row(tok.encode("q1"), tok.encode("ab"), [-1.5] * 2, 0.0, None),  # no teacher
-        Row(tok.encode("q2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode("q2? feedback")),
+        Row(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode(q + "sol a")),
+        Row(tok.encode(q + "1"), tok.encode("ab"), [-1.5] * 2, 0.0, None),  # no teacher
+        Row(tok.encode(q + "2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode(q + "feedbk")),
     ]
     batch = collate(rows)
     norm = trainer._normalizers(rows)
@@ -314,13 +316,17 @@ def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
         for p in trainer.teacher.module.parameters():
             p.add_(0.05 * torch.randn_like(p))
     tok = trainer.tokenizer
+    q = "Question: which letter comes first in the alphabet? "
     rows = [
-        Row(tok.encode("q1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode("q1 sol: a!")),
-        Row(tok.encode("q2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode("q2? feedback")),
+        Row(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode(q + "sol a")),
+        Row(tok.encode(q + "2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode(q + "feedbk")),
     ]
     batch = collate(rows)
     norm = trainer._normalizers(rows)
     loss, _ = trainer._loss(batch, norm, on_policy=False)
+    loss.backward()
+    got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
+    trainer.unwrapped.zero_grad()
 
     def sampled(logits):
         return logits.log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0]
@@ -331,7 +337,10 @@ def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
         t_lp = sampled(_full_logits(trainer.teacher.module, t_prompts, batch.responses))
     adv = torch.where(batch.mask, sdpo.token_level_advantages(t_lp, lp), 0.0)
     ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg_token"])
+    ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_sharded_launch_is_refused_with_the_supported_command(monkeypatch):
@@ -339,7 +348,9 @@ def test_sharded_launch_is_refused_with_the_supported_command(monkeypatch):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    monkeypatch.setattr(Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP))
+    monkeypatch.setattr(
+        Accelerator, "distributed_type", property(lambda self: DistributedType.FSDP)
+    )
     with pytest.raises(ConfigError, match=r"FSDP.*--multi_gpu"):
         Trainer(
             GRPOTrainConfig(**SMALL), env=TargetCharEnv(), model=tiny_model(0),
