@@ -24,8 +24,16 @@ SDPO's logit-level loss runs on hidden states: the student's final hidden states
 once with gradient; per chunk of ``logit_chunk_size`` response positions the student logits
 give the top-K indices (no gradient), the teacher's log-softmax over the full vocabulary is
 gathered at those indices (no gradient), and :func:`algorithms.sdpo.distillation_loss` runs
-under ``torch.utils.checkpoint`` so the chunk's ``[B, chunk, V]`` logits are recomputed in the
-backward pass instead of stored: peak memory does not grow with ``T x V``.
+under ``torch.utils.checkpoint`` so the chunk's ``[N, V]`` logits are recomputed in the
+backward pass instead of stored: peak memory does not grow with ``T x V``. Only the N
+positions that are distilled (rows with a teacher, inside the response) go through the LM
+head.
+
+Speed: the rows of a mini-batch are ordered by group, so a micro-batch mostly holds whole
+groups, whose student prompts are identical and whose teacher prompts share the question
+(and often a sibling's solution). Both forward passes run such a common prefix once and
+reuse its keys/values for every row (:func:`rlrf.policy.shared_prefix_hidden_states`; the
+student's with gradient), in sub-batches cut by length to waste little padding.
 
 Resuming (``resume=True``) restores model, optimizer, scheduler, teacher, RNG states and the
 task sampler's position from the newest complete checkpoint, and truncates ``metrics.jsonl``
