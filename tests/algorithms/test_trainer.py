@@ -356,3 +356,37 @@ def test_sharded_launch_is_refused_with_the_supported_command(monkeypatch):
             GRPOTrainConfig(**SMALL), env=TargetCharEnv(), model=tiny_model(0),
             tokenizer=tiny_tokenizer(),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("config_cls", [GRPOTrainConfig, SDPOTrainConfig])
+def test_gradient_checkpointing_gives_the_same_gradients(config_cls, tmp_path):
+    results = []
+    for ckpt in (False, True):
+        grads = []
+        cfg = config_cls(output_dir=str(tmp_path / str(ckpt)), gradient_checkpointing=ckpt, **SMALL)
+        _, metrics = _step(cfg, grads=grads)
+        results.append((metrics, grads[0]))
+    (m0, g0), (m1, g1) = results
+    assert m0["train/grad_norm"] > 0
+    assert m1["train/loss"] == pytest.approx(m0["train/loss"], rel=1e-4, abs=1e-7)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * (float(b.abs().max()) + 1e-12))
+
+
+def test_lora_trains_only_the_adapters(tmp_path):
+    pytest.importorskip("peft")
+    cfg = SDPOTrainConfig(output_dir=str(tmp_path), lora_r=4, **SMALL)
+    trainer = Trainer(
+        cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+    )
+    before = {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters()}
+    trainer._trajectory_writer = None
+    metrics = trainer.train_step()
+    assert metrics["train/grad_norm"] > 0
+    after = dict(trainer.unwrapped.named_parameters())
+    moved = {n for n, p in after.items() if not torch.equal(p.detach(), before[n])}
+    assert moved and all("lora_" in n for n in moved)
+    assert all(after[n].requires_grad == ("lora_" in n) for n in after)
+    # the EMA teacher follows the adapters only
+    teacher = dict(trainer.teacher.module.named_parameters())
+    assert any(not torch.equal(teacher[n], before[n]) for n in moved)
