@@ -268,6 +268,31 @@ def _decoder_hidden(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
+def _plain_layers(cache: Any) -> list[Any] | None:
+    """The per-layer key/value tensors of a plain dynamic cache, or None for other caches."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # older transformers: no per-layer cache objects
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None  # sliding-window, linear-attention, quantized ...: not copied row-wise
+    return list(layers)
+
+
+def _select_rows(cache: Any, index: torch.Tensor) -> Any:
+    """A new cache whose row i is row ``index[i]`` of ``cache`` (None if not supported)."""
+    from transformers.cache_utils import DynamicCache
+
+    layers = _plain_layers(cache)
+    if layers is None:
+        return None
+    out = DynamicCache()
+    for n, layer in enumerate(layers):
+        out.update(layer.keys[index], layer.values[index], n)
+    return out
+
+
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Set logits outside the smallest set with mass >= top_p to -inf (keeps at least one)."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -379,13 +404,10 @@ class HFPolicy:
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
         tokens: list[torch.Tensor] = []
         logps: list[torch.Tensor] = []
-        out = model(
-            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
-            logits_to_keep=1,
-        )  # fmt: skip
         try:
+            last, cache = self._prefill(rows, ids, attn, positions)
             for _ in range(params.max_new_tokens):
-                logits = out.logits[:, -1].float()
+                logits = last.float()
                 scaled = logits / params.temperature if params.temperature > 0 else logits
                 logp = scaled.log_softmax(-1)
                 if params.temperature == 0:
@@ -403,8 +425,9 @@ class HFPolicy:
                 positions = positions[:, -1:] + 1
                 out = model(
                     input_ids=token[:, None], attention_mask=attn, position_ids=positions,
-                    use_cache=True, **{cache_kw: _output_cache(out)},
+                    use_cache=True, **{cache_kw: cache},
                 )  # fmt: skip
+                last, cache = out.logits[:, -1], _output_cache(out)
         finally:
             model.train(was_training)
         tok = torch.stack(tokens, 1).tolist()
@@ -429,6 +452,37 @@ class HFPolicy:
                 )
             )
         return samples
+
+    def _prefill(
+        self,
+        rows: list[list[int]],
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, Any]:
+        """Run the prompts; return the last position's logits and the KV cache of every row.
+
+        The n samples of a prompt are n identical rows: each distinct prompt runs once and
+        its keys/values are copied to its rows (the plain batched prefill where the model's
+        cache is not a plain per-layer key/value cache).
+        """
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
+        if len(distinct) < len(rows):
+            first = torch.tensor([owner.index(j) for j in range(len(distinct))], device=ids.device)
+            out = self.model(
+                input_ids=ids[first], attention_mask=attn[first], position_ids=positions[first],
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+            index = torch.tensor(owner, device=ids.device)
+            cache = _select_rows(_output_cache(out), index)
+            if cache is not None:
+                return out.logits[index, -1], cache
+        out = self.model(
+            input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
+        return out.logits[:, -1], _output_cache(out)
 
     def score(
         self,
@@ -718,10 +772,6 @@ class _PrefixCache:
         cls, model: Any, prefixes: list[list[int]], pad: int, max_batch_size: int
     ) -> _PrefixCache | None:
         """Run the prefixes; None where the model's cache can't be reused this way."""
-        try:
-            from transformers.cache_utils import DynamicLayer
-        except ImportError:  # older transformers: no per-layer cache objects
-            return None
         decoder, cache_kw = model.get_decoder(), _cache_kwarg(model)
         device = next(model.parameters()).device
         width = max(len(p) for p in prefixes)
@@ -733,9 +783,8 @@ class _PrefixCache:
             out = decoder(
                 input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True
             )
-            cache = _output_cache(out)
-            layers = getattr(cache, "layers", None)
-            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            layers = _plain_layers(_output_cache(out))
+            if layers is None:
                 return None
             chunks.append([(layer.keys, layer.values) for layer in layers])
         layers = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -99,3 +101,32 @@ def test_no_chat_template_is_a_clear_error():
     policy = HFPolicy(tiny_model(), tok, chat_template="chatml")
     ids = policy.encode(PROMPTS[0])
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def test_each_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
+    from rlrf import policy as policy_module
+
+    pol = HFPolicy(tiny_model(seed=2), tiny_tokenizer(), max_batch_size=5)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=3)
+    prefill_rows = []
+    forward = pol.model.forward
+
+    @functools.wraps(forward)  # keeps the signature the policy inspects
+    def counting(*args, **kwargs):
+        if kwargs.get("logits_to_keep") == 1:  # the prefill call
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(pol.model, "forward", counting)
+    shared = pol.sample(PROMPTS, 4, params)  # 8 rows in chunks of 5 + 3
+    assert prefill_rows == [2, 1]  # distinct prompts per chunk, not rows
+    monkeypatch.setattr(policy_module, "_select_rows", lambda cache, index: None)
+    prefill_rows.clear()
+    plain = pol.sample(PROMPTS, 4, params)
+    assert prefill_rows == [2, 5, 1, 3]  # no row-wise cache copy: a plain prefill follows
+    flat = [
+        (a, b) for ga, gb in zip(shared, plain, strict=True) for a, b in zip(ga, gb, strict=True)
+    ]
+    for a, b in flat:
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
