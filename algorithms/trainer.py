@@ -168,7 +168,7 @@ class Trainer:
         trackers = [t for t in cfg.trackers if t]
         self.accelerator = Accelerator(
             # without cuda (or another accelerator) several processes train on CPU over gloo
-            cpu=not torch.accelerator.is_available(),
+            cpu=not _has_accelerator(),
             mixed_precision=cfg.mixed_precision,
             log_with=trackers or None,
             project_dir=str(self.output_dir),
@@ -517,10 +517,8 @@ class Trainer:
         # stays connected to every head parameter when no position is distilled (DDP needs
         # a gradient, even zero, for each parameter)
         head = self.unwrapped
-        total = sum(
-            (p.sum() * 0.0 for p in head.get_output_embeddings().parameters() if p.requires_grad),
-            start=hidden.sum() * 0.0,
-        )
+        head_params = head.get_output_embeddings().parameters()
+        total = _zero_touching(hidden, *(p for p in head_params if p.requires_grad))
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         temperature = self._temperature
         k = min(s.top_k, self.unwrapped.config.vocab_size)
@@ -746,7 +744,7 @@ class Trainer:
         """
         hidden, _ = self.model([[self._pad]], [[]], pad=self._pad)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return (hidden.float().sum() + sum(p.float().sum() for p in params)) * 0.0
+        return _zero_touching(hidden, *params)
 
     def train_step(self) -> dict[str, Any]:
         """Run one step (roll out, then update); return its metrics."""
@@ -844,8 +842,11 @@ class Trainer:
     def _gather_step(
         self, rstats: RolloutStats, row_stats: dict[str, float], groups: list[Group]
     ) -> tuple[RolloutStats, dict[str, float], list[Group]]:
-        """Sum the counts and collect the groups of every process (main gets the groups)."""
-        from accelerate.utils import gather_object
+        """Sum the counts over processes; collect every process's groups on the main one.
+
+        The other processes get an empty list: only the main process logs and writes them.
+        """
+        import torch.distributed as dist
 
         counts = ("rollouts", "missing_rewards", "response_tokens", "truncated", "turns")
         keys = sorted(row_stats)
@@ -856,7 +857,10 @@ class Trainer:
             rstats, **{c: int(v) for c, v in zip(counts, summed, strict=False)}
         )
         all_stats = dict(zip(keys, summed[len(counts) :], strict=True))
-        return total, all_stats, list(gather_object(groups))
+        main = self.accelerator.is_main_process
+        parts: list[Any] | None = [None] * self.accelerator.num_processes if main else None
+        dist.gather_object(groups, parts, dst=0)
+        return total, all_stats, [g for part in parts or () for g in part]
 
     # --- evaluation ------------------------------------------------------------------
 
@@ -1056,6 +1060,24 @@ def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:
         for key, value in part.items():
             total[key] += value
     return total
+
+
+def _zero_touching(*tensors: torch.Tensor) -> torch.Tensor:
+    """A float32 zero whose gradient reaches (with zeros) every tensor given.
+
+    One element of each is enough: no copy of a large weight, and no overflowing sum
+    (inf * 0 would be NaN) in low precision.
+    """
+    return sum((t.reshape(-1)[:1].float().sum() * 0.0 for t in tensors), torch.zeros(()))
+
+
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU-like device (``torch.accelerator`` exists from torch 2.6)."""
+    api = getattr(torch, "accelerator", None)
+    if api is not None:
+        return bool(api.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps is not None and mps.is_available())
 
 
 def _even_parts(rows: list[Row], n: int) -> list[list[Row]]:

@@ -12,9 +12,10 @@ Two pieces:
   over chunks of positions, so peak memory grows with ``batch x chunk x vocab`` rather than
   ``batch x length x vocab`` (SmolLM2's vocabulary is 49k); with gradients, each chunk is
   recomputed in the backward pass (``torch.utils.checkpoint``) instead of being stored.
-  :func:`shared_prefix_hidden_states` gives the same hidden states without gradient for
-  rows whose prompts share a prefix per group (a rollout group's teacher prompts), running
-  each shared prefix once and reusing its KV cache.
+  :func:`shared_prefix_hidden_states` gives the same hidden states (with or without
+  gradient) for rows whose prompts share a prefix per group (a rollout group's prompts and
+  teacher prompts), running each shared prefix once and reusing its KV cache; sampling
+  likewise prefills each distinct prompt once for its n samples.
 
 Which distribution the log-probs belong to: the sampler returns log-probs of the
 temperature-scaled softmax over the FULL vocabulary, ``log_softmax(logits / temperature)``,
@@ -207,7 +208,7 @@ def _cache_kwarg(model: PreTrainedModel) -> str:
 
 def _output_cache(out: Any) -> Any:
     cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 class HiddenStates(torch.nn.Module):
@@ -277,6 +278,8 @@ def _plain_layers(cache: Any) -> list[Any] | None:
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         return None  # sliding-window, linear-attention, quantized ...: not copied row-wise
+    if any(getattr(layer, "keys", None) is None or layer.keys.numel() == 0 for layer in layers):
+        return None  # a cache the model did not fill (some versions drop it under checkpointing)
     return list(layers)
 
 
@@ -329,6 +332,7 @@ class HFPolicy:
         self.chat_template = chat_template
         self.max_batch_size = max_batch_size
         self.eos_token_ids = _eos_ids(model, tokenizer)
+        self._copy_cache_rows = True  # False once the model's cache proved not copyable
 
     @classmethod
     def from_pretrained(
@@ -468,7 +472,7 @@ class HFPolicy:
         """
         distinct: dict[tuple[int, ...], int] = {}
         owner = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
-        if len(distinct) < len(rows):
+        if len(distinct) < len(rows) and self._copy_cache_rows:
             first = torch.tensor([owner.index(j) for j in range(len(distinct))], device=ids.device)
             out = self.model(
                 input_ids=ids[first], attention_mask=attn[first], position_ids=positions[first],
@@ -478,6 +482,7 @@ class HFPolicy:
             cache = _select_rows(_output_cache(out), index)
             if cache is not None:
                 return out.logits[index, -1], cache
+            self._copy_cache_rows = False  # do not pay for the distinct prefill again
         out = self.model(
             input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
             logits_to_keep=1,
@@ -579,9 +584,9 @@ def shared_prefix_hidden_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`response_hidden_states` for rows whose prompts share a prefix per group.
 
-    Meant for scoring without gradient (the SDPO teacher): the G rows of one rollout group
-    have teacher prompts with a long common token prefix (template, system prompt, question,
-    often the same solution), so each group's prefix goes through the decoder ONCE, its KV
+    The G rows of one rollout group have prompts with a long common token prefix (the same
+    student prompt; teacher prompts share template, system prompt, question and often a
+    sibling's solution), so each group's prefix goes through the decoder ONCE, its KV
     cache is copied to the group's rows, and only the rest of each prompt plus the response
     is run on top of it. Steps:
 
@@ -601,7 +606,10 @@ def shared_prefix_hidden_states(
     The result equals :func:`response_hidden_states` up to floating-point rounding. A model
     whose cache is not a plain per-layer key/value cache (sliding-window or linear-attention
     layers, transformers older than 5) gets the plain computation, in the same sub-batches.
-    Peak memory holds the expanded keys/values of one sub-batch.
+    Without gradient, peak memory holds the expanded keys/values of one sub-batch; with
+    gradient (the student), every sub-batch's are kept for the backward pass, as activations
+    are. Under activation checkpointing in training the model returns no cache, so the
+    plain computation runs.
 
     Args:
         model: A causal LM whose ``get_decoder()`` returns the transformer body (possibly a
@@ -637,7 +645,8 @@ def shared_prefix_hidden_states(
         )
     device = next(model.parameters()).device
     prefixes, owner = _group_prefixes(prompts, groups, min_shared)
-    cache = _PrefixCache.build(model, prefixes, pad, max_batch_size) if prefixes else None
+    share = bool(prefixes) and not _drops_cache(model)
+    cache = _PrefixCache.build(model, prefixes, pad, max_batch_size) if share else None
     if cache is None:
         owner = [-1] * len(prompts)
     shared = [len(prefixes[j]) if j >= 0 else 0 for j in owner]
@@ -671,6 +680,16 @@ def shared_prefix_hidden_states(
         mask[index, : m.shape[1]] = m
     assert hidden is not None and mask is not None
     return hidden, mask
+
+
+def _drops_cache(model: Any) -> bool:
+    """Whether the model returns no cache here: activation checkpointing while training."""
+    if not (torch.is_grad_enabled() and model.training):
+        return False
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:  # transformers < 5
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)
 
 
 def _group_prefixes(

@@ -24,6 +24,7 @@ from algorithms.batching import Row
 from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
 from algorithms.trainer import Trainer, TrainingError
+from rlrf import policy
 
 # name -> (algorithm, number of rows, config overrides, rank whose rows get a NaN advantage)
 CASES: dict[str, tuple[str, int, dict[str, Any], int | None]] = {
@@ -74,16 +75,23 @@ def make_trainer(case: str, output_dir: Path) -> Trainer:
 
 
 def make_rows(case: str) -> list[Row]:
-    """Fixed rows: varied prompt/response lengths; SDPO rows at even indices get a teacher."""
+    """Fixed rows: varied prompt/response lengths; SDPO rows at even indices get a teacher.
+
+    Row i belongs to group ``i % 2``, so with two processes a group stays on one process;
+    a group's prompts (and teacher prompts) share a 20-token prefix, so the student and
+    teacher passes run it once.
+    """
     algo, n, _, _ = CASES[case]
     rng = random.Random(7)
+    shared = [[rng.randrange(3, 90) for _ in range(20)] for _ in range(2)]
     rows = []
     for i in range(n):
-        prompt = [rng.randrange(3, 90) for _ in range(rng.randint(3, 9))]
+        prefix = shared[i % 2]
+        prompt = prefix + [rng.randrange(3, 90) for _ in range(rng.randint(1, 6))]
         response = [rng.randrange(3, 90) for _ in range(rng.randint(2, 7))]
         teacher = None
-        if algo == "sdpo" and i % 2 == 0:
-            teacher = [rng.randrange(3, 90) for _ in range(rng.randint(5, 14))]
+        if algo == "sdpo" and i % 2 == 0:  # process 1 (odd rows) gets no teacher row
+            teacher = prefix + [rng.randrange(3, 90) for _ in range(rng.randint(5, 14))]
         rows.append(
             Row(
                 prompt_ids=prompt,
@@ -91,8 +99,8 @@ def make_rows(case: str) -> list[Row]:
                 old_logprobs=[-rng.uniform(3.0, 6.0) for _ in response],
                 advantage=rng.uniform(-1.0, 1.0),
                 teacher_prompt_ids=teacher,
-                group=i // 2,
-                trajectory=i % 2,
+                group=i % 2,
+                trajectory=i // 2,
             )
         )
     return rows
@@ -114,12 +122,23 @@ def run_case(trainer: Trainer, rows: list[Row]) -> dict[str, Any]:
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step  # type: ignore[method-assign]
+    shared_prefixes = []
+    build = policy._PrefixCache.build.__func__
+
+    def counting_build(cls: Any, model: Any, prefixes: list, pad: int, size: int) -> Any:
+        cache = build(cls, model, prefixes, pad, size)
+        shared_prefixes.append(cache is not None)
+        return cache
+
+    policy._PrefixCache.build = classmethod(counting_build)  # type: ignore[method-assign]
     error = None
     metrics: dict[str, float] = {}
     try:
         metrics = trainer._update(rows)
     except TrainingError as e:
         error = str(e)
+    finally:
+        policy._PrefixCache.build = classmethod(build)  # type: ignore[method-assign]
     teacher = None
     module = getattr(trainer.teacher, "module", None)
     if module is not None:
@@ -130,6 +149,7 @@ def run_case(trainer: Trainer, rows: list[Row]) -> dict[str, Any]:
         "teacher": teacher,
         "metrics": metrics,
         "error": error,
+        "prefix_caches": sum(shared_prefixes),
     }
 
 

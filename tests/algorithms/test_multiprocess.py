@@ -60,6 +60,8 @@ def test_two_processes_stay_identical(two_process_results: Path, case: str) -> N
         _assert_same_tensors(r0["teacher"], r1["teacher"], exact=True)
     expected_steps = CASES[case][2].get("mini_batches", 1)
     assert len(r0["grads"]) == len(r1["grads"]) == expected_steps
+    if case in ("grpo", "sdpo", "sdpo_token_mix"):  # micro-batches holding 2+ rows of a group
+        assert r0["prefix_caches"] > 0  # the group's shared prompt ran once, through DDP
 
 
 @pytest.mark.parametrize(

@@ -246,6 +246,22 @@ def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
     assert torch.isfinite(loss) and loss.requires_grad
 
 
+def _count_prefix_caches(monkeypatch) -> list[bool]:
+    """Record, per shared-prefix pass, whether a reusable cache was built."""
+    from rlrf import policy
+
+    built: list[bool] = []
+    build = policy._PrefixCache.build.__func__
+
+    def counting(cls, model, prefixes, pad, size):
+        cache = build(cls, model, prefixes, pad, size)
+        built.append(cache is not None)
+        return cache
+
+    monkeypatch.setattr(policy._PrefixCache, "build", classmethod(counting))
+    return built
+
+
 def _full_logits(model, prompts, responses):
     """[B, L, V] logits at the positions predicting each response token: a plain forward."""
     width = max(len(r) for r in responses)
@@ -257,7 +273,7 @@ def _full_logits(model, prompts, responses):
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
+def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
     """The trainer's chunked, hidden-state, distilled-positions-only SDPO loss (and its
     gradient) equals sdpo.distillation_loss on full logits from plain forward passes."""
     from algorithms.batching import Row, collate
@@ -282,7 +298,9 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
     ]
     batch = collate(rows)
     norm = trainer._normalizers(rows)
+    built = _count_prefix_caches(monkeypatch)
     loss, _ = trainer._loss(batch, norm, on_policy=False)
+    assert built == [True, True]  # the student's and the teacher's shared prefix, run once
     loss.backward()
     got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
     trainer.unwrapped.zero_grad()
@@ -302,7 +320,7 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
+def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference(monkeypatch):
     from algorithms.batching import Row, collate
 
     config = SDPOTrainConfig(
@@ -323,7 +341,9 @@ def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference():
     ]
     batch = collate(rows)
     norm = trainer._normalizers(rows)
+    built = _count_prefix_caches(monkeypatch)
     loss, _ = trainer._loss(batch, norm, on_policy=False)
+    assert built == [True, True]  # the student's and the teacher's shared prefix, run once
     loss.backward()
     got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
     trainer.unwrapped.zero_grad()
@@ -364,7 +384,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(config_cls, tmp_path):
     for ckpt in (False, True):
         grads = []
         cfg = config_cls(output_dir=str(tmp_path / str(ckpt)), gradient_checkpointing=ckpt, **SMALL)
-        _, metrics = _step(cfg, grads=grads)
+        trainer, metrics = _step(cfg, grads=grads)
+        assert trainer.unwrapped.is_activation_checkpointing == ckpt
         results.append((metrics, grads[0]))
     (m0, g0), (m1, g1) = results
     assert m0["train/grad_norm"] > 0
@@ -390,3 +411,4 @@ def test_lora_trains_only_the_adapters(tmp_path):
     # the EMA teacher follows the adapters only
     teacher = dict(trainer.teacher.module.named_parameters())
     assert any(not torch.equal(teacher[n], before[n]) for n in moved)
+    assert all(torch.equal(teacher[n], before[n]) for n in teacher if "lora_" not in n)
