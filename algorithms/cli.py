@@ -105,6 +105,13 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None
         )
 
 
+_EPILOG = (
+    "Several GPUs or nodes: the same arguments under `accelerate launch --multi_gpu "
+    "--num_processes N -m algorithms.sdpo ...` (data parallel); several CPU processes: "
+    "`torchrun --nproc_per_node N -m algorithms.sdpo ...`."
+)
+
+
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--algo",
@@ -126,6 +133,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Train a model on an env with GRPO or SDPO.",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_EPILOG,
     )
     _configure(parser)
     parser.set_defaults(func=run_from_args)
@@ -186,6 +194,7 @@ def main(
         prog=prog or "python -m algorithms." + (algo.replace("-", "_") if algo else "cli"),
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_EPILOG,
     )
     _configure(parser)
     if algo is not None:
