@@ -227,6 +227,15 @@ class SDPOTrainConfig(TrainConfig):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     """GRPO options for the token-level variant and the GRPO mix."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # SDPO trains every rollout with a teacher signal and has no reference-model term
+        if self.grpo.kl_coef > 0 or self.grpo.filter_zero_advantage_groups:
+            raise ConfigError(
+                "grpo.kl_coef and grpo.filter_zero_advantage_groups are GRPO-only options; "
+                "SDPO ignores them: leave them at 0 / false or use --algo grpo"
+            )
+
     @property
     def algorithm(self) -> str:
         """Name of the algorithm this config trains."""

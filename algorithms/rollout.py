@@ -19,11 +19,11 @@ resumable epoch-wise shuffler).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.errors import EnvError
@@ -55,7 +55,6 @@ class RolloutStats:
     response_tokens: int = 0
     truncated: int = 0
     turns: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskSampler:
@@ -248,7 +247,7 @@ def _continue_episodes(
             chat.extend(dict(m) for m in traj.turns[-1].observation)  # type: ignore[misc]
         seed = None if params.seed is None else params.seed + 7919 * turn_index
         t0 = time.perf_counter()
-        samples = backend.sample(chats, 1, _with_seed(params, seed))
+        samples = backend.sample(chats, 1, dataclasses.replace(params, seed=seed))
         stats.generation_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         new_active = []
@@ -261,12 +260,3 @@ def _continue_episodes(
             new_active.append((traj, outcome))
         stats.env_s += time.perf_counter() - t0
         active = new_active
-
-
-def _with_seed(params: SamplingParams, seed: int | None) -> SamplingParams:
-    return SamplingParams(
-        temperature=params.temperature,
-        top_p=params.top_p,
-        max_new_tokens=params.max_new_tokens,
-        seed=seed,
-    )

@@ -69,12 +69,13 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
-from algorithms.grpo import Aggregation, aggregate
+from algorithms.grpo import Aggregation, _check_choice, aggregate
+from algorithms.teacher import TeacherMode
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
 
@@ -102,7 +103,6 @@ __all__ = [
     "truncate_teacher_prompt",
 ]
 
-TeacherMode = Literal["ema", "trust_region", "frozen", "live"]
 LossLevel = Literal["logit", "token"]
 
 
@@ -216,12 +216,6 @@ class SDPOConfig:
 SRF = SDPOConfig.successful_rollout
 """The successful-rollout-as-feedback variant (``rlrf train --algo sdpo-srf``): ``SRF()`` is
 ``SDPOConfig.successful_rollout()``; keyword arguments override fields."""
-
-
-def _check_choice(name: str, value: object, choices: object) -> None:
-    allowed = get_args(choices)
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
 # --- 1. teacher context -----------------------------------------------------------------

@@ -100,7 +100,7 @@ from rlrf.policy import (
 )
 from rlrf.trajectory import Group, TrajectoryWriter
 
-__all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "train"]
+__all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "rollout_sampling", "train"]
 
 
 class TrainingError(RLRFError):
@@ -128,6 +128,20 @@ class RunResult:
     generations: int
     metrics: dict[str, Any] = field(default_factory=dict)
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rollout_sampling(cfg: Any, seed: int, step: int, process_index: int = 0) -> SamplingParams:
+    """Sampling parameters of a step's rollouts (``cfg``: temperature, top_p, max_new_tokens).
+
+    The one place that fixes the rollout seed, so that other methods (test-time
+    self-distillation's baselines) draw the same random numbers as training does.
+    """
+    return SamplingParams(
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=mix_seed(seed, step, process_index),
+    )
 
 
 def mix_seed(*parts: int) -> int:
@@ -210,7 +224,6 @@ class Trainer:
         self.generations = 0
         self.last_groups: list[Group] = []
         self.optimizer_steps = 0
-        self.timer = Timer()
         self.evals: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
 
@@ -288,7 +301,7 @@ class Trainer:
             )
             for k, key in enumerate(where):
                 advantages[key] = float(adv[k])
-            if cfg.grpo.filter_zero_advantage_groups and not self.is_sdpo:
+            if cfg.grpo.filter_zero_advantage_groups:  # GRPO only (SDPOTrainConfig refuses it)
                 keep = {key for key, s in zip(where, signal.tolist(), strict=True) if s}
 
         contexts: dict[tuple[int, int], list[int] | None] = {}
@@ -361,16 +374,10 @@ class Trainer:
         pg, teacher_tokens_f, tokens_f, n_rows = self._sum_over_processes(
             [pg, float(teacher_tokens), float(tokens), float(len(rows))]
         )
-        if isinstance(cfg, SDPOTrainConfig) and cfg.sdpo.grpo_mix == 0:
-            # token-level SDPO only trains rows that have a teacher: normalize over those
-            pg_token = teacher_tokens_f if agg == "token_mean" else pg
-        else:
-            pg_token = pg
         return {
             "pg": pg,
             "sdpo": teacher_tokens_f,
             "tokens": tokens_f,
-            "pg_token": pg_token,
             "rows": n_rows,
         }
 
@@ -514,11 +521,8 @@ class Trainer:
         t_index, t_hiddens = self._teacher_hidden(batch)
         teacher_s = time.perf_counter() - t0
         tmask = batch.mask & batch.has_teacher[:, None]
-        # stays connected to every head parameter when no position is distilled (DDP needs
-        # a gradient, even zero, for each parameter)
         head = self.unwrapped
-        head_params = head.get_output_embeddings().parameters()
-        total = _zero_touching(hidden, *(p for p in head_params if p.requires_grad))
+        total = hidden.new_zeros((), dtype=torch.float32)
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         temperature = self._temperature
         k = min(s.top_k, self.unwrapped.config.vocab_size)
@@ -613,24 +617,23 @@ class Trainer:
                     ids = batch.response_ids[:, sl][valid]
                     t_lp_y[:, sl][valid] = t_lp.gather(-1, ids[:, None])[:, 0]
         teacher_s = time.perf_counter() - t0
-        a_sdpo = sdpo.token_level_advantages(t_lp_y, lp)
-        a_sdpo = torch.where(tmask, a_sdpo, torch.zeros_like(a_sdpo))
-        if s.grpo_mix > 0:
-            adv = sdpo.mixed_advantages(
-                batch.advantages, a_sdpo, s.grpo_mix, teacher_mask=batch.has_teacher
-            )
-            loss_mask, normalizer = mask, norm["pg"]
-        else:
-            adv, loss_mask, normalizer = a_sdpo, tmask, norm["pg_token"]
+        # Eq. 3; with grpo_mix = 0 this is the SDPO advantage alone, and every row has a
+        # teacher (rows without one are not trained then), so one path serves both
+        adv = sdpo.mixed_advantages(
+            batch.advantages,
+            sdpo.token_level_advantages(t_lp_y, lp),
+            s.grpo_mix,
+            teacher_mask=batch.has_teacher,
+        )
         loss, stats = grpo.policy_loss(
             lp,
             batch.old_logprobs,
             adv,
-            loss_mask,
+            mask,
             clip_low=g.clip_low,
             clip_high=g.clip_high,
             aggregation=g.aggregation,
-            normalizer=normalizer,
+            normalizer=norm["pg"],
         )
         with torch.no_grad():
             gap = grpo.aggregate(
@@ -656,6 +659,7 @@ class Trainer:
         totals: dict[str, float] = defaultdict(float)
         n_updates = 0
         teacher_s = 0.0
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         for epoch in range(cfg.epochs):
             order = list(range(len(rows)))
             if cfg.epochs > 1 or cfg.mini_batches > 1:
@@ -681,8 +685,12 @@ class Trainer:
                         if micro_rows:
                             batch = collate(micro_rows, acc.device)
                             loss, stats = self._loss(batch, norm, on_policy)
-                        else:
-                            loss = self._zero_loss()
+                        else:  # nothing here, but the DDP forward must still run
+                            self.model([[self._pad]], [[]], pad=self._pad)
+                            loss = torch.zeros(())
+                        # DDP wants a gradient, even zero, for every parameter in every
+                        # backward, whatever this micro-batch's loss happened to use
+                        loss = loss + _zero_touching(*trainable)
                         if not failure and not torch.isfinite(loss.detach()).all():
                             failure = (
                                 f"non-finite loss ({float(loss.detach())}) at step "
@@ -713,11 +721,10 @@ class Trainer:
                     )
                 if acc.num_processes > 1:
                     step_stats = _sum_dicts(acc, step_stats)
-                params = [p for p in self.model.parameters() if p.requires_grad]
                 if cfg.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                    grad_norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 else:
-                    grads = [p.grad.norm() for p in params if p.grad is not None]
+                    grads = [p.grad.norm() for p in trainable if p.grad is not None]
                     grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
                 step_stats["grad_norm"] = float(grad_norm)
                 step_stats["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -737,15 +744,6 @@ class Trainer:
         out["_teacher_seconds"] = teacher_s
         return out
 
-    def _zero_loss(self) -> torch.Tensor:
-        """A zero loss that runs the (DDP) forward and reaches every trainable parameter.
-
-        For a process with nothing to add to a gradient all-reduce the others are making.
-        """
-        hidden, _ = self.model([[self._pad]], [[]], pad=self._pad)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return _zero_touching(hidden, *params)
-
     def train_step(self) -> dict[str, Any]:
         """Run one step (roll out, then update); return its metrics."""
         started = time.perf_counter()
@@ -762,12 +760,7 @@ class Trainer:
         acc = self.accelerator
         tasks = self.sampler.next(cfg.questions_per_step)
         local = tasks[acc.process_index :: acc.num_processes]
-        params = SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=mix_seed(cfg.seed, self.step, acc.process_index),
-        )
+        params = rollout_sampling(cfg, cfg.seed, self.step, acc.process_index)
         with acc.autocast():
             groups, rstats = collect_groups(
                 self.env,

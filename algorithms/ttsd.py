@@ -73,7 +73,7 @@ import rlrf
 from algorithms.config import SDPOTrainConfig
 from algorithms.rollout import collect_groups
 from algorithms.sdpo import SDPOConfig
-from algorithms.trainer import Trainer, mix_seed
+from algorithms.trainer import Trainer, mix_seed, rollout_sampling
 from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
@@ -176,12 +176,7 @@ class TTSDConfig:
 
     def sampling(self, seed: int, batch: int) -> SamplingParams:
         """Sampling parameters of round ``batch``: the seed the Trainer uses at that step."""
-        return SamplingParams(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            seed=mix_seed(seed, batch, 0),
-        )
+        return rollout_sampling(self, seed, batch)
 
 
 @dataclass

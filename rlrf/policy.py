@@ -265,7 +265,10 @@ def _as_hidden_states(model: Any) -> bool:
 
 
 def _decoder_hidden(model: Any, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    out = model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False)
+    return _last_hidden(model.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False))
+
+
+def _last_hidden(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
@@ -395,14 +398,9 @@ class HFPolicy:
         was_training = model.training
         model.eval()
         pad = int(self.tokenizer.pad_token_id)
-        width = max(len(r) for r in rows)
         # left padding so every row's next token is at the last column
-        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-        attn = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, device=device)
-            attn[i, width - len(r) :] = 1
-        positions = (attn.cumsum(-1) - 1).clamp_(min=0)
+        ids, attn = _left_padded(rows, max(len(r) for r in rows), pad, device)
+        positions = _left_positions(attn)
         eos = torch.tensor(self.eos_token_ids, device=device)
         cache_kw = _cache_kwarg(model)
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
@@ -507,10 +505,8 @@ class HFPolicy:
 
         """
         with torch.no_grad():
-            hidden, _ = response_hidden_states(self.model, prompt_ids, response_ids, pad=0)
-            targets = _pad_targets(response_ids, hidden.device)
-            lp = chunked_logprobs_from_hidden(
-                self.model, hidden, targets, temperature=temperature, chunk_size=chunk_size
+            lp, _ = token_logprobs(
+                self.model, prompt_ids, response_ids, temperature=temperature, chunk_size=chunk_size
             )
         return [lp[i, : len(r)].tolist() for i, r in enumerate(response_ids)]
 
@@ -554,22 +550,10 @@ def response_hidden_states(
     lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every row needs a non-empty prompt to predict its first token from")
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), pad, dtype=torch.long, device=device)
-    attn = torch.zeros_like(ids)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-        row = list(p) + list(r)
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
-        attn[i, : len(row)] = 1
+    rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+    ids, attn = _right_padded(rows, max(lengths), pad, device)
     hidden = _decoder_hidden(model, ids, attn)
-    resp_len = torch.tensor([len(r) for r in response_ids], device=device)
-    max_len = max(1, int(resp_len.max()))
-    start = torch.tensor([len(p) - 1 for p in prompt_ids], device=device)
-    offsets = torch.arange(max_len, device=device)
-    index = (start[:, None] + offsets[None, :]).clamp_(max=width - 1)
-    gathered = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
-    mask = offsets[None, :] < resp_len[:, None]
-    return gathered, mask
+    return _at_responses(hidden, [len(p) for p in prompt_ids], response_ids)
 
 
 def shared_prefix_hidden_states(
@@ -795,10 +779,12 @@ class _PrefixCache:
         device = next(model.parameters()).device
         width = max(len(p) for p in prefixes)
         chunks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        masks = []
         for start in range(0, len(prefixes), max_batch_size):
             part = prefixes[start : start + max_batch_size]
             ids, attn = _left_padded(part, width, pad, device)
-            positions = (attn.cumsum(-1) - 1).clamp_(min=0)
+            masks.append(attn)
+            positions = _left_positions(attn)
             out = decoder(
                 input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True
             )
@@ -810,8 +796,7 @@ class _PrefixCache:
             tuple(torch.cat([c[n][kv] for c in chunks]) for kv in (0, 1))
             for n in range(len(chunks[0]))
         ]
-        _, attn = _left_padded(prefixes, width, pad, device)
-        return cls(decoder, cache_kw, layers, attn)
+        return cls(decoder, cache_kw, layers, torch.cat(masks))
 
     def response_hidden_states(
         self,
@@ -835,12 +820,8 @@ class _PrefixCache:
         past = self.attn[index, cols] * has[:, None]
         offset = torch.where(has, self.lengths[index], 0)
 
-        lengths = [len(s) + len(r) for s, r in zip(suffixes, responses, strict=True)]
-        ids = torch.full((len(lengths), max(lengths)), pad, dtype=torch.long, device=device)
-        attn = torch.zeros_like(ids)
-        for i, (s, r) in enumerate(zip(suffixes, responses, strict=True)):
-            ids[i, : lengths[i]] = torch.tensor(s + r, dtype=torch.long, device=device)
-            attn[i, : lengths[i]] = 1
+        rows = [s + r for s, r in zip(suffixes, responses, strict=True)]
+        ids, attn = _right_padded(rows, max(len(r) for r in rows), pad, device)
         positions = offset[:, None] + torch.arange(ids.shape[1], device=device)[None, :]
         out = self.decoder(
             input_ids=ids,
@@ -849,24 +830,54 @@ class _PrefixCache:
             use_cache=True,
             **{self.cache_kw: cache},
         )
-        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        resp_len = torch.tensor([len(r) for r in responses], device=device)
-        offsets = torch.arange(max(1, int(resp_len.max())), device=device)
-        start = torch.tensor([len(s) - 1 for s in suffixes], device=device)
-        at = (start[:, None] + offsets[None, :]).clamp_(max=ids.shape[1] - 1)
-        gathered = hidden.gather(1, at[:, :, None].expand(-1, -1, hidden.shape[-1]))
-        return gathered, offsets[None, :] < resp_len[:, None]
+        return _at_responses(_last_hidden(out), [len(s) for s in suffixes], responses)
 
 
-def _left_padded(
-    rows: list[list[int]], width: int, pad: int, device: torch.device
+def _padded(
+    rows: Sequence[Sequence[int]], width: int, pad: int, device: torch.device, *, left: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` of rows padded to ``width`` on the left or the right."""
     ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
     attn = torch.zeros_like(ids)
     for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
-        attn[i, width - len(r) :] = 1
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(list(r), dtype=torch.long, device=device)
+        attn[i, cols] = 1
     return ids, attn
+
+
+def _left_padded(
+    rows: Sequence[Sequence[int]], width: int, pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _padded(rows, width, pad, device, left=True)
+
+
+def _right_padded(
+    rows: Sequence[Sequence[int]], width: int, pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _padded(rows, width, pad, device, left=False)
+
+
+def _left_positions(attn: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows (0 at each row's first real token)."""
+    return (attn.cumsum(-1) - 1).clamp_(min=0)
+
+
+def _at_responses(
+    hidden: torch.Tensor, starts: Sequence[int], response_ids: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the hidden states that predict each response token into ``[B, L, H]``.
+
+    Row i's response token t is predicted at position ``starts[i] - 1 + t`` (``starts[i]``
+    is where its response begins in ``hidden``); returns the gathered states and the mask.
+    """
+    device = hidden.device
+    resp_len = torch.tensor([len(r) for r in response_ids], device=device)
+    offsets = torch.arange(max(1, int(resp_len.max())), device=device)
+    start = torch.tensor([s - 1 for s in starts], device=device)
+    index = (start[:, None] + offsets[None, :]).clamp_(max=hidden.shape[1] - 1)
+    gathered = hidden.gather(1, index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+    return gathered, offsets[None, :] < resp_len[:, None]
 
 
 def lm_head_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:

@@ -272,29 +272,31 @@ def _full_logits(model, prompts, responses):
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
-    """The trainer's chunked, hidden-state, distilled-positions-only SDPO loss (and its
-    gradient) equals sdpo.distillation_loss on full logits from plain forward passes."""
+_QUESTION = "Question: which letter comes first in the alphabet? "
+
+
+def _trainer_loss_and_grads(config, seed, rows_spec, monkeypatch):
+    """The trainer's loss on fixed rows of one group (long shared prompt) and its gradients.
+
+    The teacher is perturbed so that it differs from the student. Returns the trainer, the
+    batch, the normalizers, the loss and the gradients (the model's are zeroed afterwards).
+    """
     from algorithms.batching import Row, collate
 
-    config = SDPOTrainConfig(
-        sdpo=sdpo.SDPOConfig(top_k=8, alpha=alpha, teacher_tau=0.5),
-        **{**SMALL, "logit_chunk_size": 3},
-    )
     trainer = Trainer(
-        config, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+        config, env=TargetCharEnv(targets="ab"), model=tiny_model(seed), tokenizer=tiny_tokenizer()
     )
-    with torch.no_grad():  # a teacher that differs from the student
+    with torch.no_grad():
         for p in trainer.teacher.module.parameters():
             p.add_(0.05 * torch.randn_like(p))
     tok = trainer.tokenizer
-    # one group with a long common prompt: the student and teacher passes share prefixes
-    q = "Question: which letter comes first in the alphabet? "
+
+    def enc(text):
+        return None if text is None else tok.encode(_QUESTION + text)
+
     rows = [
-        Row(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode(q + "sol a")),
-        Row(tok.encode(q + "1"), tok.encode("ab"), [-1.5] * 2, 0.0, None),  # no teacher
-        Row(tok.encode(q + "2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode(q + "feedbk")),
+        Row(enc(prompt), tok.encode(resp), [old] * len(resp), 0.0, enc(teacher))
+        for prompt, resp, old, teacher in rows_spec
     ]
     batch = collate(rows)
     norm = trainer._normalizers(rows)
@@ -304,7 +306,31 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
     loss.backward()
     got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
     trainer.unwrapped.zero_grad()
+    return trainer, batch, norm, loss, got
 
+
+def _assert_matches_reference(trainer, loss, got, ref):
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
+    """The trainer's chunked, hidden-state, distilled-positions-only SDPO loss (and its
+    gradient) equals sdpo.distillation_loss on full logits from plain forward passes."""
+    config = SDPOTrainConfig(
+        sdpo=sdpo.SDPOConfig(top_k=8, alpha=alpha, teacher_tau=0.5),
+        **{**SMALL, "logit_chunk_size": 3},
+    )
+    rows_spec = [
+        ("1", "abcdefg", -2.0, "sol a"),
+        ("1", "ab", -1.5, None),  # no teacher
+        ("2?", "xyzw", -3.0, "feedbk"),
+    ]
+    trainer, batch, norm, loss, got = _trainer_loss_and_grads(config, 0, rows_spec, monkeypatch)
+    rows = batch.rows
     student = _full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses)
     with torch.no_grad():
         teacher_prompts = [r.teacher_prompt_ids or r.prompt_ids for r in rows]
@@ -314,53 +340,28 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
         student, teacher, mask, batch.old_logprobs, batch.response_ids,
         top_k=8, alpha=alpha, is_clip=config.sdpo.is_clip, normalizer=norm["sdpo"],
     )  # fmt: skip
-    ref.backward()
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-    for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    _assert_matches_reference(trainer, loss, got, ref)
 
 
 def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference(monkeypatch):
-    from algorithms.batching import Row, collate
-
     config = SDPOTrainConfig(
         sdpo=sdpo.SDPOConfig(loss_level="token", teacher_tau=0.5),
         **{**SMALL, "logit_chunk_size": 3},
     )
-    trainer = Trainer(
-        config, env=TargetCharEnv(targets="ab"), model=tiny_model(1), tokenizer=tiny_tokenizer()
-    )
-    with torch.no_grad():
-        for p in trainer.teacher.module.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    tok = trainer.tokenizer
-    q = "Question: which letter comes first in the alphabet? "
-    rows = [
-        Row(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.0, tok.encode(q + "sol a")),
-        Row(tok.encode(q + "2?"), tok.encode("xyzw"), [-3.0] * 4, 0.0, tok.encode(q + "feedbk")),
-    ]
-    batch = collate(rows)
-    norm = trainer._normalizers(rows)
-    built = _count_prefix_caches(monkeypatch)
-    loss, _ = trainer._loss(batch, norm, on_policy=False)
-    assert built == [True, True]  # the student's and the teacher's shared prefix, run once
-    loss.backward()
-    got = [p.grad.clone() for p in trainer.unwrapped.parameters()]
-    trainer.unwrapped.zero_grad()
+    rows_spec = [("1", "abcdefg", -2.0, "sol a"), ("2?", "xyzw", -3.0, "feedbk")]
+    trainer, batch, norm, loss, got = _trainer_loss_and_grads(config, 1, rows_spec, monkeypatch)
 
     def sampled(logits):
         return logits.log_softmax(-1).gather(-1, batch.response_ids[..., None])[..., 0]
 
+    rows = batch.rows
     lp = sampled(_full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses))
     with torch.no_grad():
         t_prompts = [r.teacher_prompt_ids for r in rows]
         t_lp = sampled(_full_logits(trainer.teacher.module, t_prompts, batch.responses))
     adv = torch.where(batch.mask, sdpo.token_level_advantages(t_lp, lp), 0.0)
-    ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg_token"])
-    ref.backward()
-    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
-    for g, p in zip(got, trainer.unwrapped.parameters(), strict=True):
-        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg"])
+    _assert_matches_reference(trainer, loss, got, ref)
 
 
 def test_sharded_launch_is_refused_with_the_supported_command(monkeypatch):

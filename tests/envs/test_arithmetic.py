@@ -41,7 +41,9 @@ def test_rewards_and_feedback_never_give_the_answer():
 
 def test_tasks_are_deterministic_and_splits_disjoint():
     a, b = ArithmeticEnv(), ArithmeticEnv()
-    assert [a.prompt(t) for t in a.task_ids("test")[:5]] == [b.prompt(t) for t in b.task_ids("test")[:5]]
+    assert [a.prompt(t) for t in a.task_ids("test")[:5]] == [
+        b.prompt(t) for t in b.task_ids("test")[:5]
+    ]
     assert not set(a.task_ids("train")) & set(a.task_ids("test"))
     with pytest.raises(ValueError, match="subset of"):
         ArithmeticEnv(ops="/")
