@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,19 +45,20 @@ from sandboxes.docker_engine import DEFAULT_IMAGE
 from sandboxes.errors import SandboxClosedError, SandboxConfigError, SandboxUnavailableError
 from sandboxes.local import _UID_RANGE, _WORKER_SCRIPT
 from sandboxes.protocol import (
+    REPLY_GRACE_S,
     ExecutionResult,
     ExecutionStatus,
     FunctionCall,
     Limits,
     Sandbox,
-    default_workers,
+    checked_workers,
+    result_from_reply,
     worker_request,
 )
 
 __all__ = ["DockerSandbox"]
 
 _LABEL = "rlrf.sandbox"
-_REPLY_GRACE_S = 10.0
 _WORKER_IN_CONTAINER = "/opt/rlrf/_worker.py"
 
 
@@ -194,6 +196,12 @@ class _ContainerWorker:
             pass
 
 
+def _remove_workers(workers: list[_ContainerWorker]) -> None:
+    for w in list(workers):
+        w.remove()
+    workers.clear()
+
+
 class DockerSandbox(Sandbox):
     """Runs programs in warm, locked-down Docker containers (see the module docstring).
 
@@ -231,10 +239,7 @@ class DockerSandbox(Sandbox):
         preload: tuple[str, ...] = (),
         start_timeout: float = 60.0,
     ) -> None:
-        if workers is None:
-            workers = default_workers()
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise SandboxConfigError(f"workers must be an int in [1, 256], got {workers!r}")
+        workers = checked_workers(workers)
         for name, value in (
             ("mem_limit", mem_limit),
             ("pids_limit", pids_limit),
@@ -278,6 +283,8 @@ class DockerSandbox(Sandbox):
         self._lock = threading.Lock()
         self._idle: queue.SimpleQueue[_ContainerWorker] = queue.SimpleQueue()
         self._all: list[_ContainerWorker] = []
+        # containers of a sandbox dropped without close() are removed when it is collected
+        self._finalizer = weakref.finalize(self, _remove_workers, self._all)
         try:
             for slot in range(workers):
                 self._idle.put(self._new(slot))
@@ -323,7 +330,7 @@ class DockerSandbox(Sandbox):
         oom_before = w.oom_kills()
         try:
             w.send(req)
-            reply = w.recv(lim.wall_time_s + _REPLY_GRACE_S)
+            reply = w.recv(lim.wall_time_s + REPLY_GRACE_S)
         except (EOFError, TimeoutError, OSError) as e:
             wall = time.monotonic() - t0
             oom = w.oom_kills() > oom_before >= 0
@@ -357,25 +364,8 @@ class DockerSandbox(Sandbox):
                 self._idle.put(replacement)
         else:
             self._idle.put(w)
-
-        def text(b: bytes) -> str:
-            return b.decode("utf-8", "replace")
-
-        return ExecutionResult(
-            status=status,
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            stdout=text(reply.get("stdout", b"")),
-            stderr=text(reply.get("stderr", b"")),
-            stdout_truncated=bool(reply.get("stdout_truncated", False)),
-            stderr_truncated=bool(reply.get("stderr_truncated", False)),
-            wall_time_s=float(reply.get("wall_time_s", 0.0)),
-            cpu_time_s=float(reply.get("cpu_time_s", 0.0)),
-            return_json=reply.get("return_json"),
-            completed=bool(reply.get("completed", False)),
-            message=message,
-            details={"backend": "docker", "container": w.container.short_id, "slot": w.slot},
-        )
+        details = {"backend": "docker", "container": w.container.short_id, "slot": w.slot}
+        return result_from_reply(reply, details, status=status, message=message)
 
     def leftover_containers(self) -> list[str]:
         """Ids of this sandbox's containers still on the engine (empty after :meth:`close`)."""

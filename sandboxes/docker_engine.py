@@ -32,7 +32,6 @@ import sys
 import sysconfig
 import tarfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sandboxes.errors import SandboxUnavailableError
@@ -351,30 +350,6 @@ def ensure_image(base_url: str, tag: str = DEFAULT_IMAGE) -> str:
     finally:
         client.close()
     return build_image(base_url, tag)
-
-
-def docker_sandbox_session() -> Iterator:
-    """Pytest helper: an engine (started if needed), the image, a DockerSandbox; then cleanup."""
-    import pytest
-
-    from sandboxes.docker import DockerSandbox
-
-    try:
-        engine = ensure_engine(start=True)
-        image = ensure_image(engine.base_url)
-    except SandboxUnavailableError as e:
-        print(f"\n[sandboxes] Docker tests SKIPPED: no engine can start here: {e}")
-        pytest.skip(f"no Docker engine can start here: {e}")
-    try:
-        sb = DockerSandbox(workers=2, base_url=engine.base_url, image=image)
-        try:
-            yield sb
-        finally:
-            sb.close()
-            leftover = sb.leftover_containers()
-            assert leftover == [], f"containers left behind: {leftover}"
-    finally:
-        engine.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,16 +67,17 @@ from typing import Any
 from sandboxes.errors import (
     IsolationWarning,
     SandboxClosedError,
-    SandboxConfigError,
     SandboxUnavailableError,
 )
 from sandboxes.protocol import (
+    REPLY_GRACE_S,
     ExecutionResult,
     ExecutionStatus,
     FunctionCall,
     Limits,
     Sandbox,
-    default_workers,
+    checked_workers,
+    result_from_reply,
     worker_request,
 )
 
@@ -86,7 +87,6 @@ _WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work
 # Random slot uids from a range no distribution allocates, so two sandboxes (or two test
 # sessions) never share a uid and never kill each other's processes.
 _UID_RANGE = (1_500_000_000, 2_000_000_000)
-_REPLY_GRACE_S = 10.0
 
 
 class _Worker:
@@ -209,10 +209,7 @@ class LocalSandbox(Sandbox):
                 f"LocalSandbox needs Linux (namespaces, Landlock, pidfd); this is "
                 f"{sys.platform}. Use sandboxes.get('docker') instead."
             )
-        if workers is None:
-            workers = default_workers()
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise SandboxConfigError(f"workers must be an int in [1, 256], got {workers!r}")
+        workers = checked_workers(workers)
         self.max_workers = workers
         self._python = python or sys.executable
         self._base_dir = tempfile.mkdtemp(prefix="rlrf-sandbox-", dir=base_dir)
@@ -311,7 +308,7 @@ class LocalSandbox(Sandbox):
         t0 = time.monotonic()
         try:
             w.send(req)
-            reply = w.recv(lim.wall_time_s + _REPLY_GRACE_S)
+            reply = w.recv(lim.wall_time_s + REPLY_GRACE_S)
         except (EOFError, TimeoutError, OSError) as e:
             wall = time.monotonic() - t0
             rc = w.proc.poll()
@@ -322,28 +319,8 @@ class LocalSandbox(Sandbox):
                 message=f"sandbox worker failed ({e}; worker exit code {rc}); it was restarted",
             )
         self._idle.put(w)
-        return self._to_result(reply, w)
-
-    @staticmethod
-    def _to_result(reply: dict[str, Any], w: _Worker) -> ExecutionResult:
-        def text(b: bytes) -> str:
-            return b.decode("utf-8", "replace")
-
-        return ExecutionResult(
-            status=ExecutionStatus(reply["status"]),
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            stdout=text(reply.get("stdout", b"")),
-            stderr=text(reply.get("stderr", b"")),
-            stdout_truncated=bool(reply.get("stdout_truncated", False)),
-            stderr_truncated=bool(reply.get("stderr_truncated", False)),
-            wall_time_s=float(reply.get("wall_time_s", 0.0)),
-            cpu_time_s=float(reply.get("cpu_time_s", 0.0)),
-            return_json=reply.get("return_json"),
-            completed=bool(reply.get("completed", False)),
-            message=str(reply.get("message", "")),
-            details={"backend": "local", "worker_pid": w.proc.pid, "slot": w.cfg["slot"]},
-        )
+        details = {"backend": "local", "worker_pid": w.proc.pid, "slot": w.cfg["slot"]}
+        return result_from_reply(reply, details)
 
     def close(self) -> None:
         """Stop every worker and remove the slot directories; idempotent."""

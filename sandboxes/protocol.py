@@ -348,6 +348,52 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+REPLY_GRACE_S = 10.0
+"""Seconds a backend waits for a worker's reply beyond the run's wall-time limit."""
+
+
+def checked_workers(workers: int | None) -> int:
+    """Validate a backend's ``workers`` argument (None: one per usable CPU)."""
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise SandboxConfigError(f"workers must be an int in [1, 256], got {workers!r}")
+    return workers
+
+
+def result_from_reply(
+    reply: Mapping[str, Any],
+    details: dict[str, Any],
+    *,
+    status: ExecutionStatus | None = None,
+    message: str | None = None,
+) -> ExecutionResult:
+    """Turn a worker's reply into an :class:`ExecutionResult`.
+
+    A backend may override the status and message (after an out-of-memory kill it saw
+    from outside the worker, say).
+    """
+
+    def text(b: bytes) -> str:
+        return b.decode("utf-8", "replace")
+
+    return ExecutionResult(
+        status=status or ExecutionStatus(reply["status"]),
+        exit_code=reply.get("exit_code"),
+        signal=reply.get("signal"),
+        stdout=text(reply.get("stdout", b"")),
+        stderr=text(reply.get("stderr", b"")),
+        stdout_truncated=bool(reply.get("stdout_truncated", False)),
+        stderr_truncated=bool(reply.get("stderr_truncated", False)),
+        wall_time_s=float(reply.get("wall_time_s", 0.0)),
+        cpu_time_s=float(reply.get("cpu_time_s", 0.0)),
+        return_json=reply.get("return_json"),
+        completed=bool(reply.get("completed", False)),
+        message=str(reply.get("message", "")) if message is None else message,
+        details=details,
+    )
+
+
 def worker_request(
     code: str,
     stdin: str | bytes | None,

@@ -87,3 +87,18 @@ def test_json_match_is_type_strict() -> None:
     assert json_match("0.30000000000000004", 0.3)
     assert not json_match(None, None)
     assert not json_match("not json", "not json")
+
+
+@pytest.mark.docker
+def test_a_dropped_docker_sandbox_removes_its_containers(docker_engine) -> None:
+    import gc
+
+    from sandboxes.docker import DockerSandbox
+
+    url, image = docker_engine
+    sb = DockerSandbox(workers=1, base_url=url, image=image)
+    client, label = sb._client, f"rlrf.sandbox={sb.session}"
+    assert len(client.containers.list(all=True, filters={"label": label})) == 1
+    del sb  # never closed
+    gc.collect()
+    assert client.containers.list(all=True, filters={"label": label}) == []
