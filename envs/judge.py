@@ -44,9 +44,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
+from envs._jsonl import jsonl_records
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.errors import ConfigError, RLRFError
 from rlrf.feedback import Feedback, FeedbackKind, JudgeDetails, truncate_text
@@ -500,17 +500,12 @@ def load_judge_tasks_jsonl(path: str | os.PathLike[str]) -> list[JudgeTask]:
     Each line holds ``id``, ``prompt`` (text or chat messages), and optionally ``rubric``,
     ``reference`` and ``split`` (default ``"train"``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"judge task file {path} does not exist")
     tasks = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    tasks.append(_task_from_mapping(json.loads(line)))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ConfigError(f"{path}:{lineno}: malformed judge task ({e})") from e
+    for where, rec in jsonl_records(path, "judge task file"):
+        try:
+            tasks.append(_task_from_mapping(rec))
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{where}: malformed judge task ({e})") from e
     return tasks
 
 

@@ -25,7 +25,6 @@ text). A small hand-written set of 32 school-level questions ships in
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from envs._jsonl import hash_split, jsonl_records
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
@@ -69,11 +69,6 @@ class MCQItem:
     explanation: str | None = None
     split: str = "train"
     domain: str = ""
-
-
-def _hash_split(key: str, test_fraction: float) -> str:
-    h = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
 
 
 def _parse_record(rec: Mapping[str, Any], where: str, test_fraction: float) -> MCQItem:
@@ -114,7 +109,7 @@ def _parse_record(rec: Mapping[str, Any], where: str, test_fraction: float) -> M
         str(rec.get("id", ""))
         or "mcq-" + hashlib.sha256(rec["question"].encode("utf-8")).hexdigest()[:12]
     )
-    split = rec.get("split") or _hash_split(item_id, test_fraction)
+    split = rec.get("split") or hash_split(item_id, test_fraction)
     explanation = rec.get("explanation") or rec.get("rationale")
     return MCQItem(
         id=item_id,
@@ -143,27 +138,14 @@ def load_mcq_jsonl(
             the file and line).
 
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"MCQ data file {path} does not exist; pass an existing JSONL file")
     items: list[MCQItem] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e})") from e
-            if not isinstance(rec, dict):
-                raise ConfigError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            item = _parse_record(rec, where, test_fraction)
-            if item.id in seen:
-                raise ConfigError(f"{where}: duplicate id {item.id!r}; ids must be unique")
-            seen.add(item.id)
-            items.append(item)
+    for where, rec in jsonl_records(path, "MCQ data file"):
+        item = _parse_record(rec, where, test_fraction)
+        if item.id in seen:
+            raise ConfigError(f"{where}: duplicate id {item.id!r}; ids must be unique")
+        seen.add(item.id)
+        items.append(item)
     return items
 
 

@@ -46,7 +46,6 @@ Data: :func:`load_tool_tasks_jsonl` (the format of the shipped set in
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -59,6 +58,7 @@ from typing import Any
 
 import jsonschema
 
+from envs._jsonl import hash_split, jsonl_records
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.feedback import (
@@ -412,11 +412,6 @@ class ToolTask:
         ]
 
 
-def _split_of(task_id: str, test_fraction: float) -> str:
-    h = int(hashlib.sha256(task_id.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if h < test_fraction else "train"
-
-
 def task_from_json(rec: Mapping[str, Any], where: str, test_fraction: float = 0.2) -> ToolTask:
     """Build a :class:`ToolTask` from a JSON record (see :func:`load_tool_tasks_jsonl`)."""
     try:
@@ -454,7 +449,7 @@ def task_from_json(rec: Mapping[str, Any], where: str, test_fraction: float = 0.
         ordered=bool(rec.get("ordered", False)),
         toolset=toolset,
         answer=tuple(str(a) for a in answer),
-        split=str(rec.get("split") or _split_of(task_id, test_fraction)),
+        split=str(rec.get("split") or hash_split(task_id, test_fraction)),
     )
 
 
@@ -468,20 +463,10 @@ def load_tool_tasks_jsonl(
     (BFCL-style ``[{"fn": {"arg": [allowed, ...]}}]``); optional ``ordered``, ``toolset``,
     ``answer`` (multi-turn final answers) and ``split`` (else a stable hash split).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tool task file {path} does not exist")
-    tasks = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                where = f"{path}:{lineno}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{where}: not valid JSON ({e})") from e
-                tasks.append(task_from_json(rec, where, test_fraction))
-    return tasks
+    return [
+        task_from_json(rec, where, test_fraction)
+        for where, rec in jsonl_records(path, "tool task file")
+    ]
 
 
 # ---- comparing with the ground truth ------------------------------------------------------
