@@ -62,6 +62,12 @@ def test_learning_efficiency_summary_ratio():
     assert le.generations_to_reach([(0, 0.0), (100, 0.4)], 0.1, interpolate=True) == 25
     assert summary["sdpo-srf"]["generations_to_grpo_final"] is None
     assert summary["sdpo-srf"]["ratio_vs_grpo"] is None
+    # GRPO plateauing early tells the two ratios apart: budget 128 / 64 = 2, but GRPO
+    # itself first reached 0.3 at 64 too, so 64 / 64 = 1
+    runs["grpo"] = [_record("grpo", [(0, 0.1), (64, 0.3), (128, 0.3)])]
+    plateau = le.summarize(runs)
+    assert plateau["sdpo"]["ratio_vs_grpo"] == pytest.approx(2.0)
+    assert plateau["sdpo"]["ratio_vs_grpo_first_reach"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

@@ -30,6 +30,11 @@ SCRIPT = textwrap.dedent(
     )
     trainer = Trainer(cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(3),
                       tokenizer=tiny_tokenizer())
+    load = trainer.load
+    def reporting_load(path):
+        load(path)
+        print(f"RESUMED-AT-STEP {trainer.step}", flush=True)
+    trainer.load = reporting_load
     if slow:
         original = trainer.train_step
         def paced():
@@ -76,6 +81,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     assert not (out / "checkpoints" / "step_000006").exists()
     resumed = _run(script, out, resume=True)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
+    log = resumed.stdout.read().decode()
+    # it continued from the killed run's checkpoint (step 3 or later), not from scratch
+    assert int(log.split("RESUMED-AT-STEP ")[1].split()[0]) >= 3, log
 
     a, b = _final_state(tmp_path / "ref"), _final_state(out)
     assert a["step"] == b["step"] == 6

@@ -6,8 +6,6 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
-
 from algorithms.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
 from algorithms.trainer import Trainer
@@ -30,7 +28,6 @@ def _scalar_tags(event_file: Path) -> dict[str, list[int]]:
 
 
 def test_tensorboard_tracker_logs_the_run(tmp_path):
-    pytest.importorskip("tensorboardX")
     cfg = GRPOTrainConfig(
         steps=2, questions_per_step=2, rollouts_per_question=2, max_new_tokens=6,
         eval_every=1, eval_tasks=2, checkpoint_every=0, progress=False,

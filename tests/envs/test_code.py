@@ -281,8 +281,7 @@ def test_evaluate_many_grades_a_group_in_order_like_evaluate(env):
 
 
 def test_check_env_passes_and_registration_works():
-    rlrf.register("test/Code-v0", "envs.code:CodeEnv", kwargs={"limit": 5}, override=True)
-    env = rlrf.make("test/Code-v0")
+    env = rlrf.make("rlrf/Code-v0", limit=5)
     try:
         check_env(env)
         env.reset(seed=0)

@@ -238,12 +238,6 @@ def test_server_killed_mid_run(tmp_path):
 
 def test_registered_id_makes_the_env(serve):
     server = serve("ok")
-    rlrf.register(
-        "rlrf/Judge-v0",
-        "envs.judge:JudgeEnv",
-        description="LLM-judge score and critique from any OpenAI-compatible endpoint",
-        override=True,
-    )
     env = rlrf.make("rlrf/Judge-v0", base_url=server.url, max_retries=0)
     assert env.evaluate("haiku-autumn", "Leaves.").reward == pytest.approx(0.7)
 

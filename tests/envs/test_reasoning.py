@@ -67,12 +67,5 @@ def test_bad_names_and_configs_are_clear_errors():
 
 
 def test_registered_id_makes_the_env():
-    rlrf.register(
-        "rlrf/ReasoningGym-v0",
-        "envs.reasoning:ReasoningGymEnv",
-        kwargs={"dataset": "chain_sum"},
-        description="reasoning-gym procedural tasks (any dataset by name), score_answer reward",
-        override=True,
-    )
     env = rlrf.make("rlrf/ReasoningGym-v0", dataset="leg_counting", n_train=10, n_test=2)
     assert env.dataset_name == "leg_counting" and env.env_id == "rlrf/ReasoningGym-v0"

@@ -115,11 +115,5 @@ def test_items_can_be_passed_directly():
 
 
 def test_registered_id_makes_the_env():
-    rlrf.register(
-        "rlrf/MCQ-v0",
-        "envs.science:MultipleChoiceEnv",
-        description="Multiple-choice science QA; 1/0 reward, explanation feedback if any",
-        override=True,
-    )
     env = rlrf.make("rlrf/MCQ-v0")
     assert isinstance(env, MultipleChoiceEnv) and env.env_id == "rlrf/MCQ-v0"

@@ -38,10 +38,13 @@ def test_shipped_set_passes_check_env(env):
 
 
 def test_every_gold_answer_earns_full_reward(env):
+    graded = 0
     for task_id in [*env.task_ids("train"), *env.task_ids("test")]:
         gold = env.gold_answer(task_id)
         if gold is not None:
             assert grade(env, task_id, gold)[0].reward == 1.0, task_id
+            graded += 1
+    assert graded > 0
 
 
 @pytest.mark.parametrize(
@@ -266,19 +269,6 @@ def test_bfcl_rejects_unknown_category():
 
 
 def test_registered_ids_make_the_envs():
-    rlrf.register(
-        "rlrf/ToolUse-v0",
-        "envs.tool_use:ToolUseEnv",
-        description="Tool calls validated with JSON Schema against ground truth; multi-turn tools",
-        override=True,
-    )
-    rlrf.register(
-        "rlrf/BFCL-v0",
-        "envs.bfcl:BFCLEnv",
-        kwargs={"categories": ["simple", "multiple", "parallel"]},
-        description="BFCL simple/multiple/parallel function calling (needs bfcl-eval --no-deps)",
-        override=True,
-    )
     assert len(rlrf.make("rlrf/ToolUse-v0").task_ids()) == 18
     bfcl = rlrf.make("rlrf/BFCL-v0", limit=5)
     assert isinstance(bfcl, BFCLEnv) and len(bfcl.task_ids()) + len(bfcl.task_ids("test")) == 15

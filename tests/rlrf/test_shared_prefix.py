@@ -3,13 +3,11 @@
 import random
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from algorithms.testing import tiny_model  # noqa: E402
-from rlrf import policy  # noqa: E402
-from rlrf.policy import response_hidden_states, shared_prefix_hidden_states  # noqa: E402
+from algorithms.testing import tiny_model
+from rlrf import policy
+from rlrf.policy import response_hidden_states, shared_prefix_hidden_states
 
 PAD = 2
 
@@ -121,13 +119,15 @@ def test_a_group_of_one_row(model, monkeypatch):
     _assert_same(model, prompts[3:], responses[3:], [1])
 
 
-def test_identical_prompts_keep_one_token_out_of_the_prefix(model):
+def test_identical_prompts_keep_one_token_out_of_the_prefix(model, monkeypatch):
     rng = random.Random(5)
     vocab = model.config.vocab_size
     prompt = _tokens(rng, 30, vocab)
     prompts = [prompt, list(prompt), [*prompt, *_tokens(rng, 5, vocab)]]
     responses = [_tokens(rng, n, vocab) for n in (3, 6, 2)]
+    calls = _count_prefix_runs(monkeypatch)
     _assert_same(model, prompts, responses, ["q"] * 3)
+    assert calls == [[29]]  # the 30-token prompt shares 29 tokens: each row keeps one
 
 
 @pytest.mark.parametrize("lengths", [(0, 1, 5), (1, 1, 1), (0, 0, 0)])
@@ -140,7 +140,7 @@ def test_empty_and_single_token_responses(model, lengths):
 
 
 def test_peft_teacher(model):
-    peft = pytest.importorskip("peft")
+    import peft
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     wrapped = peft.get_peft_model(tiny_model(seed=1), lora).eval()
     for name, param in wrapped.named_parameters():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,6 +184,8 @@ def test_disk_fill_is_capped(sandbox: Sandbox) -> None:
     # Docker caps the disk with the container's /tmp tmpfs, local with a per-run tmpfs.
     cap = getattr(sandbox, "tmpfs_bytes", 8 << 20)
     assert int(r.stdout or 0) <= cap
+    if r.status is S.OK:  # the program ended normally, so it printed what it wrote
+        assert r.stdout.strip()
     still_works(sandbox)
 
 
@@ -347,24 +350,32 @@ def test_lying_str_subclass_arrives_as_its_real_value(sandbox: Sandbox) -> None:
 
 
 def test_frame_and_gc_inspection_find_no_expected_output(sandbox: Sandbox) -> None:
+    # The grader's answers are in this process's memory and in the shipped data file on
+    # disk (world-readable on the host); the program searches its own memory and reads that
+    # file by absolute path. Only a working sandbox keeps both out of reach.
     expected = "EXPECTED-3f9a1c"
+    answers = Path(__file__).resolve().parents[2] / "envs" / "data" / "code" / "problems.jsonl"
+    secret = answers.read_text(encoding="utf-8")[:60]
     code = (
         "import gc, sys, inspect\n"
         "def solve(x):\n"
         "    seen = set()\n"
+        f"    try:\n        seen.add(open({str(answers)!r}).read()[:60])\n"
+        "    except OSError:\n        pass\n"
         "    for o in gc.get_objects():\n"
         "        try:\n            seen.add(str(o)[:200])\n        except Exception:\n            pass\n"
         "    f = sys._getframe()\n"
         "    while f:\n"
         "        seen.update(repr(v)[:200] for v in f.f_locals.values())\n"
         "        f = f.f_back\n"
-        "    hits = [s for s in seen if 'EXPECTED-' in s and 'hits' not in s]\n"
+        "    hits = [s for s in seen if ('EXPECTED-' in s or 'question_id' in s) and 'hits' not in s]\n"
         "    return hits[0] if hits else 'nothing'\n"
     )
     r = sandbox.run_function(code, "solve", json.dumps(["input"]), limits=FAST)
     assert r.status is S.OK, r
     assert expected not in (r.return_json or "")
     assert not json_match(r.return_json, expected)
+    assert secret not in (r.return_json or "") and r.return_value == "nothing"
 
 
 def test_state_does_not_leak_between_runs(sandbox: Sandbox) -> None:
