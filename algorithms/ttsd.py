@@ -1,6 +1,6 @@
 """Test-time self-distillation (TTSD): solve one hard question by SDPO at inference time.
 
-The paper's third result (Hübotter et al. 2026, ALGORITHMS.md "Test-time self-distillation"):
+The paper's third result (Hübotter et al. 2026, "Test-time self-distillation"):
 for ONE question and no training set, repeatedly
 
 1. sample a batch of attempts (16 by default) from the current weights;

@@ -98,11 +98,10 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {
-    # Sized from CPU seconds measured with 1 torch thread on a loaded 2-core machine
-    # (reduced run: 8 steps of 4 x 8 rollouts, 3 evaluations of 16 x 4): GRPO 361 CPU-s,
-    # SDPO 555 CPU-s, i.e. ~36 CPU-s per GRPO step (less as responses shorten), ~60 per SDPO
-    # step (teacher forward), ~25-50 per evaluation of 128 responses. For this setting:
-    # ~12 + 18 + 18 = ~48 minutes, counting no gain from the second core.
+    # Sized (at commit a20d596, before session 2's prompt-sharing speed-ups, which cut the
+    # update time by 1.7-2x) from CPU seconds with 1 torch thread on a loaded 2-core
+    # machine (reduced run: 8 steps of 4 x 8 rollouts, 3 evaluations of 16 x 4): GRPO 361
+    # CPU-s, SDPO 555 CPU-s. For this setting that gave ~48 minutes; less now.
     "cpu": Setting(
         seeds=(0,),
         steps=12,

@@ -136,7 +136,11 @@ def main() -> None:
         results[name] = best
         print(
             f"{name}: update {best['update']:.3f}s (teacher scoring {best['teacher']:.3f}s), "
-            f"peak memory {best['peak_mib']:.0f} MiB"
+            + (
+                f"peak memory {best['peak_mib']:.0f} MiB"
+                if args.device == "cuda"
+                else f"process peak RSS so far {best['peak_mib']:.0f} MiB"
+            )
             + (
                 f"; teacher prompts {min(teacher_lengths)}-{max(teacher_lengths)} tokens"
                 if name == "sdpo" and teacher_lengths

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from envs._jsonl import jsonl_records
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, RLRFError
 from rlrf.feedback import Feedback, FeedbackKind, JudgeDetails, truncate_text
 
@@ -512,7 +512,7 @@ def load_judge_tasks_jsonl(path: str | os.PathLike[str]) -> list[JudgeTask]:
 def _task_from_mapping(rec: Mapping[str, Any]) -> JudgeTask:
     prompt = rec["prompt"]
     if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
+        prompt = user_prompt(prompt)
     return JudgeTask(
         id=str(rec["id"]),
         messages=tuple({"role": m["role"], "content": str(m["content"])} for m in prompt),
@@ -657,7 +657,6 @@ class JudgeEnv(RLRFEnv):
 
     def evaluate_many(self, task_id: str, responses: Sequence[str]) -> list[Outcome]:
         """Judge several responses concurrently (up to the client's concurrency limit)."""
-        history = self.prompt(task_id)
         workers = max(1, min(self.client.max_concurrency, len(responses)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda r: self.evaluate(task_id, r, history), responses))
+            return list(pool.map(lambda r: self.evaluate(task_id, r), responses))

@@ -59,7 +59,7 @@ from typing import Any
 import jsonschema
 
 from envs._jsonl import hash_split, jsonl_records
-from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError
 from rlrf.feedback import (
     Feedback,
@@ -418,7 +418,7 @@ def task_from_json(rec: Mapping[str, Any], where: str, test_fraction: float = 0.
         task_id = str(rec["id"])
         question = rec.get("messages", rec.get("question"))
         if isinstance(question, str):
-            question = [{"role": "user", "content": question}]
+            question = user_prompt(question)
         if isinstance(question, list) and question and isinstance(question[0], list):
             question = question[0]  # BFCL: a list of turns, each a list of messages
         messages = tuple({"role": m["role"], "content": str(m["content"])} for m in question)

@@ -300,7 +300,7 @@ class Sandbox(abc.ABC):
         """Execute ``code``, call ``entry_point(*json.loads(args_json))``, return it as JSON.
 
         The return value arrives in ``result.return_json`` (strict JSON text); compare it in
-        the parent, e.g. with :func:`sandboxes.compare.json_equal`.
+        the parent, e.g. with :func:`sandboxes.compare.json_match`.
         """
         return self.run(code, stdin, limits, files, call=FunctionCall(entry_point, args_json))
 
