@@ -8,6 +8,7 @@ from __future__ import annotations
 import string
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,3 +110,26 @@ class TargetCharEnv(RLRFEnv):
             reward=reward,
             feedback=Feedback(FeedbackKind.WRONG_ANSWER, f"Use only the character '{target}'."),
         )
+
+
+def recording_build(
+    lengths: list[list[int]] | None = None, built: list[bool] | None = None
+) -> classmethod:
+    """A stand-in for ``rlrf.policy._PrefixCache.build`` that records each shared-prefix pass.
+
+    Install it with ``monkeypatch.setattr(policy._PrefixCache, "build", recording_build(...))``;
+    ``lengths`` gets each pass's prefix lengths, ``built`` whether a reusable cache came back.
+    """
+    from rlrf import policy
+
+    build = policy._PrefixCache.build.__func__
+
+    def recording(cls: Any, model: Any, prefixes: list, pad: int, size: int) -> Any:
+        cache = build(cls, model, prefixes, pad, size)
+        if lengths is not None:
+            lengths.append([len(p) for p in prefixes])
+        if built is not None:
+            built.append(cache is not None)
+        return cache
+
+    return classmethod(recording)

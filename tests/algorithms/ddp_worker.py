@@ -22,7 +22,7 @@ import torch
 
 from algorithms.batching import Row
 from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
-from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
+from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
 from algorithms.trainer import Trainer, TrainingError
 from rlrf import policy
 
@@ -122,15 +122,9 @@ def run_case(trainer: Trainer, rows: list[Row]) -> dict[str, Any]:
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step  # type: ignore[method-assign]
-    shared_prefixes = []
-    build = policy._PrefixCache.build.__func__
-
-    def counting_build(cls: Any, model: Any, prefixes: list, pad: int, size: int) -> Any:
-        cache = build(cls, model, prefixes, pad, size)
-        shared_prefixes.append(cache is not None)
-        return cache
-
-    policy._PrefixCache.build = classmethod(counting_build)  # type: ignore[method-assign]
+    shared_prefixes: list[bool] = []
+    original = policy._PrefixCache.__dict__["build"]
+    policy._PrefixCache.build = recording_build(built=shared_prefixes)  # type: ignore[method-assign]
     error = None
     metrics: dict[str, float] = {}
     try:
@@ -138,7 +132,7 @@ def run_case(trainer: Trainer, rows: list[Row]) -> dict[str, Any]:
     except TrainingError as e:
         error = str(e)
     finally:
-        policy._PrefixCache.build = classmethod(build)  # type: ignore[method-assign]
+        policy._PrefixCache.build = original  # type: ignore[method-assign]
     teacher = None
     module = getattr(trainer.teacher, "module", None)
     if module is not None:

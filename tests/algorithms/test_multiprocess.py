@@ -27,14 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
+    _two_processes(out, *CASES)
+    return out
+
+
+def _two_processes(out: Path, *args: str) -> None:
+    """Run ddp_worker.py on two torchrun processes (gloo on CPU)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "algorithms" / "ddp_worker.py"), str(out), *CASES,
+        str(ROOT / "tests" / "algorithms" / "ddp_worker.py"), str(out), *args,
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return out
 
 
 def _load(out: Path, case: str, rank: int) -> dict:
@@ -90,13 +95,7 @@ def test_nan_on_one_process_stops_both(two_process_results: Path) -> None:
 
 def test_whole_run_on_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "algorithms" / "ddp_worker.py"), str(out), "--train",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    _two_processes(out, "--train")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if "rollout/generations" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]

@@ -11,7 +11,7 @@ import yaml
 
 from algorithms import grpo, sdpo
 from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, config_from_dict
-from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
+from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
 from algorithms.trainer import Trainer, TrainingError, train
 from rlrf import Outcome, RLRFEnv
 from rlrf.errors import ConfigError
@@ -265,14 +265,7 @@ def _count_prefix_caches(monkeypatch) -> list[bool]:
     from rlrf import policy
 
     built: list[bool] = []
-    build = policy._PrefixCache.build.__func__
-
-    def counting(cls, model, prefixes, pad, size):
-        cache = build(cls, model, prefixes, pad, size)
-        built.append(cache is not None)
-        return cache
-
-    monkeypatch.setattr(policy._PrefixCache, "build", classmethod(counting))
+    monkeypatch.setattr(policy._PrefixCache, "build", recording_build(built=built))
     return built
 
 

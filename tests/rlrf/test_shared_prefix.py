@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from algorithms.testing import tiny_model
+from algorithms.testing import recording_build, tiny_model
 from rlrf import policy
 from rlrf.policy import response_hidden_states, shared_prefix_hidden_states
 
@@ -43,13 +43,7 @@ def _assert_same(model, prompts, responses, groups, **kwargs):
 
 def _count_prefix_runs(monkeypatch):
     calls = []
-    build = policy._PrefixCache.build.__func__
-
-    def counting(cls, model, prefixes, pad, max_batch_size):
-        calls.append([len(p) for p in prefixes])
-        return build(cls, model, prefixes, pad, max_batch_size)
-
-    monkeypatch.setattr(policy._PrefixCache, "build", classmethod(counting))
+    monkeypatch.setattr(policy._PrefixCache, "build", recording_build(lengths=calls))
     return calls
 
 
@@ -141,6 +135,7 @@ def test_empty_and_single_token_responses(model, lengths):
 
 def test_peft_teacher(model):
     import peft
+
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     wrapped = peft.get_peft_model(tiny_model(seed=1), lora).eval()
     for name, param in wrapped.named_parameters():
