@@ -77,7 +77,7 @@ def _converter(spec: FlatField) -> Any:
     return str
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     groups = {
         None: parser.add_argument_group("training"),
         "grpo": parser.add_argument_group("GRPO loss"),

@@ -30,9 +30,9 @@ __all__ = ["build_parser", "main", "print_summary"]
 
 def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
     """Build the argument parser of ``rlrf ttsd``."""
+    from algorithms.cli import _add_fields
     from algorithms.ttsd import METHODS, TTSDConfig
 
-    d = TTSDConfig()
     p = argparse.ArgumentParser(
         prog=prog,
         description="Solve hard questions by test-time self-distillation (SDPO on one "
@@ -61,33 +61,8 @@ def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
         choices=list(METHODS),
         help="methods to run (default: all)",
     )
-    p.add_argument("--model", default=d.model, help=f"model name or folder ({d.model})")
-    p.add_argument(
-        "--budget", type=int, default=d.budget, help=f"attempts per question ({d.budget})"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"attempts per round ({d.batch_size})"
-    )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=d.max_new_tokens,
-        help=f"tokens per attempt ({d.max_new_tokens})",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help=f"sampling temperature ({d.temperature})",
-    )
-    p.add_argument("--lr", type=float, default=d.lr, help=f"SDPO learning rate ({d.lr})")
-    p.add_argument(
-        "--max-context-tokens",
-        type=int,
-        default=d.max_context_tokens,
-        help=f"multi_turn context limit in tokens ({d.max_context_tokens})",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of all sampling ({d.seed})")
+    # every TTSDConfig field, with its docstring as help (the same flags as `rlrf train`)
+    _add_fields(p, TTSDConfig)
     p.add_argument("--output-dir", default="runs/ttsd", help="where results go (runs/ttsd)")
     p.add_argument("--no-plot", action="store_true", help="skip discovery.png")
     return p
@@ -139,6 +114,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf ttsd") -> int:
     """Run ``rlrf ttsd``; return the exit status."""
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     import rlrf
+    from algorithms.config import config_from_dict, flat_fields
     from algorithms.ttsd import (
         TTSDConfig,
         plot_discovery,
@@ -148,15 +124,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf ttsd") -> int:
     )
 
     try:
-        config = TTSDConfig(
-            budget=args.budget,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            lr=args.lr,
-            max_context_tokens=args.max_context_tokens,
-            model=args.model,
-            seed=args.seed,
+        fields = flat_fields(TTSDConfig)
+        config = config_from_dict(
+            TTSDConfig, {k: v for k, v in vars(args).items() if k in fields}, where="rlrf ttsd"
         )
         env = rlrf.make(args.env, **parse_key_values(args.kwarg))
         tasks = args.tasks or list(env.task_ids(args.split))[: args.num_tasks]
