@@ -30,7 +30,7 @@ from rlrf.errors import EnvError
 from rlrf.policy import Sample, SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, Trajectory, Turn
 
-__all__ = ["RolloutStats", "TaskSampler", "collect_groups", "turn_prompts"]
+__all__ = ["RolloutStats", "TaskSampler", "collect_groups", "grade_responses", "turn_prompts"]
 
 
 @dataclass
@@ -130,7 +130,8 @@ def _turn(sample: Sample, outcome: Outcome) -> Turn:
     )
 
 
-def _grade(env: RLRFEnv, task_id: str, responses: list[str]) -> list[Outcome]:
+def grade_responses(env: RLRFEnv, task_id: str, responses: list[str]) -> list[Outcome]:
+    """``env.evaluate_many``, checked: one :class:`Outcome` per response, else an EnvError."""
     outcomes = env.evaluate_many(task_id, responses)
     if len(outcomes) != len(responses):
         raise EnvError(
@@ -184,9 +185,10 @@ def collect_groups(
     texts = [[s.text for s in group] for group in samples]
     if env_workers > 1 and len(task_ids) > 1:
         with concurrent.futures.ThreadPoolExecutor(env_workers) as pool:
-            outcomes = list(pool.map(lambda a: _grade(env, *a), zip(task_ids, texts, strict=True)))
+            pairs = zip(task_ids, texts, strict=True)
+            outcomes = list(pool.map(lambda a: grade_responses(env, *a), pairs))
     else:
-        outcomes = [_grade(env, t, r) for t, r in zip(task_ids, texts, strict=True)]
+        outcomes = [grade_responses(env, t, r) for t, r in zip(task_ids, texts, strict=True)]
     stats.env_s += time.perf_counter() - t0
 
     groups: list[Group] = []

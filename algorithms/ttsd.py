@@ -71,7 +71,7 @@ from typing import Any, Literal, get_args
 
 import rlrf
 from algorithms.config import SDPOTrainConfig
-from algorithms.rollout import collect_groups
+from algorithms.rollout import collect_groups, grade_responses
 from algorithms.sdpo import SDPOConfig
 from algorithms.trainer import Trainer, mix_seed, rollout_sampling
 from rlrf.env import Message, RLRFEnv
@@ -417,7 +417,7 @@ def multi_turn_retry(
         context_tokens.extend(len(ids) for ids in encoded)
         samples = policy.sample_ids(encoded, 1, config.sampling(seed, rounds))
         texts = [s[0].text for s in samples]
-        outcomes = env.evaluate_many(task_id, texts)
+        outcomes = grade_responses(env, task_id, texts)
         rounds += 1
         for i, (text, outcome) in enumerate(zip(texts, outcomes, strict=True)):
             if outcome.solved:

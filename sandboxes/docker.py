@@ -41,7 +41,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from sandboxes.docker_engine import DEFAULT_IMAGE
+from sandboxes.docker_engine import DEFAULT_IMAGE, SYSTEM_SOCKET_URL, private_url
 from sandboxes.errors import SandboxClosedError, SandboxConfigError, SandboxUnavailableError
 from sandboxes.local import _UID_RANGE, _WORKER_SCRIPT
 from sandboxes.protocol import (
@@ -64,12 +64,10 @@ _WORKER_IN_CONTAINER = "/opt/rlrf/_worker.py"
 
 def _default_url() -> str:
     """The system engine's socket, else the private one of scripts/start-dockerd.sh."""
-    from sandboxes.docker_engine import DEFAULT_ROOT
-
-    private = os.path.join(DEFAULT_ROOT, "docker.sock")
-    if not os.path.exists("/var/run/docker.sock") and os.path.exists(private):
-        return f"unix://{private}"
-    return "unix:///var/run/docker.sock"
+    private = private_url()
+    if not os.path.exists("/var/run/docker.sock") and os.path.exists(private[len("unix://") :]):
+        return private
+    return SYSTEM_SOCKET_URL
 
 
 class _ContainerWorker:

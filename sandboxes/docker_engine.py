@@ -116,6 +116,14 @@ def _install_dockerd() -> None:
         )
 
 
+SYSTEM_SOCKET_URL = "unix:///var/run/docker.sock"
+
+
+def private_url(root: str = DEFAULT_ROOT) -> str:
+    """The socket URL of the private dockerd under ``root`` (scripts/start-dockerd.sh)."""
+    return f"unix://{os.path.join(root, 'docker.sock')}"
+
+
 def start_private_dockerd(
     root: str = DEFAULT_ROOT, *, install: bool = True, timeout: float = 60.0
 ) -> Engine:
@@ -126,8 +134,7 @@ def start_private_dockerd(
             daemon did not answer within ``timeout`` seconds (its log is quoted).
 
     """
-    sock = os.path.join(root, "docker.sock")
-    base_url = f"unix://{sock}"
+    base_url = private_url(root)
     if engine_responds(base_url):
         return Engine(base_url, root=root, proc=None)
     if os.geteuid() != 0:
@@ -178,7 +185,7 @@ def _mounts_under(root: str) -> list[str]:
 
 def stop_private_dockerd(root: str = DEFAULT_ROOT, proc: subprocess.Popen | None = None) -> None:
     """Stop the dockerd under ``root``: remove its containers, stop it, unmount, delete files."""
-    base_url = f"unix://{os.path.join(root, 'docker.sock')}"
+    base_url = private_url(root)
     if engine_responds(base_url):
         with contextlib.suppress(Exception):
             c = _client(base_url)
@@ -226,8 +233,8 @@ def ensure_engine(start: bool = True, root: str = DEFAULT_ROOT) -> Engine:
     candidates = []
     if os.environ.get("DOCKER_HOST"):
         candidates.append(os.environ["DOCKER_HOST"])
-    candidates.append("unix:///var/run/docker.sock")
-    candidates.append(f"unix://{os.path.join(root, 'docker.sock')}")  # scripts/start-dockerd.sh
+    candidates.append(SYSTEM_SOCKET_URL)
+    candidates.append(private_url(root))  # scripts/start-dockerd.sh
     for url in candidates:
         if engine_responds(url):
             return Engine(url)
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = start_private_dockerd(args.root)
         print(f"DOCKER_HOST={engine.base_url}")
     elif args.action == "build":
-        url = args.host or f"unix://{os.path.join(args.root, 'docker.sock')}"
+        url = args.host or private_url(args.root)
         t = time.monotonic()
         print(f"built {build_image(url, args.tag)} in {time.monotonic() - t:.1f} s")
     else:
