@@ -28,8 +28,9 @@ Settings (``--setting``):
 
 * ``cpu``: the embedded SmolLM2-135M-Instruct on ``rlrf/Arithmetic-v0`` with one-digit
   additions (``digits=1, ops="+"``): the base model solves 14 of 64 samples at
-  temperature 1 (two digits: 2 of 64; ``benchmarks/base_rates.py``), and the env's feedback says whether the answer was too high
-  or too low. Sized to finish within 60 minutes on an idle 2-core machine.
+  temperature 1 (two digits: 2 of 64; ``benchmarks/base_rates.py``), and the env's
+  feedback says whether the answer was too high or too low. Sized to finish within 60
+  minutes on an idle 2-core machine.
 * ``gpu``: more seeds, steps, questions and evaluation tasks; ``--model PATH`` for a larger
   model folder (then pick a harder env with ``--env-kwargs``, so the base rate stays between
   ~10% and ~60%).
