@@ -5,7 +5,7 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step_000010/`` holding ``sta
 marker written last, so a run killed mid-save never resumes from a torn checkpoint: the
 folder is written under a temporary name and renamed into place. :func:`latest_checkpoint`
 returns the newest complete one. The final model is also saved with ``save_pretrained``
-(``<output_dir>/final/``) so it loads with :func:`rlrf.models.load_model`.
+(``<output_dir>/final/``) so it loads with :func:`algorithms.models.load_model`.
 """
 
 from __future__ import annotations

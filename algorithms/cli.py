@@ -36,6 +36,9 @@ from rlrf.errors import ConfigError, RLRFError
 
 __all__ = ["ALGORITHMS", "add_train_parser", "build_config", "main"]
 
+COMMAND_HELP = "train a policy with GRPO, SDPO or the successful-rollout variant"
+"""The help line of this ``rlrf`` subcommand."""
+
 ALGORITHMS: dict[str, type[TrainConfig]] = {
     "grpo": GRPOTrainConfig,
     "sdpo": SDPOTrainConfig,

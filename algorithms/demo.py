@@ -28,6 +28,9 @@ from typing import Any
 
 __all__ = ["DEMO_SETTINGS", "main"]
 
+COMMAND_HELP = "the main job: SDPO on the embedded model, with a report"
+"""The help line of this ``rlrf`` subcommand."""
+
 #: The demo's training settings (flat config fields of ``SDPOTrainConfig``).
 DEMO_SETTINGS: dict[str, Any] = {
     "env": "rlrf/Arithmetic-v0",
@@ -75,9 +78,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     args = parser.parse_args(argv)
 
     from algorithms.cli import build_config
+    from algorithms.report import write_report
     from algorithms.trainer import Trainer
     from rlrf.cli import parse_key_values
-    from rlrf.report import write_report
 
     values = {**DEMO_SETTINGS, "model": args.model, "steps": args.steps,
               "output_dir": args.output_dir}  # fmt: skip

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.errors import EnvError
-from rlrf.policy import Sample, SamplingBackend, SamplingParams
+from rlrf.sampling import Sample, SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, Trajectory, Turn
 
 __all__ = ["RolloutStats", "TaskSampler", "collect_groups", "grade_responses", "turn_prompts"]
@@ -162,7 +162,7 @@ def collect_groups(
 
     Args:
         env: The environment (its ``prompt``/``evaluate_many``/``evaluate`` are used).
-        backend: Any :class:`rlrf.policy.SamplingBackend`.
+        backend: Any :class:`rlrf.sampling.SamplingBackend`.
         task_ids: Tasks to roll out (one group each, in this order).
         group_size: G, rollouts per task.
         params: Sampling parameters (with ``seed`` for reproducible rollouts).

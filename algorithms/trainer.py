@@ -32,7 +32,7 @@ head.
 Speed: the rows of a mini-batch are ordered by group, so a micro-batch mostly holds whole
 groups, whose student prompts are identical and whose teacher prompts share the question
 (and often a sibling's solution). Both forward passes run such a common prefix once and
-reuse its keys/values for every row (:func:`rlrf.policy.shared_prefix_hidden_states`; the
+reuse its keys/values for every row (:func:`algorithms.policy.shared_prefix_hidden_states`; the
 student's with gradient), in sub-batches cut by length to waste little padding.
 
 Resuming (``resume=True``) restores model, optimizer, scheduler, teacher, RNG states and the
@@ -44,7 +44,7 @@ Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for 
 ``accelerate launch --multi_gpu --num_processes 4 -m algorithms.sdpo --env ... --model ...``;
 on CPU ``torchrun --nproc_per_node 2 -m algorithms.sdpo ...`` uses gloo). Each process rolls
 out its share of the step's tasks. The training forward goes through the accelerate/DDP
-wrapper of :class:`rlrf.policy.HiddenStates` (the LM's body), so DDP averages the gradients;
+wrapper of :class:`algorithms.policy.HiddenStates` (the LM's body), so DDP averages the gradients;
 the loss is scaled by the number of processes to make that a sum, and the normalizers are
 summed over processes. Every process makes the same collective calls whatever its share: the
 mini-batch count is fixed, a process with no rows in a mini-batch joins the gradient
@@ -86,10 +86,7 @@ from algorithms.checkpoint import (
 )
 from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, TrainConfig, config_to_dict
 from algorithms.metrics import MetricsLogger, Timer, truncate_jsonl
-from algorithms.rollout import RolloutStats, TaskSampler, collect_groups, turn_prompts
-from algorithms.teacher import Teacher
-from rlrf.errors import ConfigError, RLRFError
-from rlrf.policy import (
+from algorithms.policy import (
     HFPolicy,
     HiddenStates,
     SamplingParams,
@@ -98,6 +95,9 @@ from rlrf.policy import (
     response_hidden_states,
     shared_prefix_hidden_states,
 )
+from algorithms.rollout import RolloutStats, TaskSampler, collect_groups, turn_prompts
+from algorithms.teacher import Teacher
+from rlrf.errors import ConfigError, RLRFError
 from rlrf.trajectory import Group, TrajectoryWriter
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "rollout_sampling", "train"]
@@ -230,7 +230,7 @@ class Trainer:
     # --- setup ------------------------------------------------------------------------
 
     def _load_model(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
-        from rlrf.models import load_model
+        from algorithms.models import load_model
 
         cfg = self.config
         dtype = getattr(torch, cfg.dtype)
@@ -1124,7 +1124,7 @@ def train(
     Args:
         env: An env instance or a registered id (default: ``config.env``).
         model: A model name/path (``"smollm2-135m"``), a model object (with ``tokenizer=``),
-            an :class:`rlrf.policy.HFPolicy`, or None for ``config.model``.
+            an :class:`algorithms.policy.HFPolicy`, or None for ``config.model``.
         config: A :class:`GRPOTrainConfig` / :class:`SDPOTrainConfig`, or just the loss
             config (:class:`algorithms.grpo.GRPOConfig` / :class:`algorithms.sdpo.SDPOConfig`),
             or None for the defaults of ``algorithm``.

@@ -71,13 +71,13 @@ from typing import Any, Literal, get_args
 
 import rlrf
 from algorithms.config import SDPOTrainConfig
+from algorithms.policy import HFPolicy, SamplingParams
 from algorithms.rollout import collect_groups, grade_responses
 from algorithms.sdpo import SDPOConfig
 from algorithms.trainer import Trainer, mix_seed, rollout_sampling
 from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
-from rlrf.policy import HFPolicy, SamplingParams
 from rlrf.trajectory import Group
 from rlrf.wrappers import Wrapper
 
@@ -480,7 +480,7 @@ def run_methods(
     if isinstance(env, str):
         env = rlrf.make(env, **(env_kwargs or {}))
     if model is None:
-        from rlrf.models import load_model
+        from algorithms.models import load_model
 
         model, tokenizer = load_model(config.model)
     elif tokenizer is None:

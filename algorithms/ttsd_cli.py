@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["build_parser", "main", "print_summary"]
 
+COMMAND_HELP = "test-time self-distillation on hard questions"
+"""The help line of this ``rlrf`` subcommand."""
+
 
 def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
     """Build the argument parser of ``rlrf ttsd``."""

@@ -19,9 +19,9 @@ import time
 
 import rlrf
 from algorithms import sdpo
+from algorithms.policy import HFPolicy, SamplingParams
 from algorithms.rollout import collect_groups
 from rlrf.env import Message, Outcome, RLRFEnv
-from rlrf.policy import HFPolicy, SamplingParams
 
 
 class _WithSolution(RLRFEnv):

@@ -14,7 +14,7 @@ avg@k at temperature 1, the same evaluation seeds for every method), and reports
   evaluation point whose seed-mean accuracy is >= GRPO's final seed-mean accuracy), and the
   ratio GRPO's budget / that number (> 1 means SDPO is more sample-efficient);
 * the machine (CPU count, torch threads, accelerator) and the wall time of each run;
-* ``report/``: :func:`rlrf.report.write_report` over every run folder (training reward,
+* ``report/``: :func:`algorithms.report.write_report` over every run folder (training reward,
   response length and teacher-student divergence overlaid).
 
 The methods (``algorithms.trainer.train(..., algorithm=...)``):
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
     plot(runs, results["summary"], out / "learning_efficiency.png")
     # the per-run diagnostics (training reward, lengths, divergence) overlaid by rlrf's report
-    from rlrf.report import write_report
+    from algorithms.report import write_report
 
     write_report([r["run_dir"] for records in runs.values() for r in records], out / "report")
     for line in report_lines(results["summary"], info, setting):

@@ -65,7 +65,7 @@ def main() -> None:
     if args.model == "tiny":
         model, tokenizer = tiny_model(0, layers=4, hidden=64), tiny_tokenizer()
     else:
-        from rlrf.models import load_model
+        from algorithms.models import load_model
 
         model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     model = model.to(args.device)
@@ -92,8 +92,8 @@ def main() -> None:
         GRPOTrainConfig(**common), env=env, model=copy.deepcopy(model), tokenizer=tokenizer
     )
     tasks = base.sampler.next(args.questions)
+    from algorithms.policy import SamplingParams
     from algorithms.rollout import collect_groups
-    from rlrf.policy import SamplingParams
 
     t0 = time.perf_counter()
     groups, stats = collect_groups(

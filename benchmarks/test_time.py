@@ -72,8 +72,8 @@ def distinct_tasks(env, split: str, n: int) -> list[str]:
 
 
 def pilot_rates(env, policy, task_ids, n, max_new_tokens, seed) -> dict[str, float]:
+    from algorithms.policy import SamplingParams
     from algorithms.rollout import collect_groups
-    from rlrf.policy import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, seed=mix_seed(seed, 10**9 + 7))
     groups, _ = collect_groups(env, policy, task_ids, n, params)
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     out = Path(args.output_dir or f"runs/bench_ttsd_{args.setting}")
 
     import rlrf
-    from rlrf.models import load_model
-    from rlrf.policy import HFPolicy
+    from algorithms.models import load_model
+    from algorithms.policy import HFPolicy
 
     device = "cuda" if torch.cuda.is_available() else None
     print(f"machine: {machine()}")

@@ -13,7 +13,15 @@ True
 
 from rlrf import _builtin_envs  # noqa: F401  (registers the built-in ids; imports no env code)
 from rlrf.checker import check_env
-from rlrf.env import ChatSpace, Message, Outcome, ResponseSpace, RLRFEnv, StepResult
+from rlrf.env import (
+    ChatSpace,
+    Message,
+    Outcome,
+    ResponseSpace,
+    RLRFEnv,
+    StepResult,
+    user_prompt,
+)
 from rlrf.errors import (
     ConfigError,
     EnvCheckError,
@@ -42,6 +50,7 @@ from rlrf.registration import (
     registry,
     spec,
 )
+from rlrf.sampling import OpenAIBackend, Sample, SamplingBackend, SamplingParams
 from rlrf.trajectory import (
     Group,
     Trajectory,
@@ -70,11 +79,15 @@ __all__ = [
     "Group",
     "JudgeDetails",
     "Message",
+    "OpenAIBackend",
     "Outcome",
     "RLRFEnv",
     "RLRFError",
     "RedactFeedback",
     "ResponseSpace",
+    "Sample",
+    "SamplingBackend",
+    "SamplingParams",
     "SchemaViolation",
     "StepResult",
     "TestCaseDetails",
@@ -94,5 +107,6 @@ __all__ = [
     "spec",
     "tokenize_feedback",
     "truncate_text",
+    "user_prompt",
     "write_trajectories",
 ]

@@ -7,11 +7,13 @@ Run ``rlrf --help`` or ``rlrf COMMAND --help``. Heavy subcommands (``train``, ``
 from __future__ import annotations
 
 import argparse
-import importlib
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import rlrf
 from rlrf.errors import ConfigError, RLRFError
@@ -19,14 +21,44 @@ from rlrf.feedback import render_feedback
 
 __all__ = ["build_parser", "main", "parse_key_values"]
 
-# Subcommands that import torch, delegated so `rlrf envs` stays light: name -> (module, help).
-# Each module has ``main(argv, prog=...) -> int`` and parses its own arguments.
-_EXTERNAL_COMMANDS = {
-    "demo": ("algorithms.demo", "the main job: SDPO on the embedded model, with a report"),
-    "train": ("algorithms.cli", "train a policy with GRPO, SDPO or the successful-rollout variant"),
-    "report": ("rlrf.report", "regenerate the report of one or more run folders"),
-    "ttsd": ("algorithms.ttsd_cli", "test-time self-distillation on hard questions"),
-}
+COMMAND_GROUP = "rlrf.commands"
+"""Entry-point group of the delegated subcommands (``train``, ``demo``, ``report``, ...).
+
+Each entry point names a ``main(argv, prog=...) -> int`` function; its module may define a
+string ``COMMAND_HELP``, the help line (else the first line of its docstring). The core never
+names the packages that provide them: rlrf's own training commands are declared in
+``pyproject.toml`` as a third party's would be, and are imported only when invoked, so
+``rlrf envs`` stays torch-free.
+"""
+
+
+def _external_commands() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=COMMAND_GROUP)}
+
+
+def _help_line(ep: importlib.metadata.EntryPoint) -> str:
+    # The help line is read from the module's source without importing it (no torch at
+    # `rlrf --help`): its COMMAND_HELP string, else the first line of its docstring.
+    try:
+        spec = importlib.util.find_spec(ep.module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        return f"(from {ep.module})"
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return f"(from {ep.module})"
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "COMMAND_HELP" for t in node.targets)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            return node.value.value
+    doc = ast.get_docstring(tree) or ""
+    return doc.strip().splitlines()[0].rstrip(".") if doc.strip() else f"(from {ep.module})"
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -92,11 +124,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+_BUILTIN_COMMANDS = ("envs", "check", "sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kwarg_option(p)
     p.set_defaults(func=_cmd_sample)
 
-    for name, (module, help_text) in _EXTERNAL_COMMANDS.items():
-        if _find(module):
-            sub.add_parser(name, help=help_text, add_help=False)
+    for name, ep in sorted(_external_commands().items()):
+        if name not in sub.choices:
+            sub.add_parser(name, help=_help_line(ep), add_help=False)
     return parser
 
 
@@ -140,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     try:
-        if command in _EXTERNAL_COMMANDS and _find(_EXTERNAL_COMMANDS[command][0]):
+        external = _external_commands()
+        if command in external and command not in _BUILTIN_COMMANDS:
             # Delegated subcommands parse their own arguments (and --help).
-            module = importlib.import_module(_EXTERNAL_COMMANDS[command][0])
-            return int(module.main(argv[1:], prog=f"rlrf {command}") or 0)
+            entry = external[command].load()
+            return int(entry(argv[1:], prog=f"rlrf {command}") or 0)
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

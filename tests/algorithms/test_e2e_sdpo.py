@@ -29,11 +29,11 @@ import pytest
 import torch
 
 from algorithms import sdpo
+from algorithms.policy import encode_chat
 from algorithms.testing import tiny_model, tiny_tokenizer
 from algorithms.trainer import train
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.feedback import Feedback, FeedbackKind
-from rlrf.policy import encode_chat
 
 SYMBOLS = "XYZQ"
 """Answer symbols; none occurs in the prompts, the section headers or the instruction, so

@@ -7,8 +7,7 @@ import functools
 import pytest
 import torch
 
-from algorithms.testing import tiny_model, tiny_tokenizer
-from rlrf.policy import (
+from algorithms.policy import (
     ChatTemplateError,
     HFPolicy,
     SamplingBackend,
@@ -16,6 +15,7 @@ from rlrf.policy import (
     encode_chat,
     token_logprobs,
 )
+from algorithms.testing import tiny_model, tiny_tokenizer
 
 PROMPTS = [
     [{"role": "user", "content": "hi"}],
@@ -104,7 +104,7 @@ def test_no_chat_template_is_a_clear_error():
 
 
 def test_each_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
-    from rlrf import policy as policy_module
+    from algorithms import policy as policy_module
 
     pol = HFPolicy(tiny_model(seed=2), tiny_tokenizer(), max_batch_size=5)
     plain_pol = HFPolicy(pol.model, pol.tokenizer, max_batch_size=5)

@@ -262,7 +262,7 @@ def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
 
 def _count_prefix_caches(monkeypatch) -> list[bool]:
     """Record, per shared-prefix pass, whether a reusable cache was built."""
-    from rlrf import policy
+    from algorithms import policy
 
     built: list[bool] = []
     monkeypatch.setattr(policy._PrefixCache, "build", recording_build(built=built))

@@ -261,7 +261,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def katan():
     """llm-katan serving the embedded SmolLM2-135M on 127.0.0.1 (fails, never skips)."""
-    from rlrf.models import default_model_path
+    from algorithms.models import default_model_path
 
     exe = Path(sys.executable).with_name("llm-katan")
     assert exe.exists(), "llm-katan is not installed: pip install llm-katan"

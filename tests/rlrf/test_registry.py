@@ -231,13 +231,17 @@ def test_broken_plugin_is_named_in_not_found_errors(plugin_path):
     assert "some plugins failed to load: rlrf plugin 'broken_envs'" in proc.stdout
 
 
-def test_import_rlrf_does_not_import_torch_or_transformers():
+def test_no_module_of_rlrf_imports_torch_or_transformers():
+    # every module of the core package, not only `import rlrf`: the sampling interface, the
+    # CLI and the checker must stay usable without torch
+    code = (
+        "import importlib, pkgutil, sys, rlrf\n"
+        "for m in pkgutil.walk_packages(rlrf.__path__, 'rlrf.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, rlrf, rlrf.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))",
-        ],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,

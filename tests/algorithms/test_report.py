@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from algorithms.report import main, write_report
 from rlrf import Feedback, FeedbackKind, Group, Trajectory, TrajectoryWriter, Turn
 from rlrf.errors import RLRFError
-from rlrf.report import main, write_report
 
 
 def _run(tmp_path, name, accs):

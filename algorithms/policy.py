@@ -2,11 +2,10 @@ r"""The policy: a causal LM behind a small sampling interface, plus chunked scor
 
 Two pieces:
 
-* :class:`SamplingBackend`: ``sample(prompts, n, params) -> list[list[Sample]]``, G samples
-  per chat prompt with their token ids and per-token log-probs. Implemented by
-  :class:`HFPolicy` (a Hugging Face model, sampled with its own KV-cached loop) and by
-  :class:`OpenAIBackend` (any OpenAI-compatible endpoint, sampling only). A vLLM backend for
-  GPUs only needs to implement the same method.
+* :class:`HFPolicy`: the :class:`rlrf.sampling.SamplingBackend` of a Hugging Face model,
+  sampled with its own KV-cached loop (G samples per chat prompt with their token ids and
+  per-token log-probs). The interface itself is torch-free and lives in :mod:`rlrf.sampling`,
+  beside :class:`rlrf.sampling.OpenAIBackend`; it is re-exported here.
 * Scoring: :func:`token_logprobs` and :func:`response_hidden_states` compute log-probs of
   given response tokens under any prompt (for example a teacher context). The LM head runs
   over chunks of positions, so peak memory grows with ``batch x chunk x vocab`` rather than
@@ -33,22 +32,21 @@ thinking switch ignore). A tokenizer without a chat template raises
 ChatML fallback (``<|im_start|>role\\ncontent<|im_end|>``), which only makes sense for models
 trained on it.
 
-This module imports torch; ``import rlrf`` does not import it.
+This module imports torch; it lives with its users, the trainer and the benchmarks.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rlrf.errors import ConfigError, RLRFError
+from rlrf.errors import RLRFError
+from rlrf.sampling import FinishReason, Sample, SamplingBackend, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -60,7 +58,6 @@ __all__ = [
     "ChatTemplateError",
     "HFPolicy",
     "HiddenStates",
-    "OpenAIBackend",
     "Sample",
     "SamplingBackend",
     "SamplingParams",
@@ -79,71 +76,9 @@ CHATML_TEMPLATE = (
 )
 """The ChatML fallback template used with ``chat_template="chatml"``."""
 
-FinishReason = Literal["stop", "length"]
-
 
 class ChatTemplateError(RLRFError, ValueError):
     """The tokenizer has no chat template and no fallback was chosen."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample.
-
-    Attributes:
-        temperature: Softmax temperature; 0 means greedy decoding.
-        top_p: Nucleus sampling mass (1.0 = off).
-        max_new_tokens: Cap on generated tokens per response (EOS included).
-        seed: Seed of the sampling RNG for this call; None draws from torch's global RNG.
-
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class Sample:
-    """One sampled response.
-
-    Attributes:
-        text: The decoded response, without the EOS token.
-        token_ids: The sampled token ids, EOS included when generation stopped on it; None
-            where the backend cannot tell (some OpenAI-compatible servers).
-        logprobs: Per-token log-probs of ``token_ids`` under the sampling distribution (see
-            the module docstring); None where the backend does not return them.
-        finish_reason: ``"stop"`` (EOS) or ``"length"`` (hit ``max_new_tokens``).
-        prompt_token_ids: The tokenized prompt, where known.
-
-    """
-
-    text: str
-    token_ids: list[int] | None
-    logprobs: list[float] | None
-    finish_reason: FinishReason
-    prompt_token_ids: list[int] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class SamplingBackend(Protocol):
-    """Anything that samples ``n`` responses for each chat prompt."""
-
-    def sample(
-        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
-    ) -> list[list[Sample]]:
-        """Return ``n`` samples per prompt, in prompt order."""
-        ...
 
 
 def encode_chat(
@@ -346,8 +281,8 @@ class HFPolicy:
         device: torch.device | str | None = None,
         **kwargs: Any,
     ) -> HFPolicy:
-        """Load through :func:`rlrf.models.load_model` (the embedded model by default)."""
-        from rlrf.models import load_model
+        """Load through :func:`algorithms.models.load_model` (the embedded model by default)."""
+        from algorithms.models import load_model
 
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
@@ -958,85 +893,3 @@ def token_logprobs(
         model, hidden, targets, temperature=temperature, chunk_size=chunk_size
     )
     return lp * mask, mask
-
-
-class OpenAIBackend:
-    """Sampling through any OpenAI-compatible chat endpoint (no training).
-
-    Log-probs are requested and returned where the server provides them (``logprobs=True``);
-    token ids are filled in only when a ``tokenizer`` is given (by re-tokenizing the text,
-    which may differ from the server's own tokenization). Prompts are sent concurrently.
-
-    Args:
-        model: The model name the server expects.
-        base_url: For example ``http://127.0.0.1:8000/v1``.
-        api_key: Sent as the bearer token (local servers ignore it).
-        tokenizer: Optional tokenizer for ``Sample.token_ids``.
-        max_workers: Concurrent requests.
-        request_logprobs: Ask the server for per-token log-probs.
-        timeout: Seconds per request.
-
-    """
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        tokenizer: PreTrainedTokenizerBase | None = None,
-        max_workers: int = 8,
-        request_logprobs: bool = True,
-        timeout: float = 120.0,
-    ) -> None:
-        import openai
-
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", timeout=timeout)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_workers = max_workers
-        self.request_logprobs = request_logprobs
-
-    def sample(
-        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
-    ) -> list[list[Sample]]:
-        """Sample ``n`` responses per chat prompt (see :class:`SamplingBackend`)."""
-        with concurrent.futures.ThreadPoolExecutor(self.max_workers) as pool:
-            return list(pool.map(lambda p: self._sample_one(p, n, params), prompts))
-
-    def _request(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list[Any]:
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": list(messages),
-            "n": n,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_new_tokens,
-        }
-        if params.seed is not None:
-            kwargs["seed"] = params.seed
-        if self.request_logprobs:
-            kwargs["logprobs"] = True
-        return list(self.client.chat.completions.create(**kwargs).choices)
-
-    def _sample_one(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list:
-        choices = self._request(messages, n, params)
-        # some servers ignore n > 1: top up with single requests
-        while len(choices) < n:
-            more = self._request(messages, n - len(choices), params)
-            if not more:
-                raise RLRFError(f"server {self.client.base_url} returned no choices")
-            choices.extend(more)
-        return [self._to_sample(c) for c in choices[:n]]
-
-    def _to_sample(self, choice: Any) -> Sample:
-        text = choice.message.content or ""
-        logprobs = None
-        content = getattr(getattr(choice, "logprobs", None), "content", None)
-        if content:
-            logprobs = [float(item.logprob) for item in content]
-        token_ids = None
-        if self.tokenizer is not None:
-            token_ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        reason: FinishReason = "length" if choice.finish_reason == "length" else "stop"
-        return Sample(text=text, token_ids=token_ids, logprobs=logprobs, finish_reason=reason)

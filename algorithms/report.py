@@ -29,6 +29,9 @@ from rlrf.trajectory import Group, Trajectory, read_trajectories
 
 __all__ = ["PLOTS", "RunMetrics", "load_run", "main", "write_report"]
 
+COMMAND_HELP = "regenerate the report of one or more run folders"
+"""The help line of this ``rlrf`` subcommand."""
+
 #: (file name, title, y label, metric keys tried in order) for each plot.
 PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("accuracy.png", "Held-out accuracy", "accuracy (avg@k)", ("eval/accuracy",)),

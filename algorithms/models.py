@@ -17,7 +17,7 @@ Any local Hugging Face model folder works too, and so does a hub id where a hub 
 This module imports torch and transformers; ``import rlrf`` does not import it.
 
 Example:
-    >>> from rlrf.models import load_model  # doctest: +SKIP
+    >>> from algorithms.models import load_model  # doctest: +SKIP
     >>> model, tokenizer = load_model("smollm2-135m")  # doctest: +SKIP
 
 """

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
+from algorithms import policy
+from algorithms.policy import response_hidden_states, shared_prefix_hidden_states
 from algorithms.testing import recording_build, tiny_model
-from rlrf import policy
-from rlrf.policy import response_hidden_states, shared_prefix_hidden_states
 
 PAD = 2
 
