@@ -21,31 +21,62 @@ import random
 import re
 from collections.abc import Sequence
 
+from envs._numbers import MAX_INT_DIGITS, NumberTooLongError, parse_int
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
-from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails
+from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
 
 __all__ = ["ArithmeticEnv", "extract_integer"]
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 _ANSWER_RE = re.compile(r"<answer>\s*(-?[\d,]+)\s*</answer>", re.S)
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?[\d,]+)\s*\}")
+_RUN_RE = re.compile(r"\d[\d,]*")
 # An integer that is not an operand of a further operation: in "3 + 4 = 7, 4 + 5 =" only the 7
 # counts, so a response cut off mid-expression does not score with one of its operands.
-# A "-" right after a number ("8 - 3") is an operator, not a sign.
-_INT_RE = re.compile(r"(?:(?<!\d)(?<!\d\s)-)?\d[\d,]*(?![\d,]*\s*[-+*/=×])")
+_OPERATOR_AFTER_RE = re.compile(r"\s*[-+*/=×]")
+#: Operands may have at most this many digits, so every value prints under Python's limit.
+MAX_DIGITS = 1000
 
 
-def extract_integer(response: str) -> int | None:
-    """Return the response's final integer answer, or ``None`` when it has none."""
+def _final_token(response: str) -> str | None:
+    r"""The text of the response's final integer answer (digits, commas, sign), or ``None``.
+
+    Linear time: each maximal run of digits and commas is looked at once. (A single regex
+    with a negative lookahead over ``[\d,]*`` backtracked cubically on long digit runs.)
+    """
     for pattern in (_ANSWER_RE, _BOXED_RE):
         found = pattern.findall(response)
         if found:
-            return int(found[-1].replace(",", ""))
-    found = _INT_RE.findall(response)
-    if not found:
+            return found[-1]
+    token = None
+    for m in _RUN_RE.finditer(response):
+        if _OPERATOR_AFTER_RE.match(response, m.end()):
+            continue
+        start = m.start()
+        # A "-" right before the digits is a sign unless it follows a number ("8 - 3").
+        if start and response[start - 1] == "-":
+            before = response[max(0, start - 3) : start - 1]
+            if not (before[-1:].isdigit() or (before[-1:].isspace() and before[-2:-1].isdigit())):
+                start -= 1
+        token = response[start : m.end()]
+    return token
+
+
+def _parse(token: str) -> int:
+    """The integer of an answer token; raises ``ValueError`` (too long, or only commas)."""
+    return parse_int(token.replace(",", ""), max_digits=MAX_INT_DIGITS)
+
+
+def extract_integer(response: str) -> int | None:
+    """Return the response's final integer answer, or ``None`` when it has none.
+
+    An answer with more than :data:`~envs._numbers.MAX_INT_DIGITS` digits counts as none.
+    """
+    token = _final_token(response)
+    if token is None:
         return None
     try:
-        return int(found[-1].replace(",", "").rstrip(","))
+        return _parse(token)
     except ValueError:
         return None
 
@@ -70,9 +101,9 @@ class ArithmeticEnv(RLRFEnv):
         n_test: int = 200,
         system_prompt: str | None = None,
     ) -> None:
-        if digits < 1 or not ops or set(ops) - set(_OPS):
+        if not 1 <= digits <= MAX_DIGITS or not ops or set(ops) - set(_OPS):
             raise ValueError(
-                f"digits must be >= 1 and ops a non-empty subset of '+-*', got "
+                f"digits must be in [1, {MAX_DIGITS}] and ops a non-empty subset of '+-*', got "
                 f"digits={digits}, ops={ops!r}"
             )
         self.digits, self.ops = digits, ops
@@ -112,7 +143,19 @@ class ArithmeticEnv(RLRFEnv):
         """Reward 1 for the right value; otherwise say which way the answer is off."""
         a, op, b = self._task(task_id)
         value = _OPS[op](a, b)
-        given = extract_integer(response)
+        token = _final_token(response)
+        try:
+            given = None if token is None else _parse(token)
+        except NumberTooLongError:
+            direction = "too low" if token.lstrip().startswith("-") else "too high"
+            text = (
+                f"Your answer to {a} {op} {b} is {direction}: it has more than "
+                f"{MAX_INT_DIGITS} digits. Recompute carefully."
+            )
+            details = TestCaseDetails(input=f"{a} {op} {b}", actual=truncate_text(token, 100))
+            return Outcome(0.0, Feedback(FeedbackKind.WRONG_ANSWER, text, details, "arithmetic"))
+        except ValueError:
+            given = None
         if given is None:
             return Outcome(
                 0.0,
