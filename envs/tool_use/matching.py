@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+from envs._numbers import to_float
 from envs.tool_use.data import GoldCall
 from envs.tool_use.parsing import ToolCall
 
@@ -46,7 +47,9 @@ def _same(value: Any, gold: Any) -> bool:
     if isinstance(gold, bool) or isinstance(value, bool):
         return isinstance(gold, bool) and isinstance(value, bool) and gold == value
     if isinstance(gold, (int, float)) and isinstance(value, (int, float)):
-        return math.isclose(float(value), float(gold), rel_tol=1e-9, abs_tol=1e-12)
+        if isinstance(gold, int) and isinstance(value, int):
+            return value == gold  # exact, and no OverflowError for ints beyond float range
+        return math.isclose(to_float(value), to_float(gold), rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(gold, str) and isinstance(value, str):
         return _std(value) == _std(gold)
     return False
@@ -54,7 +57,10 @@ def _same(value: Any, gold: Any) -> bool:
 
 def short_json(value: Any, limit: int = 80) -> str:
     """``value`` as JSON, cut to ``limit`` characters."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):  # nested deeper than the encoder goes
+        text = f"<{type(value).__name__} nested too deeply to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

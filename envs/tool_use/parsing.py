@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from envs._numbers import NumberTooLongError, json_error_message, loads_json, raw_decode_json
 
 __all__ = ["TAG_CLOSE", "TAG_OPEN", "ToolCall", "parse_tool_calls"]
 
@@ -42,11 +43,9 @@ def _decode_arguments(raw: Any) -> tuple[dict[str, Any] | None, str | None]:
             value = {}
             break
         try:
-            value = json.loads(value)
-        except (json.JSONDecodeError, RecursionError) as e:
-            msg = getattr(e, "msg", type(e).__name__)
-            where = f" at line {e.lineno} column {e.colno}" if hasattr(e, "lineno") else ""
-            return None, f"its arguments are not valid JSON ({msg}{where})"
+            value = loads_json(value)
+        except (ValueError, RecursionError) as e:
+            return None, f"its arguments are not valid JSON ({json_error_message(e)})"
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -82,12 +81,6 @@ def _calls_from_json(value: Any) -> list[ToolCall] | None:
     return calls
 
 
-def _json_error(e: Exception) -> str:
-    if isinstance(e, json.JSONDecodeError):
-        return f"{e.msg} at line {e.lineno} column {e.colno}"
-    return type(e).__name__
-
-
 def parse_tool_calls(response: str) -> tuple[list[ToolCall], list[str]]:
     """Read the tool calls of a response.
 
@@ -107,9 +100,9 @@ def parse_tool_calls(response: str) -> tuple[list[ToolCall], list[str]]:
             if fenced:
                 body = fenced.group(1).strip()
             try:
-                value = json.loads(body)
-            except (json.JSONDecodeError, RecursionError) as e:
-                errors.append(f"<tool_call> block #{k} is not valid JSON ({_json_error(e)})")
+                value = loads_json(body)
+            except (ValueError, RecursionError) as e:
+                errors.append(f"<tool_call> block #{k} is not valid JSON ({json_error_message(e)})")
                 continue
             found = _calls_from_json(value)
             if found is None:
@@ -124,30 +117,39 @@ def parse_tool_calls(response: str) -> tuple[list[ToolCall], list[str]]:
     stripped = response.strip()
     if stripped[:1] in "{[":
         candidates.append(stripped)
+    too_long: NumberTooLongError | None = None  # say so when that is all that went wrong
     for text in candidates:
         try:
-            found = _calls_from_json(json.loads(text))
-        except (json.JSONDecodeError, RecursionError):
+            found = _calls_from_json(loads_json(text))
+        except NumberTooLongError as e:
+            too_long = too_long or e
+            continue
+        except (ValueError, RecursionError):
             continue
         if found:
             return found, errors
     # Scan for an embedded JSON value (prose around it), bounded for huge responses.
-    decoder = json.JSONDecoder()
     attempts = 0
     for m in re.finditer(r"[{\[]", response):
         attempts += 1
         if attempts > _MAX_JSON_ATTEMPTS:
             break
         try:
-            value, _ = decoder.raw_decode(response, m.start())
-        except (json.JSONDecodeError, RecursionError):
+            value, _ = raw_decode_json(response, m.start())
+        except NumberTooLongError as e:
+            too_long = too_long or e
+            continue
+        except (ValueError, RecursionError):
             continue
         found = _calls_from_json(value)
         if found:
             return found, errors
     if stripped.startswith(("{", "[")) or '"name"' in response:
+        if too_long is not None:
+            errors.append(f"the tool call is not valid JSON ({too_long})")
+            return calls, errors
         try:
-            json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError) as e:
-            errors.append(f"the tool call is not valid JSON ({_json_error(e)})")
+            loads_json(stripped)
+        except (ValueError, RecursionError) as e:
+            errors.append(f"the tool call is not valid JSON ({json_error_message(e)})")
     return calls, errors

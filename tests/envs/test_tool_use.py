@@ -285,3 +285,41 @@ def test_missing_bfcl_eval_says_how_to_install(monkeypatch):
     )
     with pytest.raises(rlrf.ConfigError, match="pip install --no-deps bfcl-eval"):
         load_bfcl()
+
+
+# ---- hostile arguments (issue 16) ---------------------------------------------------------
+
+_HUGE = "9" * 5000  # over Python's 4,300-digit int-string limit
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        '<tool_call>{"name": "get_weather", "arguments": {"city": ' + _HUGE + "}}</tool_call>",
+        '{"name": "get_weather", "arguments": "{\\"city\\": ' + _HUGE + '}"}',
+        'Sure: {"name": "get_weather", "arguments": {"city": ' + _HUGE + "}} done",
+    ],
+)
+def test_integers_over_the_int_string_limit_are_format_feedback(env, response):
+    for task_id in ("tu-weather-1", "mt-inventory-3"):  # single- and multi-turn
+        outcome, items = grade(env, task_id, response)  # raised ValueError before
+        assert outcome.reward == 0.0
+        assert any(k is FeedbackKind.FORMAT and "5000 digits" in t for k, t in items), items
+
+
+def test_integers_beyond_float_range_are_compared_exactly():
+    tasks = load_bfcl(("simple",), limit=1)
+    env = ToolUseEnv(tasks)
+    big = int("1" + "0" * 400)  # float(big) raises OverflowError
+    outcome = env.evaluate("simple_python_0", call("calculate_triangle_area", base=big, height=5))
+    assert outcome.reward == 0.0
+    [fb] = outcome.feedback_items
+    assert fb.kind is FeedbackKind.TOOL_ERROR and "argument 'base' has the wrong value" in fb.text
+
+
+def test_multi_turn_backends_get_huge_numbers_without_crashing():
+    env = ToolUseEnv()
+    env.reset(options={"task_id": "mt-inventory-3"})
+    result = env.step_result(call("restock", item="banana", quantity=10**3000))
+    assert result.reward == 0.0 and not result.done
+    assert str(10**3000 + 5) in result.observation[-1]["content"]
