@@ -1,6 +1,10 @@
 """The RLRF environment: a Gymnasium env whose steps return a reward plus typed feedback.
 
-An environment author subclasses :class:`RLRFEnv` and implements three methods:
+There are two ways to write one, with one contract for whoever drives it (``reset`` then
+``step`` until ``terminated`` or ``truncated``; the feedback in ``info["feedback"]``; the
+observation is always the chat to continue from):
+
+**Task style** (stateless; the fast path of the rollout loop). Implement three methods:
 
 * :meth:`RLRFEnv.task_ids` lists the tasks of a split (``"train"``, ``"test"``, ...);
 * :meth:`RLRFEnv.prompt` gives a task's prompt as chat messages;
@@ -11,6 +15,16 @@ The framework supplies the Gymnasium API on top: ``reset(seed=..., options=...)`
 task (the same seed picks the same task; ``options={"task_id": ...}`` picks one by id) and
 ``step(response)`` returns ``(observation, reward, terminated, truncated, info)`` with the
 typed feedback in ``info["feedback"]``. :meth:`RLRFEnv.step_result` is the typed view.
+
+**Gymnasium style** (the env keeps its own state: a game, a sandbox, a tool server). Override
+``reset`` and ``step`` as Gymnasium documents; ``super().reset(seed=seed)`` then only seeds
+``self.np_random``. ``reset`` must return ``(chat, info)`` and let the seed pick the task (the
+same seed, the same task: that is how the G rollouts of one group share a task);
+``step(response)`` returns ``(chat, reward, terminated, truncated, info)`` where ``chat`` is
+the previous chat, then the response as an assistant message, then whatever the env adds,
+and ``info["feedback"]`` holds :class:`Feedback` (or nothing). :func:`env_style` tells the
+two apart; :func:`validate_step` is the one check of what ``step`` returns, used by the
+checker and the rollout loop.
 
 >>> from rlrf import FeedbackKind
 >>> class Echo(RLRFEnv):
@@ -36,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, SupportsFloat, TypedDict
+from typing import Any, ClassVar, Literal, SupportsFloat, TypedDict
 
 import gymnasium
 import numpy as np
@@ -47,12 +61,18 @@ from rlrf.feedback import Feedback, as_feedback_tuple
 
 __all__ = [
     "ChatSpace",
+    "EnvStyle",
     "Message",
     "Outcome",
     "RLRFEnv",
     "ResponseSpace",
     "StepResult",
+    "appended_messages",
+    "env_style",
     "user_prompt",
+    "validate_outcome",
+    "validate_reset",
+    "validate_step",
 ]
 
 
@@ -213,13 +233,21 @@ class StepResult:
         return self.terminated or self.truncated
 
 
+EnvStyle = Literal["task", "gymnasium"]
+
+_TASK_METHODS = ("task_ids", "prompt", "evaluate")
+
+
 class RLRFEnv(gymnasium.Env):
-    """Base class of every rlrf environment (see the module docstring for an example).
+    """Base class of every rlrf environment (see the module docstring for both styles).
 
     Class attributes a subclass may override:
         max_turns: Turns per episode before ``truncated`` (1 = single-turn).
         splits: The named task splits this env offers.
         feedback_max_chars: The cap :func:`rlrf.check_env` enforces on feedback text.
+        thread_safe: ``False`` when instances of this env must not be stepped from several
+            threads at once (they share a non-thread-safe resource); the rollout loop then
+            steps them one at a time.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -228,6 +256,7 @@ class RLRFEnv(gymnasium.Env):
     max_turns: int = 1
     splits: tuple[str, ...] = ("train", "test")
     feedback_max_chars: int = 2000
+    thread_safe: ClassVar[bool] = True
 
     _task_id: str | None = None
     _split: str = "train"
@@ -235,7 +264,15 @@ class RLRFEnv(gymnasium.Env):
     _turn: int = 0
     _rlrf_id: str | None = None
 
-    # ---- what a subclass implements -------------------------------------------------------
+    def __new__(cls, *args: Any, **kwargs: Any) -> RLRFEnv:
+        """Create the instance, remembering the constructor's arguments for :meth:`spawn`."""
+        # The constructor's arguments are kept so that :meth:`spawn` can build an independent
+        # twin: one instance per running rollout, whatever the env keeps on ``self``.
+        self = super().__new__(cls)
+        self._rlrf_init_args = (args, dict(kwargs))
+        return self
+
+    # ---- what a task-style subclass implements ----------------------------------------------
 
     def task_ids(self, split: str = "train") -> Sequence[str]:
         """Return the ids of the tasks in ``split`` (``"train"``, ``"test"``, ...)."""
@@ -256,9 +293,43 @@ class RLRFEnv(gymnasium.Env):
         history = self.prompt(task_id)
         return [self.evaluate(task_id, r, history) for r in responses]
 
+    # ---- optional, both styles ----------------------------------------------------------------
+
     def gold_answer(self, task_id: str) -> str | None:
-        """Return the reference answer, if the env has one (:func:`check_env` checks leaks)."""
+        """Return the reference answer, if the env has one (:func:`check_env` checks leaks).
+
+        A Gymnasium-style env is asked with the ``task_id`` its ``reset`` put in ``info``.
+        """
         return None
+
+    def gold_response(self, task_id: str) -> str | None:
+        """Return a complete response that solves ``task_id``, formatted as this env grades it.
+
+        ``rlrf sample`` plays it. The default is :meth:`gold_answer` unchanged: override this
+        when the env expects the answer wrapped (in a tag, a code block, a tool call).
+        """
+        return self.gold_answer(task_id)
+
+    def spawn(self) -> RLRFEnv:
+        """Build an independent instance like this one (same constructor arguments and id).
+
+        The rollout loop calls it to give every running rollout its own env, so that
+        Gymnasium-style envs never share episode state. Objects passed to the constructor (a
+        sandbox, a client) are shared by the twins, not copied.
+        """
+        args, kwargs = self.__dict__.get("_rlrf_init_args", ((), {}))
+        try:
+            twin = type(self)(*args, **kwargs)
+        except Exception as e:
+            raise EnvError(
+                f"{self.env_id}: could not build another instance with the constructor "
+                f"arguments of this one ({type(e).__name__}: {e}); pass env_factory= to "
+                "collect_groups, or override spawn()"
+            ) from e
+        twin._rlrf_id = self._rlrf_id
+        if "max_turns" in self.__dict__:  # set per instance by a registration's max_turns
+            twin.max_turns = self.max_turns
+        return twin
 
     # ---- the Gymnasium API ----------------------------------------------------------------
 
@@ -277,11 +348,18 @@ class RLRFEnv(gymnasium.Env):
     ) -> tuple[list[Message], dict[str, Any]]:
         """Start an episode; return the prompt and ``info`` with ``task_id`` and ``split``.
 
+        For a Gymnasium-style env (one that overrides ``reset`` and ``step`` and does not
+        implement the task protocol), ``super().reset(seed=seed)`` only seeds
+        ``self.np_random`` and returns ``None``, as ``gymnasium.Env.reset`` does.
+
         Args:
             seed: Seeds the env's RNG; the same seed picks the same task.
             options: ``{"task_id": id}`` picks a task; ``{"split": name}`` draws from a split.
 
         """
+        if env_style(self) == "gymnasium":
+            super().reset(seed=seed)
+            return None  # type: ignore[return-value]
         super().reset(seed=seed)
         options = dict(options or {})
         split = options.pop("split", "train")
@@ -311,6 +389,12 @@ class RLRFEnv(gymnasium.Env):
         a bool, ``info["reward_missing"]`` whether the reward could not be computed (the
         returned reward is then 0.0 and must not be trained on).
         """
+        if env_style(self) != "task":  # only reachable through super().step()
+            raise EnvError(
+                f"{self.env_id}.step: RLRFEnv.step grades through evaluate(), which this "
+                "Gymnasium-style env does not implement; return the 5-tuple from your own "
+                "step instead of calling super().step()"
+            )
         if self._task_id is None:
             raise EnvError(f"{self.env_id}: call reset() before step()")
         if not isinstance(action, str):
@@ -319,7 +403,7 @@ class RLRFEnv(gymnasium.Env):
                 + ("; decode bytes first" if isinstance(action, (bytes, bytearray)) else "")
             )
         outcome = self.evaluate(self._task_id, action, tuple(self._history))
-        feedback = self._validate_outcome(outcome)
+        feedback = validate_outcome(outcome, f"{self.env_id}.evaluate (task {self._task_id!r})")
         self._turn += 1
         self._history.append({"role": "assistant", "content": action})
         self._history.extend(outcome.observation)
@@ -337,30 +421,186 @@ class RLRFEnv(gymnasium.Env):
         return list(self._history), reward, terminated, truncated, info
 
     def step_result(self, response: str) -> StepResult:
-        """Like :meth:`step`, returning the typed :class:`StepResult`."""
-        return StepResult.from_step(self.step(response))
+        """Like :meth:`step`, returning the typed, checked :class:`StepResult`."""
+        return validate_step(self.step(response), f"{self.env_id}.step")
 
-    def _validate_outcome(self, outcome: Any) -> tuple[Feedback, ...]:
-        where = f"{self.env_id}.evaluate (task {self._task_id!r})"
-        if not isinstance(outcome, Outcome):
-            raise EnvError(
-                f"{where} returned {type(outcome).__name__}; it must return rlrf.Outcome("
-                "reward, feedback, ...)"
-            )
-        if outcome.reward is not None:
-            if isinstance(outcome.reward, bool) or not isinstance(
-                outcome.reward, (int, float, np.floating, np.integer)
-            ):
-                raise EnvError(
-                    f"{where} returned reward of type {type(outcome.reward).__name__}; "
-                    "use a float, or None for a missing reward"
-                )
-            if not math.isfinite(float(outcome.reward)):
-                raise EnvError(
-                    f"{where} returned reward {outcome.reward}; rewards must be finite "
-                    "(return None to mark a reward as missing)"
-                )
-        try:
-            return outcome.feedback_items
-        except TypeError as e:
-            raise EnvError(f"{where} returned bad feedback: {e}") from e
+
+# ---- which style an env is written in -------------------------------------------------------
+
+
+def _overrides(cls: type, name: str) -> bool:
+    return getattr(cls, name, None) is not getattr(RLRFEnv, name)
+
+
+def env_style(env: Any) -> EnvStyle:
+    """Return ``"task"`` or ``"gymnasium"``: how ``env`` (or the env inside a wrapper) is written.
+
+    ``"task"``: it implements ``task_ids``, ``prompt`` and ``evaluate`` (the base class then
+    supplies ``reset``/``step``). ``"gymnasium"``: it overrides ``reset`` and ``step`` and
+    keeps its own state. Anything else raises an :class:`EnvError` naming what is missing.
+
+    >>> from rlrf import make
+    >>> env_style(make("rlrf/Arithmetic-v0"))
+    'task'
+    """
+    inner = getattr(env, "unwrapped", env)
+    cls = type(inner)
+    if all(_overrides(cls, n) for n in _TASK_METHODS):
+        return "task"
+    if _overrides(cls, "reset") and _overrides(cls, "step"):
+        return "gymnasium"
+    name = getattr(inner, "env_id", cls.__name__)
+    has_task = [n for n in _TASK_METHODS if _overrides(cls, n)]
+    if has_task:
+        missing = [f"{n}()" for n in _TASK_METHODS if n not in has_task]
+        hint = f"it implements {', '.join(n + '()' for n in has_task)} but not {', '.join(missing)}"
+    elif _overrides(cls, "reset") or _overrides(cls, "step"):
+        which = "reset" if _overrides(cls, "reset") else "step"
+        other = "step" if which == "reset" else "reset"
+        hint = f"it overrides {which}() but not {other}()"
+    else:
+        hint = "it implements neither"
+    raise EnvError(
+        f"{name}: an RLRFEnv implements task_ids(split), prompt(task_id) and evaluate(task_id, "
+        "response, history) (task style), or overrides reset(seed=, options=) and "
+        f"step(response) keeping its own state (Gymnasium style); {hint}"
+    )
+
+
+# ---- the one validation of what an env returns ----------------------------------------------
+
+
+def _check_reward(reward: Any, where: str) -> float | None:
+    if reward is None:
+        return None
+    if isinstance(reward, (bool, np.bool_)) or not isinstance(
+        reward, (int, float, np.floating, np.integer)
+    ):
+        raise EnvError(
+            f"{where} returned reward of type {type(reward).__name__}; "
+            "use a float, or None for a missing reward"
+        )
+    if not math.isfinite(float(reward)):
+        raise EnvError(
+            f"{where} returned reward {reward}; rewards must be finite "
+            "(use None for a missing reward)"
+        )
+    return float(reward)
+
+
+def _check_feedback(feedback: Any, where: str) -> tuple[Feedback, ...]:
+    if isinstance(feedback, (str, bytes)):
+        raise EnvError(
+            f"{where} returned bad feedback: a plain {type(feedback).__name__}; wrap the text "
+            "as rlrf.Feedback(FeedbackKind.OTHER, text)"
+        )
+    try:
+        return as_feedback_tuple(feedback)
+    except TypeError as e:
+        raise EnvError(f"{where} returned bad feedback: {e}") from e
+
+
+def validate_outcome(outcome: Any, where: str) -> tuple[Feedback, ...]:
+    """Check an :class:`Outcome` (type, finite or missing reward, typed feedback).
+
+    Returns its feedback as a tuple; raises :class:`EnvError` starting with ``where``
+    (for example ``"acme/Sort-v0.evaluate (task 't3')"``).
+    """
+    if not isinstance(outcome, Outcome):
+        raise EnvError(
+            f"{where} returned {type(outcome).__name__}; it must return rlrf.Outcome("
+            "reward, feedback, ...)"
+        )
+    _check_reward(outcome.reward, where)
+    return _check_feedback(outcome.feedback, where)
+
+
+def validate_reset(result: Any, where: str) -> tuple[list[Message], dict[str, Any]]:
+    """Check what ``reset`` returned: ``(chat, info)``; raise :class:`EnvError` naming ``where``."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        got = "None" if result is None else f"{type(result).__name__}"
+        if isinstance(result, tuple):
+            got = f"a {len(result)}-tuple"
+        raise EnvError(
+            f"{where} returned {got}; reset must return (observation, info), the observation "
+            "being the prompt as a list of {'role', 'content'} messages"
+        )
+    obs, info = result
+    _check_chat(obs, where)
+    if not isinstance(info, dict):
+        raise EnvError(f"{where} returned info of type {type(info).__name__}; info is a dict")
+    return list(obs), info
+
+
+def _check_chat(obs: Any, where: str) -> None:
+    if not ChatSpace().contains(obs):
+        raise EnvError(
+            f"{where} returned an observation that is not a chat: {obs!r:.120}; return a "
+            "non-empty list of {'role': 'system'|'user'|'assistant'|'tool', 'content': str} "
+            "messages"
+        )
+
+
+def validate_step(result: Any, where: str) -> StepResult:
+    """Check what ``step`` returned and give its typed view.
+
+    The tuple must be ``(chat, reward, terminated, truncated, info)``: a chat observation, a
+    finite reward (``None`` or ``info["reward_missing"]`` marks a missing one), bools, a
+    dict whose ``"feedback"`` is :class:`Feedback` items (or absent) and whose optional
+    ``"success"`` is a bool (default: ``reward >= 1``). Raises :class:`EnvError` naming
+    ``where`` (for example ``"acme/Guess-v0.step (turn 2)"``).
+    """
+    if not isinstance(result, tuple) or len(result) != 5:
+        got = f"a {len(result)}-tuple" if isinstance(result, tuple) else type(result).__name__
+        hint = (
+            " (the old Gym API's done flag is now terminated and truncated)"
+            if (isinstance(result, tuple) and len(result) == 4)
+            else ""
+        )
+        raise EnvError(
+            f"{where} returned {got}; step must return (observation, reward, terminated, "
+            f"truncated, info){hint}"
+        )
+    obs, reward, terminated, truncated, info = result
+    _check_chat(obs, where)
+    value = _check_reward(reward, where)
+    for name, flag in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise EnvError(f"{where} returned {name}={flag!r}; it must be a bool")
+    if not isinstance(info, dict):
+        raise EnvError(f"{where} returned info of type {type(info).__name__}; info is a dict")
+    feedback = _check_feedback(info.get("feedback"), where)
+    missing = value is None or bool(info.get("reward_missing", False))
+    success = info.get("success")
+    if success is None:
+        success = not missing and value is not None and value >= 1.0
+    elif not isinstance(success, (bool, np.bool_)):
+        raise EnvError(f"{where} returned info['success']={success!r}; it must be a bool")
+    return StepResult(
+        observation=list(obs),
+        reward=0.0 if value is None else value,
+        terminated=bool(terminated),
+        truncated=bool(truncated),
+        feedback=feedback,
+        success=bool(success) and not missing,
+        reward_missing=missing,
+        info=info,
+    )
+
+
+def appended_messages(
+    previous: Sequence[Message], response: str, observation: Sequence[Message]
+) -> tuple[Message, ...] | None:
+    """The messages an env added after ``response``, or ``None`` if the chat was not extended.
+
+    A step's observation must be ``previous``, then ``{"role": "assistant", "content":
+    response}``, then the env's own messages (a tool result, feedback): that is how a
+    trajectory records every turn's chat without storing it again.
+    """
+    n = len(previous)
+    if len(observation) <= n or list(observation[:n]) != list(previous):
+        return None
+    head = observation[n]
+    if head.get("role") != "assistant" or head.get("content") != response:
+        return None
+    return tuple(observation[n + 1 :])

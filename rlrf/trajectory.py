@@ -35,6 +35,7 @@ from rlrf.feedback import Feedback
 __all__ = [
     "SCHEMA_VERSION",
     "Group",
+    "RolloutError",
     "Trajectory",
     "TrajectoryWriter",
     "TruncatedFileWarning",
@@ -108,6 +109,47 @@ class Turn:
         )
 
 
+@dataclass(frozen=True)
+class RolloutError:
+    """Why an episode ended early: the env raised or broke its contract (not fatal to a run).
+
+    Attributes:
+        method: The env method that failed: ``"make"``, ``"reset"``, ``"step"``,
+            ``"evaluate"`` or ``"evaluate_many"``.
+        turn: The turn being played (0 for ``make`` and ``reset``, 1 for the first response).
+        error_type: The exception's class name (``"EnvError"`` for a broken contract).
+        message: The exception's message.
+
+    """
+
+    method: str
+    turn: int
+    error_type: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.method} (turn {self.turn}) raised {self.error_type}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-serializable record."""
+        return {
+            "method": self.method,
+            "turn": self.turn,
+            "error_type": self.error_type,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RolloutError:
+        """Inverse of :meth:`to_dict`."""
+        return cls(d["method"], int(d["turn"]), d["error_type"], d["message"])
+
+    @classmethod
+    def from_exception(cls, method: str, turn: int, e: BaseException) -> RolloutError:
+        """Record ``e``, raised by ``method`` at ``turn``."""
+        return cls(method, turn, type(e).__name__, str(e))
+
+
 @dataclass
 class Trajectory:
     """One episode: a prompt and the turns that followed it.
@@ -117,11 +159,13 @@ class Trajectory:
         task_id: The task within the env.
         prompt: The prompt messages the policy saw first.
         turns: One entry per response.
-        seed: The reset seed, if any.
+        seed: The reset seed that picked the task when the task was chosen by seed, else the
+            sampling seed.
         success: Whether the episode solved the task.
         policy_version: The optimizer step of the policy that sampled it.
         timings: Seconds spent per phase (``"generate"``, ``"env"``, ...).
         info: Free-form, JSON-serializable extras (for SDPO: the teacher context).
+        error: Set when the env failed during this episode; the reward is then missing.
 
     """
 
@@ -134,6 +178,7 @@ class Trajectory:
     policy_version: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    error: RolloutError | None = None
 
     def __post_init__(self) -> None:
         self.prompt = tuple(self.prompt)
@@ -141,7 +186,9 @@ class Trajectory:
 
     @property
     def reward(self) -> float | None:
-        """Sum of the turns' rewards; ``None`` when any turn's reward is missing."""
+        """The return (sum of the turns' rewards); ``None`` if one is missing or the env failed."""
+        if self.error is not None:
+            return None
         rewards = [t.reward for t in self.turns]
         if any(r is None for r in rewards):
             return None
@@ -169,6 +216,8 @@ class Trajectory:
             "policy_version": self.policy_version,
             "timings": self.timings,
             "info": self.info,
+            # written only when set, so records of healthy episodes are unchanged
+            **({"error": self.error.to_dict()} if self.error is not None else {}),
         }
 
     @classmethod
@@ -184,6 +233,7 @@ class Trajectory:
             policy_version=d.get("policy_version", 0),
             timings=d.get("timings", {}),
             info=d.get("info", {}),
+            error=RolloutError.from_dict(d["error"]) if d.get("error") else None,
         )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import gymnasium
 
-from rlrf.env import Message, Outcome, RLRFEnv, StepResult
+from rlrf.env import Message, Outcome, RLRFEnv, StepResult, validate_step
 from rlrf.feedback import Feedback, as_feedback_tuple, truncate_text
 
 __all__ = ["CapFeedback", "DropFeedback", "FeedbackWrapper", "RedactFeedback", "Wrapper"]
@@ -28,6 +28,12 @@ __all__ = ["CapFeedback", "DropFeedback", "FeedbackWrapper", "RedactFeedback", "
 
 class Wrapper(gymnasium.Wrapper):
     """Base wrapper for :class:`RLRFEnv`: forwards the task API to the wrapped env."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Wrapper:
+        """Create the wrapper, remembering its constructor's arguments for :meth:`spawn`."""
+        self = super().__new__(cls)
+        self._rlrf_init_args = (args, dict(kwargs))
+        return self
 
     def __init__(self, env: RLRFEnv | Wrapper) -> None:
         if not isinstance(env.unwrapped, RLRFEnv):
@@ -76,9 +82,28 @@ class Wrapper(gymnasium.Wrapper):
         """Forward to the wrapped env."""
         return self.env.gold_answer(task_id)
 
+    def gold_response(self, task_id: str) -> str | None:
+        """Forward to the wrapped env."""
+        return self.env.gold_response(task_id)
+
+    @property
+    def thread_safe(self) -> bool:
+        """The wrapped env's declaration."""
+        return bool(getattr(self.env, "thread_safe", True))
+
+    def spawn(self) -> Wrapper:
+        """The same wrappers around an independent instance of the wrapped env."""
+        args, kwargs = self.__dict__.get("_rlrf_init_args", ((), {}))
+        kwargs = dict(kwargs)
+        if "env" in kwargs:
+            kwargs["env"] = self.env.spawn()
+        else:
+            args = (self.env.spawn(), *args[1:])
+        return type(self)(*args, **kwargs)
+
     def step_result(self, response: str) -> StepResult:
-        """Typed view of this wrapper's :meth:`step`."""
-        return StepResult.from_step(self.step(response))
+        """Typed, checked view of this wrapper's :meth:`step`."""
+        return validate_step(self.step(response), f"{self.env_id}.step")
 
 
 class FeedbackWrapper(Wrapper):
