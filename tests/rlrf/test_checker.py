@@ -14,7 +14,7 @@ from rlrf import (
 )
 from rlrf.checker import check_gold_not_leaked, check_reset_determinism, check_responses_handled
 from rlrf.errors import EnvCheckError
-from tests.toy_envs import CountdownEnv, EchoEnv
+from tests.toy_envs import CountdownEnv, EchoEnv, GuessEnv
 
 
 def test_good_envs_pass():
@@ -110,3 +110,129 @@ def test_wrappers_pass_check_env_and_transform_feedback():
     assert "too high" not in text and " off " in text
     dropped = DropFeedback(base).evaluate_many("train-00000", ["1", "2"])
     assert [o.feedback_items for o in dropped] == [(), ()]
+
+
+# ---- Gymnasium-style envs and leaks in feedback ------------------------------------------
+
+
+def test_gymnasium_style_env_passes():
+    check_env(GuessEnv())
+    check_env(CapFeedback(GuessEnv(), 50))
+
+
+class AnswerInFeedback(EchoEnv):
+    def evaluate(self, task_id, response, history=()):
+        if response.strip() == task_id:
+            return Outcome(1.0)
+        return Outcome(0.0, Feedback(FeedbackKind.WRONG_ANSWER, f"The answer is {task_id}"))
+
+
+class AnswerAsDemonstration(EchoEnv):
+    def evaluate(self, task_id, response, history=()):
+        if response.strip() == task_id:
+            return Outcome(1.0)
+        return Outcome(0.0, Feedback(FeedbackKind.DEMONSTRATION, f"A solution: {task_id}"))
+
+
+class _Guess(GuessEnv):
+    """GuessEnv with one defect, chosen by name."""
+
+    def __init__(self, defect):
+        super().__init__()
+        self.defect = defect
+
+    def reset(self, *, seed=None, options=None):
+        chat, info = super().reset(seed=seed, options=options)
+        if self.defect == "reset_arity":
+            return chat
+        if self.defect == "reset_random":
+            self.secret = int(random.randint(10, 99))
+            info = {"task_id": f"secret-{self.secret}"}
+        return chat, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        d = self.defect
+        if d == "raises" and self.turn == 2:
+            raise RuntimeError("lost the game state")
+        if d == "arity":
+            return obs, reward, terminated, info
+        if d == "nan":
+            reward = float("nan")
+        if d == "text_feedback":
+            info = {"feedback": "Higher"}
+        if d == "not_chat":
+            obs = "Higher"
+        if d == "forgets_chat":
+            obs = obs[-1:]
+        if d == "never_ends":
+            terminated = truncated = False
+        if d == "leaks":
+            info = {"feedback": (Feedback(FeedbackKind.WRONG_ANSWER, f"It is {self.secret}."),)}
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize(
+    ("defect", "message"),
+    [
+        (
+            "reset_arity",
+            "_Guess: reset(seed=123) returned list; reset must return (observation, info)",
+        ),
+        (
+            "reset_random",
+            "_Guess: reset(seed=123) twice gave different tasks or prompts; reset must pick the "
+            "task from the seed alone",
+        ),
+        (
+            "raises",
+            "_Guess: step (turn 2) on response '0' raised RuntimeError: lost the game state",
+        ),
+        (
+            "arity",
+            "_Guess: step (turn 1) on response '' returned a 4-tuple; step must return "
+            "(observation, reward, terminated, truncated, info) (the old Gym API's done flag",
+        ),
+        ("nan", "_Guess: step (turn 1) on response '' returned reward nan; rewards must be finite"),
+        (
+            "text_feedback",
+            "_Guess: step (turn 1) on response '' returned bad feedback: a plain str; wrap the "
+            "text as rlrf.Feedback(FeedbackKind.OTHER, text)",
+        ),
+        (
+            "not_chat",
+            "_Guess: step (turn 1) on response '' returned an observation that is not a chat: "
+            "'Higher'",
+        ),
+        (
+            "forgets_chat",
+            "_Guess: step (turn 1) returned an observation that does not continue the chat",
+        ),
+        (
+            "never_ends",
+            "_Guess: the episode did not end within max_turns=3: step (turn 3) must return "
+            "terminated or truncated",
+        ),
+        (
+            "leaks",
+            "_Guess: the gold answer of task 'secret-86' appears in the wrong_answer feedback "
+            "on the wrong response 'I do not know.'",
+        ),
+    ],
+)
+def test_broken_gymnasium_style_envs_get_a_clear_message(defect, message):
+    with pytest.raises(EnvCheckError) as info:
+        check_env(_Guess(defect))
+    assert str(info.value).startswith(message)
+
+
+def test_gold_answer_in_feedback_is_a_leak_unless_a_demonstration():
+    env = AnswerInFeedback()
+    with pytest.raises(EnvCheckError, match=r"appears in the wrong_answer feedback"):
+        check_gold_not_leaked(env)
+    check_gold_not_leaked(AnswerAsDemonstration())
+
+
+def test_neither_style_is_named_by_check_env():
+    with pytest.raises(EnvCheckError, match=r"^RLRFEnv: an RLRFEnv implements .* neither$"):
+        check_env(rlrf.RLRFEnv())

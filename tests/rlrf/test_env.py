@@ -3,9 +3,13 @@ import math
 import gymnasium
 import pytest
 
+import rlrf
 from rlrf import ChatSpace, Feedback, FeedbackKind, Outcome, StepResult
+from rlrf.env import appended_messages, env_style, validate_step
 from rlrf.errors import EnvError
-from tests.toy_envs import CountdownEnv, EchoEnv
+from tests.toy_envs import CountdownEnv, EchoEnv, GuessEnv
+
+_CHAT = [{"role": "user", "content": "q"}]
 
 
 def test_same_seed_same_task(echo_env):
@@ -116,3 +120,106 @@ def test_evaluate_many_default_matches_evaluate(echo_env):
 
 def test_is_a_gymnasium_env(echo_env):
     assert isinstance(echo_env, gymnasium.Env)
+
+
+# ---- Gymnasium-style envs ------------------------------------------------------------------
+
+
+def test_gymnasium_style_env_keeps_its_own_state_and_seed_picks_the_task():
+    env = GuessEnv()
+    assert env_style(env) == "gymnasium" and env_style(EchoEnv()) == "task"
+    chat, info = env.reset(seed=3)
+    again = GuessEnv().reset(seed=3)
+    assert (chat, info) == again  # same seed, same task, in another instance
+    secret = int(env.gold_answer(info["task_id"]))
+    low = env.step_result(str(secret - 1))
+    assert low.feedback[0].text == f"Higher than {secret - 1}." and not low.done
+    assert low.observation[-2:] == [
+        {"role": "assistant", "content": str(secret - 1)},
+        {"role": "user", "content": f"Higher than {secret - 1}."},
+    ]
+    win = env.step_result(str(secret))
+    assert win.terminated and win.reward == 1.0 and win.success
+
+
+def test_super_reset_only_seeds_in_a_gymnasium_style_env():
+    env = GuessEnv()
+    assert rlrf.RLRFEnv.reset(env, seed=5) is None
+    first = env.np_random.integers(1000)
+    rlrf.RLRFEnv.reset(env, seed=5)
+    assert env.np_random.integers(1000) == first
+
+
+class _HalfTask(rlrf.RLRFEnv):
+    def task_ids(self, split="train"):
+        return ["a"]
+
+
+class _ResetOnly(rlrf.RLRFEnv):
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return [{"role": "user", "content": "hi"}], {}
+
+
+@pytest.mark.parametrize(
+    ("env", "hint"),
+    [
+        (_HalfTask(), "it implements task_ids() but not prompt(), evaluate()"),
+        (_ResetOnly(), "it overrides reset() but not step()"),
+        (rlrf.RLRFEnv(), "it implements neither"),
+    ],
+)
+def test_an_env_in_neither_style_is_told_what_is_missing(env, hint):
+    with pytest.raises(EnvError, match=r"or overrides reset\(seed=, options=\) and step") as e:
+        env.reset(seed=0)
+    assert str(e.value).startswith(type(env).__name__ + ": an RLRFEnv implements")
+    assert str(e.value).endswith(hint)
+
+
+def test_spawn_builds_an_independent_twin_with_the_same_arguments():
+    env = rlrf.make("rlrf/Arithmetic-v0", digits=1)
+    env.max_turns = 2
+    twin = env.spawn()
+    assert twin is not env and twin.env_id == "rlrf/Arithmetic-v0" and twin.max_turns == 2
+    assert [twin.prompt(t) for t in twin.task_ids()[:3]] == [
+        env.prompt(t) for t in env.task_ids()[:3]
+    ]
+    wrapped = rlrf.CapFeedback(GuessEnv(), 10).spawn()
+    assert wrapped.max_chars == 10 and isinstance(wrapped.unwrapped, GuessEnv)
+    a, b = GuessEnv(), GuessEnv()
+    a.reset(seed=1), b.reset(seed=2)
+    a.step("50")
+    assert len(b.chat) == 1  # no shared state
+
+
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        ((_CHAT, 1.0, True, False), r"returned a 4-tuple; step must return \(observation"),
+        ((_CHAT, math.inf, True, False, {}), r"returned reward inf; rewards must be finite"),
+        ((_CHAT, 1.0, True, False, {"feedback": "no"}), r"returned bad feedback: a plain str"),
+        ((_CHAT, 1.0, True, False, {"feedback": [1]}), r"returned bad feedback: Expected Feedback"),
+        (("text", 1.0, True, False, {}), r"returned an observation that is not a chat: 'text'"),
+        ((_CHAT, 1.0, "yes", False, {}), r"returned terminated='yes'; it must be a bool"),
+        ((_CHAT, 1.0, True, False, None), r"returned info of type NoneType"),
+    ],
+)
+def test_validate_step_names_where_and_what(result, message):
+    with pytest.raises(EnvError, match=r"^acme/Guess-v0\.step \(turn 2\) " + message):
+        validate_step(result, "acme/Guess-v0.step (turn 2)")
+
+
+def test_validate_step_reads_missing_rewards_and_success():
+    missing = validate_step((_CHAT, None, True, False, {}), "x")
+    assert missing.reward_missing and missing.reward == 0.0 and not missing.success
+    flagged = validate_step((_CHAT, 1.0, True, False, {"reward_missing": True}), "x")
+    assert flagged.reward_missing and not flagged.success
+    assert validate_step((_CHAT, 1.0, True, False, {}), "x").success  # default: reward >= 1
+    assert not validate_step((_CHAT, 1.0, True, False, {"success": False}), "x").success
+
+
+def test_appended_messages_requires_the_chat_to_continue():
+    after = [*_CHAT, {"role": "assistant", "content": "r"}, {"role": "user", "content": "f"}]
+    assert appended_messages(_CHAT, "r", after) == ({"role": "user", "content": "f"},)
+    assert appended_messages(_CHAT, "other", after) is None
+    assert appended_messages(_CHAT, "r", [{"role": "user", "content": "new"}]) is None
