@@ -90,7 +90,7 @@ def to_float(value: int | float) -> float:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def json_error_message(e: Exception) -> str:

@@ -20,10 +20,11 @@ why, and ``info["judge_error"]`` carries the reason.
 
 Robustness: structured output (``response_format={"type": "json_object"}``, dropped
 automatically if the server rejects it) with a tolerant fallback parser (code fences, JSON
-embedded in prose, ``{"response": "..."}`` wrappers, ``Score: 7/10`` text); a per-request
-timeout; retries with exponential backoff on connection errors, timeouts, HTTP 429 and 5xx
-(never on a refused key); at most ``max_concurrency`` requests in flight; an LRU cache of
-verdicts keyed by (judge model, rubric, prompt, response, reference).
+embedded in prose, ``{"response": "..."}`` wrappers, ``Score: 7/10`` text); a timeout that
+bounds each whole request (connect, send, and the complete answer: a server that trickles
+bytes cannot hold a step past it); retries with exponential backoff on connection errors,
+timeouts, HTTP 429 and 5xx (never on a refused key); at most ``max_concurrency`` requests in
+flight; an LRU cache of verdicts keyed by (judge model, rubric, prompt, response, reference).
 
 Configuration from the environment when not passed: ``RLRF_JUDGE_BASE_URL`` (default
 ``http://127.0.0.1:8000/v1``), ``RLRF_JUDGE_MODEL`` (default ``judge``), and the API key from
@@ -33,20 +34,23 @@ any key, so an unset variable sends ``"EMPTY"``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from envs._jsonl import jsonl_records
+from envs._numbers import loads_json, raw_decode_json, to_float
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, RLRFError
 from rlrf.feedback import Feedback, FeedbackKind, JudgeDetails, truncate_text
@@ -63,6 +67,8 @@ __all__ = [
     "load_judge_tasks_jsonl",
     "parse_verdict",
 ]
+
+_T = TypeVar("_T")
 
 DEFAULT_RUBRIC = (
     "Score how well the response answers the task: correct, complete, clear and concise. "
@@ -134,15 +140,18 @@ class JudgeTask:
 _SCORE_KEYS = ("score", "rating", "grade", "points", "mark")
 _CRITIQUE_KEYS = ("critique", "feedback", "explanation", "reason", "rationale", "comment")
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+# One class for the quotes and blanks around the separator: three adjacent ``\s*`` (as
+# before) backtracked cubically on a run of spaces (1,000 spaces took 11 s).
 _SCORE_RE = re.compile(
-    r"\b(?:score|rating|grade)\b[\"'*]*\s*(?:[:=]|is|of)?\s*[\"'*]*\s*"
-    r"(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?",
+    r"\b(?:score|rating|grade)\b[\"'*\s]*(?:(?:[:=]|is|of)[\"'*\s]*)?"
+    r"(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(-?\d+(?:\.\d+)?))?",
     re.I,
 )
 _PARTIAL_CRITIQUE_RE = re.compile(
     r'"(critique|feedback|explanation|reason|rationale|comment)"\s*:\s*"((?:[^"\\]|\\.)*)'
 )
-_FRACTION_RE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+(?:\.\d+)?)\b", re.I)
+# Denominators may carry a sign only so that "5/-10" is rejected rather than read as 5.
+_FRACTION_RE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(-?\d+(?:\.\d+)?)\b", re.I)
 
 
 def _json_objects(text: str) -> Iterable[dict[str, Any]]:
@@ -150,18 +159,17 @@ def _json_objects(text: str) -> Iterable[dict[str, Any]]:
     candidates = [text.strip()] + [m.group(1).strip() for m in _FENCE_RE.finditer(text)]
     for c in candidates:
         try:
-            value = json.loads(c)
-        except (json.JSONDecodeError, RecursionError):
+            value = loads_json(c)
+        except (ValueError, RecursionError):  # ValueError: also integers over the digit cap
             continue
         if isinstance(value, dict):
             yield value
-    decoder = json.JSONDecoder()
     for attempts, m in enumerate(re.finditer(r"\{", text)):
         if attempts >= 32:
             break
         try:
-            value, _ = decoder.raw_decode(text, m.start())
-        except (json.JSONDecodeError, RecursionError):
+            value, _ = raw_decode_json(text, m.start())
+        except (ValueError, RecursionError):
             continue
         if isinstance(value, dict):
             yield value
@@ -172,7 +180,7 @@ def _number(value: Any) -> tuple[float, float | None] | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value), None
+        return to_float(value), None  # a 400-digit int saturates to inf (then: off scale)
     if isinstance(value, str):
         m = _FRACTION_RE.search(value) or re.search(r"-?\d+(?:\.\d+)?", value)
         if m:
@@ -236,8 +244,14 @@ def parse_verdict(
         snippet = truncate_text(text.strip(), 200)
         raise JudgeParseError(f"the judge's answer has no usable score{cut}: {snippet!r}")
     value, denominator = score
-    if denominator is not None and denominator > 0 and denominator != max_score:
-        value = min_score + value / denominator * (max_score - min_score)
+    if denominator is not None:
+        if not (0 < denominator < math.inf):  # "7/0" is no score, not 7 on the judge's scale
+            raise JudgeParseError(
+                f"the judge's score {value:g}/{denominator:g} has no valid denominator: "
+                f"{truncate_text(text.strip(), 200)!r}"
+            )
+        if denominator != max_score:
+            value = min_score + value / denominator * (max_score - min_score)
     if not (min_score <= value <= max_score):
         raise JudgeParseError(
             f"the judge's score {value:g} is outside the scale [{min_score:g}, {max_score:g}]"
@@ -246,6 +260,38 @@ def parse_verdict(
 
 
 # ---- the client ---------------------------------------------------------------------------
+
+
+class _DeadlineExceededError(Exception):
+    """A request did not complete within its whole-request deadline."""
+
+
+def _within(timeout_s: float, call: Callable[[], _T]) -> _T:
+    """Return ``call()``, or raise :class:`_DeadlineExceededError` after ``timeout_s`` seconds.
+
+    The HTTP client's timeout applies to each socket operation, so a server that trickles
+    one byte a second never trips it; this bounds the whole request (connect, send, headers
+    and body) instead. The call runs in a daemon thread that is abandoned at the deadline;
+    it ends on its own when the server finishes or falls silent for ``timeout_s`` (the
+    client's per-read timeout).
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="rlrf-judge-request", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise _DeadlineExceededError(f"no complete answer within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _clean(text: str) -> str:
@@ -260,7 +306,8 @@ class JudgeClient:
         base_url: The endpoint, e.g. ``http://127.0.0.1:8000/v1``.
         model: The model name the server serves.
         api_key_env: Name of the environment variable holding the API key.
-        timeout_s: Per-request timeout in seconds.
+        timeout_s: Deadline of each attempt in seconds, for the whole request (not per read):
+            a step takes at most about ``(max_retries + 1) * timeout_s`` plus backoff.
         max_retries: Retries after the first attempt on transient failures.
         backoff_s: First backoff delay; doubles per retry (with jitter).
         max_concurrency: Requests in flight at most (across threads).
@@ -421,7 +468,9 @@ class JudgeClient:
                 with self._slots:
                     with self._lock:
                         self.stats["requests"] += 1
-                    completion = client.chat.completions.create(**kwargs)
+                    completion = _within(
+                        self.timeout_s, functools.partial(client.chat.completions.create, **kwargs)
+                    )
             except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
                 raise JudgeUnavailableError(
                     f"the judge endpoint {self.base_url} refused the API key (HTTP "
@@ -444,7 +493,7 @@ class JudgeClient:
                     f"the judge endpoint {self.base_url} rejected the request (HTTP 400): "
                     f"{truncate_text(str(e), 300)}"
                 ) from e
-            except openai.APITimeoutError as e:
+            except (openai.APITimeoutError, _DeadlineExceededError) as e:
                 last = JudgeUnavailableError(
                     f"the judge at {self.base_url} did not answer within {self.timeout_s:g} s"
                 )

@@ -10,7 +10,10 @@ Modes (what ``POST /v1/chat/completions`` does):
 * ``invalid_json``: an HTTP body that is not JSON at all;
 * ``unauthorized``: HTTP 401, as servers answer to a refused key;
 * ``flaky``: HTTP 500 for the first ``fail_first`` requests, then ``ok``;
-* ``no_json_mode``: HTTP 400 when ``response_format`` is sent, else ``ok``.
+* ``no_json_mode``: HTTP 400 when ``response_format`` is sent, else ``ok``;
+* ``trickle``: the whole HTTP response (status line, headers, an ``ok`` body) one byte
+  every ``delay`` seconds, so that no single read ever waits long;
+* ``content``: a completion whose content is the server's ``content`` text.
 
 ``GET /stats`` returns ``{"requests": n, "max_inflight": m}``. Run as a script
 (``python judge_http_server.py MODE``) it serves on a free port of 127.0.0.1 and prints
@@ -30,9 +33,12 @@ from typing import Any
 class JudgeServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, mode: str, delay: float = 0.0, fail_first: int = 2) -> None:
+    def __init__(
+        self, mode: str, delay: float = 0.0, fail_first: int = 2, content: str = ""
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.mode, self.delay, self.fail_first = mode, delay, fail_first
+        self.content = content
         self.requests = 0
         self.inflight = 0
         self.max_inflight = 0
@@ -93,11 +99,28 @@ class _Handler(BaseHTTPRequestHandler):
             with s.lock:
                 s.inflight -= 1
 
+    def _trickle(self, delay: float, body: bytes) -> None:
+        raw = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        self.close_connection = True
+        try:
+            for i in range(len(raw)):
+                self.wfile.write(raw[i : i + 1])
+                self.wfile.flush()
+                time.sleep(delay)
+        except OSError:  # the client gave up: stop trickling
+            pass
+
     def _answer(self, s: JudgeServer, n: int, request: dict[str, Any]) -> None:
-        if s.delay:
-            time.sleep(s.delay)
         ok = json.dumps({"score": 7, "critique": "Mostly right, but add an example."})
         mode = s.mode
+        if mode == "trickle":
+            return self._trickle(s.delay or 0.1, json.dumps(_completion(ok)).encode())
+        if s.delay:
+            time.sleep(s.delay)
         if mode == "flaky" and n <= s.fail_first:
             body = {"error": {"message": "boom", "type": "server_error"}}
             return self._send(500, json.dumps(body).encode())
@@ -117,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = ""
         elif mode == "truncated":
             content, finish = '{"critique": "The response misses the main', "length"
+        elif mode == "content":
+            content = s.content
         self._send(200, json.dumps(_completion(content, finish)).encode())
 
 

@@ -242,6 +242,53 @@ def test_registered_id_makes_the_env(serve):
     assert env.evaluate("haiku-autumn", "Leaves.").reward == pytest.approx(0.7)
 
 
+# ---- hostile judges (issue 16) ------------------------------------------------------------
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(serve):
+    # Every byte arrives within 0.1 s, so a per-read timeout never fires: the ~300-byte
+    # answer took ~30 s before; the deadline must cut the whole request at timeout_s.
+    server = serve("trickle", delay=0.1)
+    env = _env(server.url, timeout_s=1.0, max_retries=1, backoff_s=0.05)
+    start = time.monotonic()
+    outcome = env.evaluate("haiku-autumn", "Leaves fall.")
+    elapsed = time.monotonic() - start
+    _assert_missing(outcome, "did not answer within 1 s", "2 attempt(s)")
+    assert elapsed < 4.0, elapsed
+    assert server.requests == 2
+
+
+def test_score_patterns_are_linear_in_the_answer_length():
+    start = time.monotonic()
+    with pytest.raises(JudgeParseError):  # three adjacent \s* took 11 s on 1,000 spaces
+        parse_verdict("score" + " " * 20_000 + "x", 0, 10)
+    assert parse_verdict("Score" + " " * 20_000 + "7", 0, 10).score == 7.0
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Score: 7/0",
+        '{"score": "7/0", "critique": "fine"}',
+        "Score: 7/0.0 out of nothing",
+        '{"score": "5/-10"}',
+        '{"score": ' + "9" * 5000 + "}",  # raised ValueError (int-string limit) before
+        "Score: " + "9" * 5000,
+        '{"score": 1' + "0" * 400 + "}",  # float() of this int raised OverflowError before
+        '{"score": NaN}',
+        '{"score": Infinity}',
+    ],
+)
+def test_malformed_scores_are_missing_rewards(serve, content):
+    with pytest.raises(JudgeParseError):
+        parse_verdict(content, 0, 10)
+    server = serve("content", content=content)
+    outcome = _env(server.url).evaluate("haiku-autumn", "Leaves fall.")
+    _assert_missing(outcome)
+    assert "judge_error" in outcome.info
+
+
 def test_client_rejects_bad_configuration():
     with pytest.raises(rlrf.ConfigError):
         JudgeClient("http://127.0.0.1:1/v1", "m", min_score=5, max_score=5)
