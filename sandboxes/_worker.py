@@ -28,6 +28,8 @@ import time
 
 HARNESS_FILE = __file__
 SOLUTION = "solution.py"
+# The result channel may carry this much more than Limits.output_bytes (framing, markers).
+CHANNEL_SLACK = 65536
 
 # Imported once here so that every child gets them for free (a fork shares the pages).
 PRELOAD = (
@@ -65,6 +67,11 @@ LL_FS_WRITE_FILE = 1 << 1
 LL_FS_READ_FILE = 1 << 2
 LL_FS_READ_DIR = 1 << 3
 LL_FS_TRUNCATE = 1 << 14
+LL_FS_IOCTL_DEV = 1 << 15
+# The rights a rule on a regular file may carry.
+LL_FS_FILE_ONLY = (
+    LL_FS_EXECUTE | LL_FS_WRITE_FILE | LL_FS_READ_FILE | LL_FS_TRUNCATE | LL_FS_IOCTL_DEV
+)
 LL_NET_ALL = (1 << 0) | (1 << 1)  # BIND_TCP | CONNECT_TCP
 LL_SCOPE_ALL = (1 << 0) | (1 << 1)  # ABSTRACT_UNIX_SOCKET | SIGNAL
 LL_FS_BITS_BY_ABI = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}
@@ -114,40 +121,183 @@ def landlock_abi() -> int:
     return int(v) if v > 0 else 0
 
 
-def build_ruleset(abi: int, read_paths: list[str], write_dirs: list[str]) -> tuple[int, list]:
-    """Create a Landlock ruleset: read (not write, not execute) ``read_paths``; full ``write_dirs``.
+def build_ruleset(
+    abi: int, rules: list[tuple[str, int]], write_dirs: list[str]
+) -> tuple[int, list]:
+    """Create the worker's Landlock ruleset (layer 1): ``rules`` readable, ``write_dirs`` writable.
 
-    Everything else on the file system is denied, as are TCP bind/connect (ABI >= 4), signals
-    and abstract unix sockets outside the domain (ABI >= 6). Returns (fd, notes).
+    ``rules`` are ``(path, access)`` pairs from :func:`read_rules`. Everything else on the file
+    system is denied (no ``execve`` anywhere), as are TCP bind/connect (ABI >= 4), signals and
+    abstract unix sockets outside the domain (ABI >= 6). Returns (fd, notes).
     """
-    fs_all = (1 << LL_FS_BITS_BY_ABI.get(abi, 16)) - 1
+    fs_all = _fs_all(abi)
     attr = _RulesetAttr(fs_all, LL_NET_ALL if abi >= 4 else 0, LL_SCOPE_ALL if abi >= 6 else 0)
     size = 8 if abi < 4 else (16 if abi < 6 else 24)
     fd = _libc.syscall(SYS_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if fd < 0:
         raise OSError(ctypes.get_errno(), _errno_text("landlock_create_ruleset"))
+    rules = list(rules) + [(p, fs_all & ~LL_FS_EXECUTE) for p in write_dirs]
+    rules += [(p, _dev_access(abi)) for p in DEV_FILES]
+    notes = _add_rules(int(fd), rules, fs_all)
+    return int(fd), notes
+
+
+def _fs_all(abi: int) -> int:
+    return (1 << LL_FS_BITS_BY_ABI.get(abi, 16)) - 1
+
+
+def _dev_access(abi: int) -> int:
+    return LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if abi >= 3 else 0)
+
+
+def _add_rules(fd: int, rules: list[tuple[str, int]], fs_all: int) -> list[str]:
     notes = []
-    file_read = LL_FS_READ_FILE
-    dir_read = LL_FS_READ_FILE | LL_FS_READ_DIR
-    rules = [(p, dir_read, file_read) for p in read_paths]
-    rules += [(p, fs_all & ~LL_FS_EXECUTE, 0) for p in write_dirs]
-    rules += [(p, 0, 0) for p in DEV_FILES]
-    for path, dir_access, file_access in rules:
+    for path, access in rules:
         try:
             pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError:
             continue
         try:
-            is_dir = os.path.isdir(path)
-            access = dir_access if is_dir else file_access
-            if not is_dir and path.startswith("/dev/"):
-                access = LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if abi >= 3 else 0)
+            if not os.path.isdir(path):
+                access &= LL_FS_FILE_ONLY  # rules on files take file rights only
             rule = _PathBeneathAttr(access & fs_all, pfd)
             if _libc.syscall(SYS_LL_ADD, fd, 1, ctypes.byref(rule), 0) != 0:
                 notes.append(_errno_text(f"landlock_add_rule({path})"))
         finally:
             os.close(pfd)
-    return int(fd), notes
+    return notes
+
+
+def restrict_writes_to(abi: int, workdir: str) -> None:  # pragma: no cover - runs in the child
+    """Stack a second Landlock layer: no write of any kind outside ``workdir`` (this run's).
+
+    The worker's ruleset must allow writes beneath the whole slot directory, because a fresh
+    tmpfs (a new inode) is mounted on the working directory for every run. This layer binds to
+    the working directory of *this* run, so nothing a run writes can land beside it, where a
+    later run could read it back or where it would fill the space every run shares.
+    """
+    handled = _fs_all(abi) & ~(LL_FS_READ_FILE | LL_FS_READ_DIR | LL_FS_EXECUTE)
+    attr = _RulesetAttr(handled, 0, 0)
+    fd = _libc.syscall(SYS_LL_CREATE, ctypes.byref(attr), ctypes.c_size_t(8), 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), _errno_text("landlock_create_ruleset (run layer)"))
+    rules = [(workdir, handled)] + [(p, _dev_access(abi)) for p in DEV_FILES]
+    notes = _add_rules(int(fd), rules, handled)
+    if notes or _libc.syscall(SYS_LL_RESTRICT, fd, 0) != 0:
+        raise OSError(ctypes.get_errno(), "; ".join(notes) or _errno_text("landlock_restrict_self"))
+    os.close(fd)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def read_rules(roots: list[str], hidden: list[str]) -> list[tuple[str, int]]:
+    """Landlock read rules for ``roots`` that leave every path in ``hidden`` unreadable.
+
+    Landlock only grants; it cannot carve a subtree out of a granted one. So a root that holds a
+    hidden directory gets a list-only rule, and each of its entries its own read rule, going down
+    only along the way to the hidden directory. A hidden directory's *names* stay listable, its
+    files never readable. Paths are compared after resolving symbolic links, since Landlock rules
+    bind to the inodes they resolve to.
+    """
+    full = LL_FS_READ_FILE | LL_FS_READ_DIR
+    real_hidden = {os.path.realpath(h) for h in hidden if os.path.exists(h)}
+    out: list[tuple[str, int]] = []
+
+    def grant(path: str) -> None:
+        real = os.path.realpath(path)
+        if any(_under(real, h) for h in real_hidden):
+            return
+        below = [h for h in real_hidden if _under(h, real)]
+        if not below or not os.path.isdir(real):
+            out.append((real, full))
+            return
+        out.append((real, LL_FS_READ_DIR))
+        try:
+            children = sorted(os.listdir(real))
+        except OSError:
+            return
+        for name in children:
+            grant(os.path.join(real, name))
+
+    for root in roots:
+        if os.path.exists(root):
+            grant(root)
+    return out
+
+
+# --------------------------------------------------------------------------- seccomp
+
+# One small filter, installed in every child: sockets only of the families a private network
+# namespace confines (IP and netlink). A unix *pathname* socket is a file-system object that
+# neither a network namespace nor Landlock (through ABI 7) guards: without this a program could
+# connect to any world-writable socket on the host. Also refused: datagram socketpairs (their
+# sendto() takes a pathname), io_uring (it opens sockets without the socket() system call),
+# and every system call of a foreign ABI (i386 int 0x80, x32), which would bypass the numbers.
+_SECCOMP_ARCH = {
+    # machine: (AUDIT_ARCH_*, socket, socketpair, io_uring_setup, x32 bit or 0)
+    "x86_64": (0xC000003E, 41, 53, 425, 0x40000000),
+    "aarch64": (0xC00000B7, 198, 199, 425, 0),
+}
+AF_UNIX, AF_INET, AF_NETLINK, AF_INET6, SOCK_DGRAM = 1, 2, 16, 10, 2
+_RET_ALLOW = 0x7FFF0000
+_RET_EACCES = 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def seccomp_filter() -> bytes | None:
+    """The BPF program described above for this machine, or None on an unknown architecture."""
+    arch = _SECCOMP_ARCH.get(os.uname().machine)
+    if arch is None:
+        return None
+    audit, nr_socket, nr_pair, nr_uring, x32 = arch
+    ld, jeq, jge, ja, ret, and_ = 0x20, 0x15, 0x35, 0x05, 0x06, 0x54
+    # (label, code, true-target, false-target, k); BPF jumps go forward only, so the two
+    # verdicts come last. A "ja" takes its target in k.
+    prog = [
+        ("", ld, None, None, 4),  # seccomp_data.arch
+        ("", jeq, None, "deny", audit),
+        ("", ld, None, None, 0),  # seccomp_data.nr
+        ("", jge, "deny", None, x32 or 0xFFFFFFFF),
+        ("", jeq, "socket", None, nr_socket),
+        ("", jeq, "pair", None, nr_pair),
+        ("", jeq, "deny", None, nr_uring),
+        ("", ja, None, None, "allow"),
+        ("socket", ld, None, None, 16),  # args[0]: the address family
+        ("", jeq, "allow", None, AF_INET),
+        ("", jeq, "allow", None, AF_INET6),
+        ("", jeq, "allow", "deny", AF_NETLINK),
+        ("pair", ld, None, None, 24),  # args[1]: the socket type (and flags)
+        ("", and_, None, None, 0xF),
+        ("", jeq, "deny", "allow", SOCK_DGRAM),
+        ("allow", ret, None, None, _RET_ALLOW),
+        ("deny", ret, None, None, _RET_EACCES),
+    ]
+    labels = {p[0]: i for i, p in enumerate(prog) if p[0]}
+    out = bytearray()
+    for i, (_label, code, t, f, k) in enumerate(prog):
+        jt = labels[t] - i - 1 if t else 0
+        jf = labels[f] - i - 1 if f else 0
+        if isinstance(k, str):
+            k = labels[k] - i - 1
+        if not (0 <= jt < 256 and 0 <= jf < 256 and k >= 0):
+            raise ValueError("seccomp jump out of range")
+        out += struct.pack("=HBBI", code, jt, jf, k)
+    return bytes(out)
+
+
+def install_seccomp(prog: bytes) -> None:  # pragma: no cover - runs in the child
+    """Install ``prog`` (from :func:`seccomp_filter`); needs no-new-privileges first."""
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    z = ctypes.c_ulong(0)
+    if _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(fprog), z, z):
+        raise OSError(ctypes.get_errno(), _errno_text("prctl(PR_SET_SECCOMP)"))
 
 
 # --------------------------------------------------------------------------- worker setup
@@ -188,18 +338,66 @@ def _expose(read_paths: list[str]) -> None:
             os.close(pfd)
 
 
-def _read_paths() -> list[str]:
+def python_paths(extra_hidden: list[str] = ()) -> tuple[list[str], list[str]]:
+    """Return (readable roots, hidden paths): the interpreter without its installed packages.
+
+    Readable: the system library directories (shared libraries), the time-zone database and
+    the standard library (with ``lib-dynload``). Hidden inside them: every ``site-packages`` /
+    ``dist-packages`` directory, every other ``sys.path`` entry (``.pth`` additions, editable
+    installs) and ``extra_hidden``. Installed packages may ship grading data (this project's
+    ``envs/data``, HumanEval's reference solutions), whatever the install layout, so a program
+    sees none of them; only the packages a sandbox preloads are readable (see ``Worker``).
+    """
+    import glob
+    import site
     import sysconfig
 
-    paths = {"/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/share/zoneinfo"}
-    for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
-        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+    roots = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/share/zoneinfo"]
+    hidden = set(extra_hidden)
+    stdlib = set()
+    for scheme_vars in (None, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        for key in ("stdlib", "platstdlib"):
             try:
-                paths.add(sysconfig.get_path(key, vars=scheme_vars or None))
+                stdlib.add(sysconfig.get_path(key, vars=scheme_vars))
             except KeyError:
                 pass
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(p for p in paths if os.path.exists(p))
+        for key in ("purelib", "platlib"):
+            try:
+                hidden.add(sysconfig.get_path(key, vars=scheme_vars))
+            except KeyError:
+                pass
+    try:
+        hidden.update(site.getsitepackages())
+        hidden.add(site.getusersitepackages())
+    except AttributeError:  # pragma: no cover - a virtualenv's old site.py
+        pass
+    for lib in roots + sorted(stdlib):
+        for pattern in ("python*/site-packages", "python*/dist-packages", "site-packages"):
+            hidden.update(glob.glob(os.path.join(lib, pattern)))
+    real_stdlib = [os.path.realpath(p) for p in stdlib]
+    for p in sys.path:
+        if p and os.path.isdir(p) and not any(_under(os.path.realpath(p), s) for s in real_stdlib):
+            hidden.add(p)
+    roots += sorted(stdlib)
+    return [r for r in roots if os.path.exists(r)], sorted(h for h in hidden if h)
+
+
+def _package_dirs(modules: list[str]) -> list[str]:
+    """The directories (or files) holding the given imported modules' top-level packages."""
+    out = []
+    for name in modules:
+        mod = sys.modules.get(name.split(".")[0])
+        spec = getattr(mod, "__spec__", None)
+        locations = list(getattr(spec, "submodule_search_locations", None) or [])
+        if not locations and getattr(mod, "__file__", None):
+            locations = [mod.__file__]
+        out.extend(locations)
+        # Binary wheels keep their bundled shared libraries beside the package (numpy.libs).
+        for loc in list(locations):
+            libs = loc.rstrip("/") + ".libs"
+            if os.path.isdir(libs):
+                out.append(libs)
+    return out
 
 
 DEV_FILES = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"]
@@ -222,6 +420,7 @@ class Worker:
         self.tmpfs = False
         self.tmp_size = 0
         self.dirty = False
+        self.recycle = False
         self._setup()
         if self.uid is not None:
             self._kill_uid()  # a replaced worker's leftovers, if any
@@ -266,10 +465,23 @@ class Worker:
             )
         else:
             self.layers["slot_uid"] = True
-        read_paths = _read_paths()
+        for name in PRELOAD:
+            try:
+                __import__(name)
+            except ImportError:
+                pass
+        preloaded = []
+        for name in cfg.get("preload", ()):
+            try:
+                __import__(name)
+                preloaded.append(name)
+            except ImportError as e:
+                self.warnings.append(f"preload of {name!r} failed: {e}")
+        roots, hidden = python_paths(list(cfg.get("hidden_paths", ())))
+        extra = _package_dirs(preloaded)
         if self.layers.get("mount_namespace"):
             try:
-                _expose(read_paths)
+                _expose(roots + extra)
             except OSError as e:
                 self.warnings.append(f"lazy imports of some modules may fail ({e})")
         os.makedirs(self.workdir, mode=0o711, exist_ok=True)
@@ -277,7 +489,9 @@ class Worker:
         self.abi = landlock_abi() if cfg["landlock"] else 0
         if self.abi:
             try:
-                self.ruleset_fd, notes = build_ruleset(self.abi, read_paths, [self.slotdir])
+                rules = read_rules(roots, hidden)
+                rules += [(p, LL_FS_READ_FILE | LL_FS_READ_DIR) for p in extra]
+                self.ruleset_fd, notes = build_ruleset(self.abi, rules, [self.slotdir])
                 self.warnings.extend(notes)
                 self.layers["landlock_fs"] = True
                 self.layers["landlock_net"] = self.abi >= 4
@@ -291,18 +505,21 @@ class Worker:
                 "outside the temporary directory",
                 "Landlock disabled or not supported by this kernel",
             )
+        self.seccomp = seccomp_filter() if cfg.get("seccomp", True) else None
+        if self.seccomp is None:
+            self._lost(
+                "seccomp_sockets",
+                "the socket filter (unix pathname sockets on the host, vsock, io_uring)",
+                f"disabled, or no filter for the {os.uname().machine} architecture",
+            )
+        else:
+            self.layers["seccomp_sockets"] = True
         if not self.tmpfs:
-            self._lost("tmpfs", "a size cap on the temporary directory", "tmpfs needs root")
-        for name in PRELOAD:
-            try:
-                __import__(name)
-            except ImportError:
-                pass
-        for name in cfg.get("preload", ()):
-            try:
-                __import__(name)
-            except ImportError as e:
-                self.warnings.append(f"preload of {name!r} failed: {e}")
+            self._lost(
+                "tmpfs",
+                "a per-run size cap on the temporary directory (Limits.file_size_bytes)",
+                "tmpfs needs root",
+            )
 
     def _reset_workdir(self, size: int) -> None:
         """Give the next run an empty working directory (a fresh tmpfs when root)."""
@@ -321,17 +538,44 @@ class Worker:
             except OSError as e:
                 self.tmpfs = False
                 self.warnings.append(f"tmpfs working directory unavailable: {e}")
-        import shutil
+        # No tmpfs: move the whole directory out of the slot (so no run can reach it again)
+        # and start the next run in a new, empty one.
+        trash = os.path.join(
+            os.path.dirname(self.slotdir), f".trash-{os.path.basename(self.slotdir)}"
+        )
+        self._remove_tree(trash)
+        if os.path.lexists(self.workdir):
+            os.rename(self.workdir, trash)
+        os.mkdir(self.workdir, 0o700)
+        if self.uid is not None:
+            os.chown(self.workdir, self.uid, self.uid)
+        if not self._remove_tree(trash):
+            self.recycle = True  # a container holding leftovers is replaced
 
-        for entry in os.listdir(self.workdir):
-            p = os.path.join(self.workdir, entry)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
+    @staticmethod
+    def _remove_tree(path: str) -> bool:
+        """Remove ``path`` even where a program took away permissions; True when it is gone."""
+        import shutil
+        import stat
+
+        def fix(func, p, _exc) -> None:
+            try:
+                os.chmod(os.path.dirname(p), stat.S_IRWXU)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    os.chmod(p, stat.S_IRWXU)
+                func(p)
+            except OSError:
+                pass
+
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=fix)
             else:
                 try:
-                    os.unlink(p)
+                    os.unlink(path)
                 except OSError:
                     pass
+        return not os.path.lexists(path)
 
     def hello(self) -> dict:
         """Describe this worker to the parent (layers in force, warnings)."""
@@ -391,7 +635,7 @@ class Worker:
             pass
         pidfd = os.pidfd_open(pid)
         bufs = {out_r: bytearray(), err_r: bytearray(), ch_r: bytearray()}
-        caps = {out_r: cap, err_r: cap, ch_r: cap + 65536}
+        caps = {out_r: cap, err_r: cap, ch_r: cap + CHANNEL_SLACK}
         over = {out_r: False, err_r: False, ch_r: False}
         poller = select.poll()
         for fd in bufs:
@@ -461,6 +705,7 @@ class Worker:
             bytes(bufs[ch_r]),
             over[out_r],
             over[err_r],
+            over[ch_r],
             timed_out,
             output_over and not timed_out,
         )
@@ -522,6 +767,7 @@ class Worker:
         chan: bytes,
         out_over: bool,
         err_over: bool,
+        chan_over: bool,
         timed_out: bool,
         output_over: bool,
     ) -> dict:
@@ -536,7 +782,7 @@ class Worker:
                 events.append(msg)
         kinds = {m.get("t") for m in events}
         ret = next((m.get("v") for m in events if m.get("t") == "ret"), None)
-        ret = ret if isinstance(ret, str) else None
+        ret = ret if isinstance(ret, str) and not chan_over else None
         code = os.waitstatus_to_exitcode(wstatus)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
         completed = ("done" in kinds) and exit_code == 0
@@ -546,12 +792,23 @@ class Worker:
             message = f"killed after {wall:.2f} s of wall time (limit {lim['wall_time_s']} s)"
         elif output_over:
             status = "output_limit"
-            which = "stdout" if out_over else "stderr"
-            message = f"{which} exceeded {lim['output_bytes']} bytes; the program was killed"
+            if out_over or err_over:
+                which = "stdout" if out_over else "stderr"
+                message = f"{which} exceeded {lim['output_bytes']} bytes; the program was killed"
+            else:
+                message = (
+                    f"the result channel exceeded {lim['output_bytes'] + CHANNEL_SLACK} bytes "
+                    "(the function's return value is too large); the program was killed"
+                )
         elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= lim["cpu_time_s"] - 0.05):
             status = "timeout"
             message = f"CPU time limit of {lim['cpu_time_s']} s exceeded ({cpu:.2f} s used)"
-        elif "mem" in kinds or (sig in (signal.SIGABRT, signal.SIGSEGV) and b"MemoryError" in err):
+        elif (exit_code == 1 and _last_line(err).startswith(b"MemoryError")) or (
+            sig in (signal.SIGABRT, signal.SIGSEGV) and b"MemoryError" in err
+        ):
+            # Judged from how the program ended, never from the result channel, which carries
+            # the program's answer only (a program raising MemoryError itself looks the same,
+            # and gains nothing by it).
             status = "memory_limit"
             message = f"memory limit of {lim['memory_bytes']} bytes exceeded (MemoryError)"
         elif sig is not None:
@@ -581,6 +838,7 @@ class Worker:
             "stderr": err,
             "stdout_truncated": out_over,
             "stderr_truncated": err_over,
+            "result_truncated": chan_over,
             "wall_time_s": wall,
             "cpu_time_s": cpu,
             "return_json": ret if req["call"] is not None else None,
@@ -636,9 +894,26 @@ class Worker:
                 os.write(2, (_errno_text("landlock_restrict_self") + "\n").encode())
                 os._exit(121)
             os.close(keep)
+            try:
+                restrict_writes_to(self.abi, self.workdir)
+            except OSError as e:
+                os.write(2, f"{e}\n".encode())
+                os._exit(121)
+        if self.seccomp is not None:
+            try:
+                install_seccomp(self.seccomp)
+            except OSError as e:
+                os.write(2, f"{e}\n".encode())
+                os._exit(121)
         os.environ.clear()
         os.environ.update({"HOME": self.workdir, "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
         _run_program(req, self.workdir)
+
+
+def _last_line(data: bytes) -> bytes:
+    """The last non-empty line of ``data`` (where a traceback names its exception)."""
+    lines = data.rstrip().rsplit(b"\n", 1)
+    return lines[-1].strip() if lines else b""
 
 
 def _reap_children() -> bool:
@@ -755,12 +1030,12 @@ def _run_program(req: dict, workdir: str) -> None:  # pragma: no cover - runs in
                 exit_code = 1
                 print(e.code, file=stderr)
         except MemoryError as e:
-            send({"t": "mem"})
             exit_code = 1
             try:
                 traceback.print_exception(type(e), e, _user_tb(e.__traceback__), file=stderr)
+                stderr.flush()
             except BaseException:
-                pass
+                os.write(2, b"\nMemoryError\n")
         except BaseException as e:
             exit_code = 1
             traceback.print_exception(type(e), e, _user_tb(e.__traceback__), file=stderr)
@@ -774,7 +1049,7 @@ def _run_program(req: dict, workdir: str) -> None:  # pragma: no cover - runs in
             except BaseException:
                 pass
     except MemoryError:
-        send({"t": "mem"})
+        os.write(2, b"\nMemoryError\n")
         exit_code = 1
     finally:
         os._exit(exit_code)
@@ -833,6 +1108,8 @@ def main() -> None:
             reply = worker.run(req)
         except Exception as e:  # a bug here must not hang the parent
             reply = {"status": "sandbox_error", "message": f"worker error: {e!r}"}
+        if worker.recycle:
+            reply["recycle"] = True  # leftovers it could not remove: replace this worker
         _send(ctl_out, reply)
         if worker.dirty:
             worker._reset_workdir(worker.tmp_size)

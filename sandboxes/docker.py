@@ -7,12 +7,16 @@ trip over the container's attached stdin/stdout, not a container start. The imag
 locally from the host's Python (:mod:`sandboxes.docker_engine`); no registry is needed.
 
 What is protected, per container: no network (``network_mode="none"``); read-only root file
-system; ``/tmp`` a size-capped tmpfs (the only writable place); memory limit equal to
+system; ``/tmp`` a size-capped tmpfs in which each run gets a fresh directory, the only place
+it can write (a per-run Landlock layer), moved out of reach and removed when the run ends (a
+container whose leftovers cannot be removed is recycled), so no run sees or fills what
+another left; memory limit equal to
 memory+swap (the kernel's OOM killer ends a run that exceeds it: status ``memory_limit``, and
 the container is recycled); pids limit (fork bombs); CPU quota; user ``nobody`` (65534); all
 capabilities dropped; ``no-new-privileges``; a random non-root uid per container (so
-``RLIMIT_NPROC`` counts that container only); Landlock inside (writes only in the run's
-directory under ``/tmp``, no ``execve``, no TCP, no signals to the worker); the image holds
+``RLIMIT_NPROC`` counts that container only); Landlock inside (no ``execve``, no TCP, no
+signals to the worker); the worker's seccomp socket filter (no unix, vsock, packet sockets,
+no io_uring); the image holds
 nothing but the interpreter, its libraries and the standard library, so there is nothing of
 the host to read. Inside, the
 worker adds per-run rlimits (address space, CPU, file size, open files), wall-clock kills of
@@ -21,7 +25,7 @@ recycled after an OOM, a timeout, a dead worker, or ``recycle_after`` runs.
 
 What is NOT protected: the kernel is shared with the host (a kernel exploit escapes; Docker's
 default seccomp profile narrows the attack surface but is no VM); the container's
-``/tmp`` tmpfs (``tmpfs_bytes``) caps the disk a run can fill, not ``Limits.file_size_bytes``
+``/tmp`` tmpfs (``tmpfs_bytes``) caps the disk one run can fill, not ``Limits.file_size_bytes``
 (which still caps each file); memory/pids limits are per container (runs in one container are
 sequential and leftovers are killed after every run).
 """
@@ -355,6 +359,7 @@ class DockerSandbox(Sandbox):
             oom
             or status in (ExecutionStatus.TIMEOUT, ExecutionStatus.MEMORY_LIMIT)
             or w.runs >= self.recycle_after
+            or bool(reply.get("recycle"))  # the worker could not wipe a run's directory
         )
         if recycle:
             replacement = self._recycle(w)

@@ -16,14 +16,27 @@ reported once with an :class:`~sandboxes.IsolationWarning` naming the protection
 * **Leftovers** — after every run the worker kills every process of the slot's uid
   (``kill(-1)`` as that uid), so double forks and ``setsid`` orphans die too; the working
   directory is a fresh size-capped tmpfs per run (``Limits.file_size_bytes``, 4096 inodes),
-  so disk fills are bounded and no file survives a run.
-* **File system** — Landlock: reads only beneath the Python installation and the system
-  library directories, writes only in the run's temporary directory, no ``execve`` at all;
-  a directory such as ``/root`` above the interpreter is covered by an empty tmpfs in the
-  worker's private mount namespace with only the Python directories bind-mounted back.
-  ``/etc/passwd``, the caller's files and ``/proc/<pid>/environ`` are unreadable.
+  so disk fills are bounded and no file survives a run (without root: the run's directory is
+  moved out of reach and removed after the run, and only ``Limits.file_size_bytes`` per file
+  caps what it holds).
+* **File system** — Landlock: reads only the standard library, the system library
+  directories and the time-zone database; every ``site-packages`` / ``dist-packages``
+  directory, every other ``sys.path`` entry, this project's own packages and ``hidden_paths``
+  stay unreadable (their names may be listed, no file read), whatever the install layout
+  (editable, wheel, system or user site), so no installed package's data — this project's
+  test files, HumanEval's reference solutions — can be read; only the packages named in
+  ``preload`` are readable. Writes only in the run's own directory: a second Landlock layer,
+  stacked per run, binds to that directory, so nothing can be written beside it for a later
+  run to read. No ``execve`` at all. A directory such as ``/root`` above the interpreter is
+  covered by an empty tmpfs in the worker's private mount namespace with only the Python
+  directories bind-mounted back. ``/etc/passwd``, the caller's files and
+  ``/proc/<pid>/environ`` are unreadable.
 * **Network** — a private network namespace per worker (only a down loopback), plus
-  Landlock's TCP bind/connect denial (ABI >= 4).
+  Landlock's TCP bind/connect denial (ABI >= 4), plus a seccomp filter: sockets only of the
+  families that namespace confines (IP, netlink). Unix sockets (a pathname socket on the host
+  is a file no namespace hides), vsock (the hypervisor's host), packet and crypto sockets,
+  datagram socketpairs (``sendto`` takes a pathname) and io_uring are refused with EACCES,
+  as is every system call of a foreign ABI (i386, x32).
 * **Other processes** — a different uid (no signals to root's processes), Landlock signal
   scoping (ABI >= 6), no-new-privileges, parent-death signal.
 * **Environment** — workers start with an empty environment; the caller's is never seen.
@@ -32,15 +45,17 @@ reported once with an :class:`~sandboxes.IsolationWarning` naming the protection
 
 What is NOT protected:
 
-* Same-kernel isolation is no defence against kernel exploits; there is no seccomp filter, so
-  every system call Landlock does not cover is reachable (e.g. UDP sockets, which the network
-  namespace still confines to a down loopback).
+* Same-kernel isolation is no defence against kernel exploits; the seccomp filter covers
+  sockets and io_uring only, so every other system call Landlock does not cover is
+  reachable.
 * Memory is capped per process (``RLIMIT_AS``), not per run: ``processes`` children can each
   use ``memory_bytes``. The Docker backend caps the whole container.
 * CPU time is counted for the main process only; a program's children are bounded by the
   wall clock.
 * A program can write to its own result channel, so ``completed`` and ``return_json`` say only
-  what the program chose to report; they are never better than the program's own answer.
+  what the program chose to report: a return value is the program's answer, never a verdict,
+  and graders compare it outside the sandbox. ``memory_limit`` is read from how the program
+  ended (an uncaught ``MemoryError``), which a program can also bring about itself.
 * Without root: no per-slot uid (``RLIMIT_NPROC`` then counts all your processes, ``setsid``
   orphans can survive, your own files are readable unless Landlock is on), no tmpfs cap.
 """
@@ -160,6 +175,21 @@ class _Worker:
             self.proc.wait()
 
 
+def _project_dirs() -> list[str]:
+    """Where this project's packages live (hidden from programs wherever they are installed)."""
+    import importlib.util
+
+    out = []
+    for name in ("rlrf", "envs", "sandboxes", "algorithms"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            out.extend(spec.submodule_search_locations or ([spec.origin] if spec.origin else []))
+    return out
+
+
 def _close_pool(workers: list[_Worker], base_dir: str) -> None:
     for w in workers:
         w.stop()
@@ -180,6 +210,8 @@ class LocalSandbox(Sandbox):
         landlock: confine file-system access (and TCP, signals) with Landlock.
         base_dir: where slot directories are created; default: the system temp dir.
         start_timeout: seconds a worker may take to start.
+        hidden_paths: more paths programs must not read, should they lie inside the Python
+            installation (every ``site-packages`` and this project's packages always are).
 
     Raises:
         SandboxUnavailableError: not on Linux, or the workers failed to start.
@@ -203,6 +235,7 @@ class LocalSandbox(Sandbox):
         landlock: bool = True,
         base_dir: str | None = None,
         start_timeout: float = 60.0,
+        hidden_paths: Sequence[str] = (),
     ) -> None:
         if not sys.platform.startswith("linux"):
             raise SandboxUnavailableError(
@@ -219,6 +252,7 @@ class LocalSandbox(Sandbox):
             "landlock": bool(landlock),
             "preload": tuple(preload),
             "tmp_bytes": Limits().file_size_bytes,
+            "hidden_paths": [*_project_dirs(), *map(os.fspath, hidden_paths)],
         }
         self._start_timeout = start_timeout
         self._lock = threading.Lock()

@@ -173,6 +173,9 @@ class ExecutionResult:
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    result_truncated: bool = False
+    """Function-call mode: the return value overflowed the result channel (status
+    ``output_limit``); ``return_json`` is then None."""
     wall_time_s: float = 0.0
     cpu_time_s: float = 0.0
     return_json: str | None = None
@@ -385,6 +388,7 @@ def result_from_reply(
         stderr=text(reply.get("stderr", b"")),
         stdout_truncated=bool(reply.get("stdout_truncated", False)),
         stderr_truncated=bool(reply.get("stderr_truncated", False)),
+        result_truncated=bool(reply.get("result_truncated", False)),
         wall_time_s=float(reply.get("wall_time_s", 0.0)),
         cpu_time_s=float(reply.get("cpu_time_s", 0.0)),
         return_json=reply.get("return_json"),

