@@ -11,8 +11,12 @@ Third-party packages declare, in their ``pyproject.toml``::
     # or: acme = "acme_envs.registration" (a module whose import registers the envs)
 
 Plugins are loaded on the first lookup (``make``, ``spec``, iterating the registry), never
-at ``import rlrf``. A broken plugin is reported by distribution and entry-point name in a
-:class:`PluginWarning` and in the "not found" error, without affecting the other envs.
+at ``import rlrf``. A broken plugin (any exception at import or registration, ``SystemExit``
+included) is reported by distribution and entry-point name in a :class:`PluginWarning` and in
+the "not found" error, without affecting the other envs. A plugin's registrations are
+all-or-nothing: when it fails, every id it registered (or replaced) is restored to what it was
+before it loaded. ``override=True`` on one of the ``rlrf/`` ids that ship with rlrf warns
+(:class:`BuiltinOverrideWarning`), whoever does it.
 
 Registered ids are also registered with Gymnasium, so ``gymnasium.make(id)`` works once rlrf
 is imported; ``gymnasium.make("rlrf.plugins:acme/Sorting-v0")`` loads the plugins first.
@@ -41,7 +45,9 @@ from rlrf.errors import (
 )
 
 __all__ = [
+    "BUILTIN_NAMESPACE",
     "ENTRY_POINT_GROUP",
+    "BuiltinOverrideWarning",
     "EnvSpec",
     "PluginWarning",
     "load_plugins",
@@ -60,8 +66,16 @@ _ID_RE = re.compile(
 )
 
 
+#: The namespace of the envs that ship with rlrf; replacing one of them warns.
+BUILTIN_NAMESPACE = "rlrf"
+
+
 class PluginWarning(RLRFWarning):
     """A third-party ``rlrf.envs`` entry point failed to load; other envs are unaffected."""
+
+
+class BuiltinOverrideWarning(RLRFWarning):
+    """``register(..., override=True)`` replaced one of the envs that ship with rlrf."""
 
 
 @dataclass(frozen=True)
@@ -224,11 +238,21 @@ def register(
         )
     if max_turns is not None and (not isinstance(max_turns, int) or max_turns < 1):
         raise RegistrationError(f"max_turns for {id} must be a positive int, got {max_turns!r}")
-    if id in registry._specs and not override:
+    old = registry._specs.get(id)
+    if old is not None and not override:
         raise RegistrationError(
             f"Env {id} is already registered (entry point "
-            f"{registry._specs[id].entry_point!r}); pass override=True to replace it, "
+            f"{old.entry_point!r}); pass override=True to replace it, "
             "or bump the version"
+        )
+    if old is not None and namespace == BUILTIN_NAMESPACE and old.plugin is None:
+        by = f"plugin {registry._loading_plugin}" if registry._loading_plugin else "a register call"
+        warnings.warn(
+            f"{by} replaced the built-in env {id} (entry point {old.entry_point!r}) with "
+            f"{entry_point!r} (override=True); register under your own namespace instead, "
+            f"e.g. 'yourname/{name}-v{version}'",
+            BuiltinOverrideWarning,
+            stacklevel=2,
         )
     new = EnvSpec(
         id=id,
@@ -274,21 +298,42 @@ def load_plugins(*, force: bool = False) -> dict[str, str]:
         dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
         label = f"{dist}:{ep.name}"
         registry._loading_plugin = label
+        before = dict(registry._specs)
         try:
             target = ep.load()
             if callable(target) and not isinstance(target, type(sys)):
                 target()
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # not KeyboardInterrupt: the user wants out
+            undone = _restore_specs(before)
             message = (
                 f"rlrf plugin {ep.name!r} from distribution {dist!r} (entry point "
                 f"{ep.value!r}) failed to load: {type(e).__name__}: {e}. Its envs are "
-                "unavailable; fix or uninstall that package"
+                "unavailable"
+                + (f" ({', '.join(undone)} rolled back)" if undone else "")
+                + "; fix or uninstall that package"
             )
             registry.plugin_errors[label] = message
             warnings.warn(message, PluginWarning, stacklevel=2)
         finally:
             registry._loading_plugin = None
     return dict(registry.plugin_errors)
+
+
+def _restore_specs(before: dict[str, EnvSpec]) -> list[str]:
+    """Put the registry (and Gymnasium's) back to ``before``; return the ids that changed."""
+    changed = sorted(
+        i for i in set(before) | set(registry._specs) if before.get(i) is not registry._specs.get(i)
+    )
+    for env_id in changed:
+        if env_id in before:
+            registry._specs[env_id] = before[env_id]
+            _register_with_gymnasium(before[env_id])
+        else:
+            del registry._specs[env_id]
+            import gymnasium
+
+            gymnasium.registry.pop(env_id, None)
+    return changed
 
 
 def spec(env_id: str) -> EnvSpec:

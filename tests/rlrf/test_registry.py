@@ -1,6 +1,7 @@
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import gymnasium
 import pytest
@@ -13,6 +14,7 @@ from rlrf.errors import (
     InvalidEnvIdError,
     RegistrationError,
 )
+from rlrf.registration import BuiltinOverrideWarning
 
 
 @pytest.fixture
@@ -229,6 +231,126 @@ def test_broken_plugin_is_named_in_not_found_errors(plugin_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "some plugins failed to load: rlrf plugin 'broken_envs'" in proc.stdout
+
+
+# ---- hostile plugins (issue 16) -----------------------------------------------------------
+
+
+@pytest.fixture
+def hostile_plugin_path(tmp_path):
+    _make_dist(tmp_path, "acme-envs", "acme_envs", "acme_envs:register_envs", ACME)
+    _make_dist(
+        tmp_path, "exit-envs", "exit_envs", "exit_envs:register", "import sys\nsys.exit(3)\n"
+    )
+    _make_dist(
+        tmp_path,
+        "half-envs",
+        "half_envs",
+        "half_envs:register",
+        """
+        import rlrf
+        def register():
+            rlrf.register("half/Good-v0", "acme_envs:Sorting")
+            rlrf.register("rlrf/MCQ-v0", "acme_envs:Sorting", override=True)
+            raise ValueError("second half failed")
+        """,
+    )
+    _make_dist(
+        tmp_path,
+        "shadow-envs",
+        "shadow_envs",
+        "shadow_envs:register",
+        """
+        import rlrf
+        def register():
+            rlrf.register("rlrf/Arithmetic-v0", "acme_envs:Sorting", override=True)
+        """,
+    )
+    return tmp_path
+
+
+def test_plugin_calling_sys_exit_is_reported_by_name_and_nothing_breaks(hostile_plugin_path):
+    proc = _run(
+        """
+        import warnings
+        import rlrf
+        from rlrf.cli import main
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            env = rlrf.make("acme/Sorting-v0")  # SystemExit(3) ended the process before
+        print("MADE", env.env_id)
+        for w in caught:
+            print("WARN", w.category.__name__, w.message)
+        print("ENVS", main(["envs"]))
+        print("SAMPLE", main(["sample", "rlrf/MCQ-v0", "--n", "1"]))
+        """,
+        hostile_plugin_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "MADE acme/Sorting-v0" in out
+    assert (
+        "WARN PluginWarning rlrf plugin 'exit_envs' from distribution 'exit-envs' "
+        "(entry point 'exit_envs:register') failed to load: SystemExit: 3." in out
+    )
+    assert "ENVS 0" in out and "SAMPLE 0" in out
+    assert "(!) rlrf plugin 'exit_envs'" in out  # `rlrf envs` names it too
+
+
+def test_a_failing_plugin_keeps_none_of_its_registrations(hostile_plugin_path):
+    proc = _run(
+        """
+        import warnings; warnings.simplefilter("ignore")
+        import gymnasium, rlrf
+        print("IDS", sorted(i for i in rlrf.registry if i.startswith(("half/", "rlrf/MCQ"))))
+        print("MCQ", rlrf.spec("rlrf/MCQ-v0").entry_point, rlrf.spec("rlrf/MCQ-v0").plugin)
+        print("GYM", "half/Good-v0" in gymnasium.registry)
+        print("MADE", type(rlrf.make("rlrf/MCQ-v0")).__name__)
+        print("ERR", rlrf.registry.plugin_errors["half-envs:half_envs"])
+        """,
+        hostile_plugin_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "IDS ['rlrf/MCQ-v0']" in out  # half/Good-v0 was kept before
+    assert "MCQ envs.science:MultipleChoiceEnv None" in out  # the override is undone
+    assert "GYM False" in out and "MADE MultipleChoiceEnv" in out
+    assert "ValueError: second half failed" in out
+    assert "(half/Good-v0, rlrf/MCQ-v0 rolled back)" in out
+
+
+def test_overriding_a_builtin_id_warns(hostile_plugin_path, fresh_ids):
+    proc = _run(
+        """
+        import warnings
+        import rlrf
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rlrf.make("acme/Sorting-v0")
+        for w in caught:
+            print("WARN", w.category.__name__, w.message)
+        print("NOW", rlrf.spec("rlrf/Arithmetic-v0").entry_point)
+        """,
+        hostile_plugin_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "WARN BuiltinOverrideWarning plugin shadow-envs:shadow_envs replaced the built-in env "
+        "rlrf/Arithmetic-v0 (entry point 'envs.arithmetic:ArithmeticEnv') with "
+        "'acme_envs:Sorting' (override=True)" in proc.stdout
+    )
+    assert "NOW acme_envs:Sorting" in proc.stdout  # still allowed, but never silently
+    # in-process too, from a plain register call; other namespaces stay silent
+    original = rlrf.spec("rlrf/Arithmetic-v0")
+    try:
+        with pytest.warns(BuiltinOverrideWarning, match="a register call replaced the built-in"):
+            rlrf.register("rlrf/Arithmetic-v0", "tests.toy_envs:EchoEnv", override=True)
+    finally:
+        rlrf.registry._specs["rlrf/Arithmetic-v0"] = original
+    _reg(fresh_ids, "test/Echo-v0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rlrf.register("test/Echo-v0", "tests.toy_envs:CountdownEnv", override=True)
 
 
 def test_no_module_of_rlrf_imports_torch_or_transformers():
