@@ -2,8 +2,11 @@
 
 Every config field is a flag (``--lr 1e-5``, ``--top-k 100``, ``--use-feedback false``); its
 docstring is the ``--help`` text. ``--config file.yaml`` sets any field (flat names or
-``grpo:`` / ``sdpo:`` sections); flags given on the command line win. An unknown field in
-the file is an error naming the closest valid one.
+``grpo:`` / ``sdpo:`` sections) and may name the algorithm (``algorithm: sdpo-srf``); flags
+given on the command line win. An unknown field in the file is an error naming the closest
+valid one. The presets and the resolution of all this live in :mod:`algorithms.config`
+(:func:`~algorithms.config.resolve_config`): this module only parses flags, and nothing
+imports it but the entry points.
 
 Examples::
 
@@ -14,7 +17,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import json
 import sys
@@ -22,17 +24,17 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from algorithms import sdpo
 from algorithms.config import (
+    DEFAULT_ALGORITHM,
+    PRESETS,
     FlatField,
-    GRPOTrainConfig,
     SDPOTrainConfig,
     TrainConfig,
-    config_from_dict,
+    build_config,
     flat_fields,
-    load_yaml_config,
+    resolve_config,
 )
-from rlrf.errors import ConfigError, RLRFError
+from rlrf.errors import RLRFError
 
 __all__ = ["ALGORITHMS", "add_train_parser", "build_config", "main"]
 
@@ -40,21 +42,9 @@ COMMAND_HELP = "train a policy with GRPO, SDPO or the successful-rollout variant
 """The help line of this ``rlrf`` subcommand."""
 
 ALGORITHMS: dict[str, type[TrainConfig]] = {
-    "grpo": GRPOTrainConfig,
-    "sdpo": SDPOTrainConfig,
-    "sdpo-srf": SDPOTrainConfig,
+    name: preset.config_class for name, preset in PRESETS.items()
 }
-"""Algorithm names accepted by ``--algo`` and their config classes."""
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    "grpo": {},
-    "sdpo": {},
-    "sdpo-srf": {
-        **dataclasses.asdict(sdpo.SDPOConfig.successful_rollout()),
-        "lr": 1e-5,
-        "warmup_steps": 10,
-    },
-}
+"""Algorithm names accepted by ``--algo`` and their config classes (from the presets)."""
 
 
 def _parse_bool(text: str) -> bool:
@@ -116,14 +106,18 @@ _EPILOG = (
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
+    presets = "; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items())
     parser.add_argument(
         "--algo",
         choices=sorted(ALGORITHMS),
-        default="sdpo",
-        help="Algorithm: grpo, sdpo (rich feedback), sdpo-srf (successful rollouts only).",
+        default=None,
+        help=f"Algorithm preset (default: the config file's `algorithm:`, else "
+        f"{DEFAULT_ALGORITHM}). {presets}.".replace("%", "%%"),
     )
     parser.add_argument(
-        "--config", default=None, help="YAML file setting any field below (flags win)."
+        "--config",
+        default=None,
+        help="YAML file setting any field below, and `algorithm:` (flags win).",
     )
     # SDPOTrainConfig's fields are a superset of GRPOTrainConfig's
     _add_fields(parser, SDPOTrainConfig)
@@ -143,39 +137,15 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def build_config(
-    algo: str, values: dict[str, Any], *, where: str = "the command line"
-) -> TrainConfig:
-    """Build the config of ``algo`` from flat field values over its preset."""
-    if algo not in ALGORITHMS:
-        raise ConfigError(f"--algo {algo!r} is not one of {sorted(ALGORITHMS)}")
-    cls = ALGORITHMS[algo]
-    merged = {**_PRESETS[algo], **values}
-    if cls is GRPOTrainConfig:
-        sdpo_only = {n for n, s in flat_fields(SDPOTrainConfig).items() if s.section == "sdpo"}
-        bad = sorted(set(values) & sdpo_only)
-        if bad:
-            raise ConfigError(f"{bad} are SDPO options; --algo grpo does not use them")
-    return config_from_dict(cls, merged, where=where)
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run training from parsed arguments; print where the run folder is."""
     from algorithms.trainer import Trainer
 
-    values: dict[str, Any] = {}
-    if args.config:
-        file_values = load_yaml_config(args.config)
-        # validate the file's names on their own, so the error names the file
-        config_from_dict(SDPOTrainConfig, file_values, where=args.config)
-        for key, value in file_values.items():
-            if isinstance(value, dict) and key in ("grpo", "sdpo"):
-                values.update(value)
-            else:
-                values[key.replace("-", "_")] = value
     skip = {"algo", "config", "func", "command"}
-    values.update({k: v for k, v in vars(args).items() if k not in skip})
-    config = build_config(args.algo, values)
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
+    config = resolve_config(
+        args.config, algorithm=args.algo, overrides=flags, where="the command line"
+    )
     result = Trainer(config).train()
     if result.final_model_dir is None:
         return 0  # not the main process of a multi-process run: it reports

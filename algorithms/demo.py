@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     )
     args = parser.parse_args(argv)
 
-    from algorithms.cli import build_config
+    from algorithms.config import build_config
     from algorithms.report import write_report
     from algorithms.trainer import Trainer
     from rlrf.cli import parse_key_values

@@ -35,70 +35,39 @@ Departures from the paper (DeepSeekMath GRPO) and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+import copy
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from rlrf.errors import ConfigError
+from algorithms.config import (
+    AdvantageScale,
+    Aggregation,
+    GRPOConfig,
+    GRPOTrainConfig,
+    TrainConfig,
+    check_choice,
+)
+
+if TYPE_CHECKING:
+    from algorithms.batching import Batch, Row
+    from algorithms.objective import Encode, RolloutKey, Scorer
+    from rlrf.trajectory import Group
 
 __all__ = [
     "Aggregation",
     "GRPOConfig",
+    "GRPOObjective",
     "aggregate",
     "default_normalizer",
     "group_advantages",
     "groups_with_signal",
     "k3_kl",
     "policy_loss",
+    "rollout_advantages",
 ]
-
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-AdvantageScale = Literal["none", "group", "batch"]
-
-
-@dataclass
-class GRPOConfig:
-    """The loss options of GRPO (training options live in the trainer's shared config)."""
-
-    advantage_scale: AdvantageScale = "none"
-    """Divide A_i = r_i − mean by the reward std of its group ("group"), of the batch
-    ("batch"), or not at all ("none", the paper's baseline)."""
-
-    clip_low: float = 0.2
-    """ε_low: the ratio is clipped below at 1 − ε_low."""
-
-    clip_high: float = 0.2
-    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher uses 0.28)."""
-
-    kl_coef: float = 0.0
-    """β of the k3 KL penalty to the frozen initial model; 0 disables it (no reference kept)."""
-
-    aggregation: Aggregation = "token_mean"
-    """How per-token losses become one number, named by the normalizer: token_mean (Σℓ/Σm
-    over the whole batch), seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm
-    (Dr. GRPO, Σℓ / (B · L_max))."""
-
-    filter_zero_advantage_groups: bool = False
-    """Drop groups whose rewards are all equal (A = 0 everywhere) before the update."""
-
-    def __post_init__(self) -> None:
-        _check_choice("advantage_scale", self.advantage_scale, AdvantageScale)
-        _check_choice("aggregation", self.aggregation, Aggregation)
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ConfigError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0.0:
-            raise ConfigError(f"clip_high must be >= 0, got {self.clip_high}")
-        if self.kl_coef < 0.0:
-            raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
-
-
-def _check_choice(name: str, value: object, choices: object) -> None:
-    allowed = get_args(choices)
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
 
 # --- 2. advantages -----------------------------------------------------------------------
 
@@ -154,7 +123,7 @@ def group_advantages(
             "rewards contain NaN or inf; drop rollouts with a missing reward before computing "
             "advantages"
         )
-    _check_choice("scale", scale, AdvantageScale)
+    check_choice("scale", scale, AdvantageScale)
     _, inverse = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
     zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
@@ -186,7 +155,7 @@ def default_normalizer(mask: Tensor, aggregation: Aggregation) -> float:
     - ``seq_mean_token_sum_norm``: B · L_max, with L_max = this tensor's width T (the trainer
       should pass B_total · max_new_tokens so the value does not depend on padding).
     """
-    _check_choice("aggregation", aggregation, Aggregation)
+    check_choice("aggregation", aggregation, Aggregation)
     if aggregation == "token_mean":
         return float(mask.sum())
     if aggregation == "seq_mean_token_mean":
@@ -220,7 +189,7 @@ def aggregate(
     if normalizer is None:
         normalizer = default_normalizer(m, aggregation)
     else:
-        _check_choice("aggregation", aggregation, Aggregation)
+        check_choice("aggregation", aggregation, Aggregation)
     masked = torch.where(m, per_token, torch.zeros_like(per_token))
     if aggregation == "seq_mean_token_mean":
         lengths = m.sum(dim=1).clamp(min=1).to(per_token.dtype)
@@ -327,6 +296,124 @@ def policy_loss(
     return loss, stats
 
 
+# --- the objective (what the trainer calls) -----------------------------------------------
+
+
+def rollout_advantages(
+    groups: Sequence[Group], keys: Sequence[RolloutKey], config: GRPOConfig
+) -> tuple[dict[RolloutKey, float], list[RolloutKey], float]:
+    """GRPO advantages of the rollouts ``keys`` (all with a reward), over the whole step.
+
+    Returns the advantage of each rollout, the rollouts to train (all, or only those of
+    groups with a reward signal under ``filter_zero_advantage_groups``), and the number of
+    groups whose rewards are all equal.
+    """
+    advantages: dict[RolloutKey, float] = {}
+    keep = list(keys)
+    zero_groups = 0.0
+    if keys:
+        rewards = [groups[gi].trajectories[ti].reward for gi, ti in keys]
+        group_ids = [gi for gi, _ in keys]
+        r = torch.tensor(rewards, dtype=torch.float64)
+        gid = torch.tensor(group_ids)
+        adv = group_advantages(r, gid, config.advantage_scale)
+        signal = groups_with_signal(r, gid).tolist()
+        zero_groups = float(len({g for g, s in zip(group_ids, signal, strict=True) if not s}))
+        for k, key in enumerate(keys):
+            advantages[key] = float(adv[k])
+        if config.filter_zero_advantage_groups:
+            keep = [key for key, s in zip(keys, signal, strict=True) if s]
+    return advantages, keep, zero_groups
+
+
+def normalizer_of(rows: Sequence[Row], config: GRPOConfig, max_new_tokens: int) -> float:
+    """Return this process's share of :func:`aggregate`'s normalizer for a mini-batch."""
+    if config.aggregation == "token_mean":
+        return float(sum(len(r.response_ids) for r in rows))
+    if config.aggregation == "seq_mean_token_mean":
+        return float(len(rows))
+    return float(len(rows) * max_new_tokens)
+
+
+class GRPOObjective:
+    """GRPO as an :class:`algorithms.objective.Objective`: clipped surrogate, optional KL.
+
+    Every rollout with a reward trains (every assistant turn of it), with its group-relative
+    advantage; with ``kl_coef > 0`` a frozen copy of the initial model is the reference.
+    """
+
+    metric_names = (
+        "train/policy_objective",
+        "train/clip_frac",
+        "train/approx_kl_old",
+        "rollout/zero_adv_groups",
+    )
+
+    def __init__(self, config: GRPOTrainConfig | TrainConfig, model: torch.nn.Module) -> None:
+        """Keep the config; copy ``model`` as the frozen reference when ``kl_coef > 0``."""
+        self.config = config
+        self.grpo: GRPOConfig = config.grpo  # type: ignore[attr-defined]
+        self.reference: torch.nn.Module | None = None
+        if self.grpo.kl_coef > 0:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def rows(self, groups: list[Group], encode: Encode) -> tuple[list[Row], dict[str, float]]:
+        """Every rollout with a reward (groups without signal dropped if so configured)."""
+        from algorithms.objective import rollout_rows, rollouts_with_reward
+
+        keys = rollouts_with_reward(groups)
+        advantages, keep, zero_groups = rollout_advantages(groups, keys, self.grpo)
+        rows = rollout_rows(groups, sorted(keep), encode, advantages=advantages)
+        return rows, {"zero_adv_groups": zero_groups}
+
+    def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
+        """``pg``: the aggregation's normalizer (tokens, rows, or rows x max_new_tokens)."""
+        return {"pg": normalizer_of(rows, self.grpo, self.config.max_new_tokens)}
+
+    def loss(
+        self, batch: Batch, norm: Mapping[str, float], scorer: Scorer, *, on_policy: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`policy_loss` on the student's log-probs (and the reference's, for the KL)."""
+        from algorithms.policy import response_hidden_states
+
+        g = self.grpo
+        hidden, _ = scorer.student_hidden(batch)
+        lp = scorer.logprobs(hidden, batch.response_ids)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_hidden, _ = response_hidden_states(
+                    self.reference, batch.prompts, batch.responses, pad=scorer.pad
+                )
+                ref = scorer.logprobs(ref_hidden, batch.response_ids, module=self.reference)
+        return policy_loss(
+            lp,
+            batch.old_logprobs,
+            batch.advantages,
+            batch.mask,
+            clip_low=g.clip_low,
+            clip_high=g.clip_high,
+            ref_logprobs=ref,
+            kl_coef=g.kl_coef,
+            aggregation=g.aggregation,
+            normalizer=norm["pg"],
+        )
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+        """Nothing: the reference stays the initial model."""
+
+    def rollout_metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """``rollout/zero_adv_groups``."""
+        return {"rollout/zero_adv_groups": stats.get("zero_adv_groups", 0.0)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing to keep: the reference is rebuilt from the initial model on resume."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore."""
+
+
 # --- entry points ------------------------------------------------------------------------
 
 
@@ -342,7 +429,7 @@ def train(env: Any = None, model: Any = None, config: Any = None, **kwargs: Any)
     return _train(env, model, config, algorithm="grpo", **kwargs)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m algorithms.grpo`: the command line, only when run
     import sys
 
     from algorithms.cli import main

@@ -1,44 +1,38 @@
-"""The training loop on accelerate, shared by GRPO, SDPO and the successful-rollout variant.
+"""The training loop on accelerate; the algorithm is an :class:`~algorithms.objective.Objective`.
 
-One step:
+The trainer names no algorithm: the config builds its objective
+(:meth:`algorithms.config.TrainConfig.build_objective`), and the objective decides which
+rollouts train, their loss and what happens after an optimizer step (see
+:mod:`algorithms.objective`). One step:
 
 1. Draw ``questions_per_step`` train tasks (:class:`algorithms.rollout.TaskSampler`, seeded
    and resumable), sample G rollouts each with the current policy and grade them
    (:func:`algorithms.rollout.collect_groups`); rollouts with a missing reward are skipped
    and counted.
-2. Build training rows (:mod:`algorithms.batching`): GRPO advantages
-   (:func:`algorithms.grpo.group_advantages`); for SDPO the teacher context of every rollout
-   (:func:`algorithms.sdpo.teacher_contexts_for_group`, tokenized and left-truncated by
-   :func:`algorithms.sdpo.encode_teacher_prompt`), recorded in ``Trajectory.info``.
+2. The objective turns the groups into training rows (:mod:`algorithms.batching`) with
+   their per-row extras (advantages, teacher prompts), recording what it used in
+   ``Trajectory.info``.
 3. ``epochs`` passes over the rows, each split into ``mini_batches`` optimizer steps, each
    split into micro-batches of ``micro_batch_size`` rows. Every loss is normalized by the
-   WHOLE mini-batch's normalizer (token count, sequence count, or B · max_new_tokens), so
-   gradient accumulation is exact: the parameters after a step do not depend on
-   ``micro_batch_size`` (tested). AdamW, grad-norm clipping, then the teacher update
-   (EMA / trust region / frozen / live) after EVERY optimizer step.
+   WHOLE mini-batch's normalizers (the objective's named sums, summed here over every
+   process), so gradient accumulation is exact: the parameters after a step do not depend
+   on ``micro_batch_size`` (tested). AdamW, grad-norm clipping, then the objective's
+   after-step hook after EVERY optimizer step.
 4. Log ``train/``, ``rollout/``, ``timing/`` metrics; evaluate on held-out tasks (split
    ``"test"``) every ``eval_every`` steps (``eval/avg@k``, mean response length); checkpoint
    every ``checkpoint_every`` steps.
 
-SDPO's logit-level loss runs on hidden states: the student's final hidden states are computed
-once with gradient; per chunk of ``logit_chunk_size`` response positions the student logits
-give the top-K indices (no gradient), the teacher's log-softmax over the full vocabulary is
-gathered at those indices (no gradient), and :func:`algorithms.sdpo.distillation_loss` runs
-under ``torch.utils.checkpoint`` so the chunk's ``[N, V]`` logits are recomputed in the
-backward pass instead of stored: peak memory does not grow with ``T x V``. Only the N
-positions that are distilled (rows with a teacher, inside the response) go through the LM
-head.
-
 Speed: the rows of a mini-batch are ordered by group, so a micro-batch mostly holds whole
-groups, whose student prompts are identical and whose teacher prompts share the question
-(and often a sibling's solution). Both forward passes run such a common prefix once and
-reuse its keys/values for every row (:func:`algorithms.policy.shared_prefix_hidden_states`; the
-student's with gradient), in sub-batches cut by length to waste little padding.
+groups, whose prompts are identical: the student's forward (:class:`Scorer
+<algorithms.objective.Scorer>`) runs such a common prefix once and reuses its keys/values
+for every row (:func:`algorithms.policy.shared_prefix_hidden_states`, with gradient), in
+sub-batches cut by length to waste little padding; log-probs go through the LM head chunk by
+chunk (``logit_chunk_size``). Objectives that score other prompts (a teacher's) do the same.
 
-Resuming (``resume=True``) restores model, optimizer, scheduler, teacher, RNG states and the
-task sampler's position from the newest complete checkpoint, and truncates ``metrics.jsonl``
-and ``trajectories.jsonl`` to that step, so a run killed with SIGKILL and resumed ends
-bit-identical on CPU to an uninterrupted one (tested).
+Resuming (``resume=True``) restores model, optimizer, scheduler, the objective's state, RNG
+states and the task sampler's position from the newest complete checkpoint, and truncates
+``metrics.jsonl`` and ``trajectories.jsonl`` to that step, so a run killed with SIGKILL and
+resumed ends bit-identical on CPU to an uninterrupted one (tested).
 
 Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for example
 ``accelerate launch --multi_gpu --num_processes 4 -m algorithms.sdpo --env ... --model ...``;
@@ -59,22 +53,20 @@ wrapped forward.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
 
 import rlrf
-from algorithms import grpo, sdpo
 from algorithms.batching import Batch, Row, collate, split_rows
 from algorithms.checkpoint import (
     capture_rng,
@@ -84,27 +76,15 @@ from algorithms.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, TrainConfig, config_to_dict
+from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resolve_config
 from algorithms.metrics import MetricsLogger, Timer, truncate_jsonl
-from algorithms.policy import (
-    HFPolicy,
-    HiddenStates,
-    SamplingParams,
-    chunked_logprobs_from_hidden,
-    lm_head_logits,
-    response_hidden_states,
-    shared_prefix_hidden_states,
-)
-from algorithms.rollout import RolloutStats, TaskSampler, collect_groups, turn_prompts
-from algorithms.teacher import Teacher
-from rlrf.errors import ConfigError, RLRFError
+from algorithms.objective import Objective, Scorer, TrainingError
+from algorithms.policy import HFPolicy, HiddenStates, SamplingParams
+from algorithms.rollout import RolloutStats, TaskSampler, collect_groups
+from rlrf.errors import ConfigError
 from rlrf.trajectory import Group, TrajectoryWriter
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "rollout_sampling", "train"]
-
-
-class TrainingError(RLRFError):
-    """Training cannot continue (non-finite loss, nothing to train on, ...)."""
 
 
 @dataclass
@@ -153,10 +133,13 @@ def mix_seed(*parts: int) -> int:
 
 
 class Trainer:
-    """Trains a policy on an env with GRPO or SDPO (the config's type decides).
+    """Trains a policy on an env with the objective its config builds.
 
     Args:
-        config: A :class:`GRPOTrainConfig` or :class:`SDPOTrainConfig`.
+        config: A train config (:class:`algorithms.config.GRPOTrainConfig`,
+            :class:`algorithms.config.SDPOTrainConfig`, or any
+            :class:`~algorithms.config.TrainConfig` whose ``build_objective`` returns an
+            :class:`~algorithms.objective.Objective`).
         env: An env instance; default ``rlrf.make(config.env, **config.env_kwargs)``.
         model: A model object, a model name/path, or None for ``config.model``.
         tokenizer: The tokenizer when ``model`` is an object.
@@ -172,12 +155,12 @@ class Trainer:
     ) -> None:
         from accelerate import Accelerator
 
-        if not isinstance(config, (GRPOTrainConfig, SDPOTrainConfig)):
+        if not isinstance(config, TrainConfig):
             raise ConfigError(
-                f"config must be a GRPOTrainConfig or SDPOTrainConfig, got {type(config).__name__}"
+                f"config must be a TrainConfig (e.g. GRPOTrainConfig or SDPOTrainConfig), got "
+                f"{type(config).__name__}"
             )
         self.config = cfg = config
-        self.is_sdpo = isinstance(cfg, SDPOTrainConfig)
         self.output_dir = Path(cfg.output_dir)
         trackers = [t for t in cfg.trackers if t]
         self.accelerator = Accelerator(
@@ -209,16 +192,19 @@ class Trainer:
         )
         # The training forward goes through ``self.model``: the LM's body wrapped by
         # accelerate (DDP when launched on several processes), so gradients are synchronized.
-        # Generation, teacher scoring and checkpoints use the plain LM, ``self.unwrapped``.
+        # Generation, the objective's frozen copies and checkpoints use the plain LM,
+        # ``self.unwrapped``.
         self.model, self.optimizer = self.accelerator.prepare(HiddenStates(model), self.optimizer)
         self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
-        self.teacher: Teacher | None = None
-        if isinstance(cfg, SDPOTrainConfig):
-            self.teacher = Teacher(self.unwrapped, cfg.sdpo.teacher, cfg.sdpo.teacher_tau)
-        self.reference: torch.nn.Module | None = None
-        if cfg.grpo.kl_coef > 0:
-            self.reference = copy.deepcopy(self.unwrapped).eval().requires_grad_(False)
+        self.objective: Objective = cfg.build_objective(self.unwrapped, tokenizer)
+        self.scorer = Scorer(
+            model=self.model,
+            lm=self.unwrapped,
+            pad=int(tokenizer.pad_token_id),
+            temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+            chunk_size=cfg.logit_chunk_size,
+        )
         self.sampler = TaskSampler(self.env.task_ids("train"), seed=cfg.seed)
         self.step = 0
         self.generations = 0
@@ -267,119 +253,18 @@ class Trainer:
         model.train()
         return model, tokenizer
 
-    # --- rows ------------------------------------------------------------------------
-
-    def _rows(self, groups: list[Group]) -> tuple[list[Row], dict[str, float]]:
-        """Turn groups into training rows; record teacher contexts in the trajectories."""
-        cfg = self.config
-        # the same keys on every process: they are summed across processes in one all-reduce
-        keys = ["zero_adv_groups", "trained_rows"]
-        if self.is_sdpo:
-            keys += ["teacher_signal", "no_teacher_signal"]
-        stats = dict.fromkeys(keys, 0.0)
-        rewards, group_ids, where = [], [], []
-        for gi, g in enumerate(groups):
-            for ti, traj in enumerate(g.trajectories):
-                if traj.reward is None:
-                    continue
-                if any(t.response_token_ids is None or t.logprobs is None for t in traj.turns):
-                    raise TrainingError(
-                        "a rollout has no token ids or log-probs; training needs the HF backend"
-                    )
-                rewards.append(traj.reward)
-                group_ids.append(gi)
-                where.append((gi, ti))
-        advantages: dict[tuple[int, int], float] = {}
-        keep: set[tuple[int, int]] = set(where)
-        if rewards:
-            r = torch.tensor(rewards, dtype=torch.float64)
-            gid = torch.tensor(group_ids)
-            adv = grpo.group_advantages(r, gid, cfg.grpo.advantage_scale)
-            signal = grpo.groups_with_signal(r, gid)
-            stats["zero_adv_groups"] = float(
-                len({g for g, s in zip(group_ids, signal.tolist(), strict=True) if not s})
-            )
-            for k, key in enumerate(where):
-                advantages[key] = float(adv[k])
-            if cfg.grpo.filter_zero_advantage_groups:  # GRPO only (SDPOTrainConfig refuses it)
-                keep = {key for key, s in zip(where, signal.tolist(), strict=True) if s}
-
-        contexts: dict[tuple[int, int], list[int] | None] = {}
-        if isinstance(cfg, SDPOTrainConfig):
-            for gi, g in enumerate(groups):
-                for ti, (traj, ctx) in enumerate(
-                    zip(g.trajectories, sdpo.teacher_contexts_for_group(g, cfg.sdpo), strict=True)
-                ):
-                    traj.info["teacher_context"] = ctx
-                    ids = None
-                    if ctx is not None:
-                        ids = sdpo.encode_teacher_prompt(
-                            self.tokenizer,
-                            ctx,
-                            max_tokens=cfg.sdpo.teacher_max_prompt_tokens,
-                            enable_thinking=False,
-                        )
-                        traj.info["teacher_prompt_tokens"] = len(ids)
-                    contexts[(gi, ti)] = ids
-            with_ctx = sum(ids is not None for key, ids in contexts.items() if key in keep)
-            stats["teacher_signal"] = float(with_ctx)
-            stats["no_teacher_signal"] = float(len(keep) - with_ctx)
-
-        needs_all = not self.is_sdpo or cfg.sdpo.grpo_mix > 0  # type: ignore[union-attr]
-        rows: list[Row] = []
-        for gi, ti in sorted(keep):
-            traj = groups[gi].trajectories[ti]
-            teacher_ids = contexts.get((gi, ti))
-            if not needs_all and teacher_ids is None:
-                continue
-            chats = turn_prompts(traj)
-            for k, (turn, chat) in enumerate(zip(traj.turns, chats, strict=True)):
-                if not turn.response_token_ids:
-                    continue
-                if k > 0 and not needs_all:
-                    break  # SDPO distills the first turn only (its teacher context)
-                rows.append(
-                    Row(
-                        prompt_ids=self.policy.encode(chat),
-                        response_ids=list(turn.response_token_ids),
-                        old_logprobs=list(turn.logprobs or ()),
-                        advantage=advantages[(gi, ti)],
-                        teacher_prompt_ids=teacher_ids if k == 0 else None,
-                        group=gi,
-                        trajectory=ti,
-                        turn=k,
-                    )
-                )
-        stats["trained_rows"] = float(len(rows))
-        return rows, stats
-
     # --- normalizers -----------------------------------------------------------------
 
     def _normalizers(self, rows: list[Row]) -> dict[str, float]:
-        """The mini-batch's loss normalizers, summed over every process.
+        """The objective's normalizers of the mini-batch, summed over every process.
 
         Also returns ``rows``, the mini-batch's row count over all processes, so that every
         process takes the same decisions (skip, or join the gradient all-reduce).
         """
-        cfg = self.config
-        tokens = sum(len(r.response_ids) for r in rows)
-        teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
-        agg = cfg.grpo.aggregation
-        if agg == "token_mean":
-            pg = float(tokens)
-        elif agg == "seq_mean_token_mean":
-            pg = float(len(rows))
-        else:
-            pg = float(len(rows) * cfg.max_new_tokens)
-        pg, teacher_tokens_f, tokens_f, n_rows = self._sum_over_processes(
-            [pg, float(teacher_tokens), float(tokens), float(len(rows))]
-        )
-        return {
-            "pg": pg,
-            "sdpo": teacher_tokens_f,
-            "tokens": tokens_f,
-            "rows": n_rows,
-        }
+        local = self.objective.normalizers(rows)
+        keys = sorted(local)  # the same on every process: one all-reduce of one list
+        summed = self._sum_over_processes([local[k] for k in keys] + [float(len(rows))])
+        return {**dict(zip(keys, summed, strict=False)), "rows": summed[-1]}
 
     def _sum_over_processes(self, values: list[float]) -> list[float]:
         """Sum a few numbers over all processes (one all-reduce; a no-op on one process)."""
@@ -389,265 +274,25 @@ class Trainer:
         t = torch.tensor(values, dtype=torch.float64, device=acc.device)
         return acc.reduce(t, "sum").cpu().tolist()
 
-    # --- losses ----------------------------------------------------------------------
+    # --- the loss ---------------------------------------------------------------------
 
     def _loss(
         self, batch: Batch, norm: dict[str, float], on_policy: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.config
-        if isinstance(cfg, SDPOTrainConfig):
-            if cfg.sdpo.loss_level == "token":
-                return self._sdpo_token_loss(batch, norm, on_policy)
-            return self._sdpo_logit_loss(batch, norm, on_policy)
-        return self._grpo_loss(batch, norm)
-
-    def _student_logprobs(self, batch: Batch) -> torch.Tensor:
-        hidden, _ = self._student_hidden(batch)
-        return self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
-
-    def _student_hidden(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student hidden states (with gradient) through the wrapped model.
-
-        The rows of one group share their prompt (a micro-batch holds whole groups where it
-        can), so each group's prompt runs once and its keys/values serve every row.
-        """
-        return shared_prefix_hidden_states(
-            self.model,
-            batch.prompts,
-            batch.responses,
-            groups=[r.group for r in batch.rows],
-            pad=self._pad,
-            max_batch_size=len(batch.rows),
-        )
-
-    def _logprobs_from_hidden(
-        self, model: Any, hidden: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        return chunked_logprobs_from_hidden(
-            model,
-            hidden,
-            targets,
-            temperature=self._temperature,
-            chunk_size=self.config.logit_chunk_size,
-        )
-
-    @property
-    def _temperature(self) -> float:
-        t = self.config.temperature
-        return t if t > 0 else 1.0
+        """The objective's loss of one micro-batch (the trainer's only call into it)."""
+        return self.objective.loss(batch, norm, self.scorer, on_policy=on_policy)
 
     @property
     def _pad(self) -> int:
-        return int(self.tokenizer.pad_token_id)
-
-    def _grpo_loss(
-        self, batch: Batch, norm: dict[str, float]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        g = self.config.grpo
-        lp = self._student_logprobs(batch)
-        ref = None
-        if self.reference is not None:
-            with torch.no_grad():
-                hidden, _ = response_hidden_states(
-                    self.reference, batch.prompts, batch.responses, pad=self._pad
-                )
-                ref = self._logprobs_from_hidden(self.reference, hidden, batch.response_ids)
-        return grpo.policy_loss(
-            lp,
-            batch.old_logprobs,
-            batch.advantages,
-            batch.mask,
-            clip_low=g.clip_low,
-            clip_high=g.clip_high,
-            ref_logprobs=ref,
-            kl_coef=g.kl_coef,
-            aggregation=g.aggregation,
-            normalizer=norm["pg"],
-        )
-
-    def _teacher_hidden(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Teacher hidden states of the rows that have a teacher prompt (no gradient)."""
-        assert self.teacher is not None
-        index = torch.nonzero(batch.has_teacher.cpu(), as_tuple=False)[:, 0]
-        if index.numel() == 0:  # with grpo_mix > 0 a micro-batch may hold no teacher row
-            return index.to(batch.mask.device), []
-        rows = [batch.rows[i] for i in index.tolist()]
-        prompts = [r.teacher_prompt_ids for r in rows]
-        responses = [r.response_ids for r in rows]
-        hiddens = []
-        with torch.no_grad():
-            for module in self.teacher.scoring_modules(self.unwrapped):
-                # a group's rows share most of their teacher prompt: run that prefix once
-                h, _ = shared_prefix_hidden_states(
-                    module,  # type: ignore[arg-type]
-                    prompts,  # type: ignore[arg-type]
-                    responses,
-                    groups=[r.group for r in rows],
-                    pad=self._pad,
-                    max_batch_size=len(rows),
-                )
-                # The teacher rows may be a subset whose longest response is shorter than
-                # the batch's: pad to the batch's width so chunks line up.
-                width = batch.response_ids.shape[1]
-                hiddens.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
-        return index.to(batch.mask.device), hiddens
-
-    def _teacher_chunk_logprobs(
-        self, hiddens: list[torch.Tensor], sl: slice, select: torch.Tensor
-    ) -> torch.Tensor:
-        """Teacher log-softmax over the full vocabulary at the selected positions of a chunk.
-
-        ``select`` is ``[teacher rows, chunk]``; the result is ``[N, V]``, one row per
-        selected position in row-major order (the order of boolean-mask indexing).
-        """
-        assert self.teacher is not None
-        modules = self.teacher.scoring_modules(self.unwrapped)
-        logits = self.teacher.combine_logits(
-            [
-                lm_head_logits(m, h[:, sl][select]).float()
-                for m, h in zip(modules, hiddens, strict=True)
-            ]
-        )
-        return (logits / self._temperature).log_softmax(-1)
-
-    def _sdpo_logit_loss(
-        self, batch: Batch, norm: dict[str, float], on_policy: bool
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.config
-        assert isinstance(cfg, SDPOTrainConfig)
-        s = cfg.sdpo
-        hidden, mask = self._student_hidden(batch)
-        t0 = time.perf_counter()
-        t_index, t_hiddens = self._teacher_hidden(batch)
-        teacher_s = time.perf_counter() - t0
-        tmask = batch.mask & batch.has_teacher[:, None]
-        head = self.unwrapped
-        total = hidden.new_zeros((), dtype=torch.float32)
-        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        temperature = self._temperature
-        k = min(s.top_k, self.unwrapped.config.vocab_size)
-        for start in range(0, hidden.shape[1], cfg.logit_chunk_size):
-            sl = slice(start, start + cfg.logit_chunk_size)
-            # Only the positions that are distilled (teacher rows, inside the response) go
-            # through the LM head: padding and rows without a teacher would add nothing.
-            valid = tmask[:, sl]
-            if not bool(valid.any()):
-                continue
-            h = hidden[:, sl][valid][None]  # [1, N, H]
-            ids = batch.response_ids[:, sl][valid][None]
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                s_logits = lm_head_logits(head, h.detach()).float() / temperature
-                idx = sdpo.student_topk_indices(s_logits, k)
-                del s_logits
-                t_lp = self._teacher_chunk_logprobs(t_hiddens, sl, valid[t_index])[None]
-                t_topk = t_lp.gather(-1, idx)
-                t_lp_y = t_lp.gather(-1, ids[..., None])[..., 0]
-                del t_lp
-            teacher_s += time.perf_counter() - t0
-            old = None if on_policy else batch.old_logprobs[:, sl][valid][None]
-
-            def chunk_loss(
-                h: torch.Tensor,
-                idx: torch.Tensor = idx,
-                t_topk: torch.Tensor = t_topk,
-                t_lp_y: torch.Tensor = t_lp_y,
-                old: torch.Tensor | None = old,
-                ids: torch.Tensor = ids,
-            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-                logits = lm_head_logits(head, h).float() / temperature
-                return sdpo.distillation_loss(
-                    logits,
-                    None,
-                    torch.ones_like(ids, dtype=torch.bool),
-                    old,
-                    ids,
-                    teacher_topk_logprobs=t_topk,
-                    topk_indices=idx,
-                    teacher_sampled_logprobs=t_lp_y,
-                    alpha=s.alpha,
-                    is_clip=s.is_clip,
-                    normalizer=norm["sdpo"],
-                )
-
-            if torch.is_grad_enabled():
-                loss_c, stats_c = checkpoint(chunk_loss, h, use_reentrant=False)
-            else:
-                loss_c, stats_c = chunk_loss(h)
-            total = total + loss_c
-            for key, value in stats_c.items():
-                stats[key] = stats[key] + value.detach().float().cpu()
-        stats["teacher_seconds"] = torch.tensor(teacher_s)
-        if s.grpo_mix > 0:
-            lp = self._logprobs_from_hidden(head, hidden, batch.response_ids)
-            g = cfg.grpo
-            pg_loss, pg_stats = grpo.policy_loss(
-                lp,
-                batch.old_logprobs,
-                batch.advantages,
-                mask,
-                clip_low=g.clip_low,
-                clip_high=g.clip_high,
-                aggregation=g.aggregation,
-                normalizer=norm["pg"],
-            )
-            total = s.grpo_mix * pg_loss + (1.0 - s.grpo_mix) * total
-            for key, value in pg_stats.items():
-                stats[key] = value.detach().float().cpu()
-        return total, dict(stats)
-
-    def _sdpo_token_loss(
-        self, batch: Batch, norm: dict[str, float], on_policy: bool
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg = self.config
-        assert isinstance(cfg, SDPOTrainConfig)
-        s, g = cfg.sdpo, cfg.grpo
-        hidden, mask = self._student_hidden(batch)
-        lp = self._logprobs_from_hidden(self.unwrapped, hidden, batch.response_ids)
-        t0 = time.perf_counter()
-        t_index, t_hiddens = self._teacher_hidden(batch)
-        t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
-        tmask = batch.mask & batch.has_teacher[:, None]
-        with torch.no_grad():
-            for start in range(0, lp.shape[1], cfg.logit_chunk_size):
-                sl = slice(start, start + cfg.logit_chunk_size)
-                valid = tmask[:, sl]
-                if bool(valid.any()):
-                    t_lp = self._teacher_chunk_logprobs(t_hiddens, sl, valid[t_index])
-                    ids = batch.response_ids[:, sl][valid]
-                    t_lp_y[:, sl][valid] = t_lp.gather(-1, ids[:, None])[:, 0]
-        teacher_s = time.perf_counter() - t0
-        # Eq. 3; with grpo_mix = 0 this is the SDPO advantage alone, and every row has a
-        # teacher (rows without one are not trained then), so one path serves both
-        adv = sdpo.mixed_advantages(
-            batch.advantages,
-            sdpo.token_level_advantages(t_lp_y, lp),
-            s.grpo_mix,
-            teacher_mask=batch.has_teacher,
-        )
-        loss, stats = grpo.policy_loss(
-            lp,
-            batch.old_logprobs,
-            adv,
-            mask,
-            clip_low=g.clip_low,
-            clip_high=g.clip_high,
-            aggregation=g.aggregation,
-            normalizer=norm["pg"],
-        )
-        with torch.no_grad():
-            gap = grpo.aggregate(
-                (t_lp_y - lp.detach()).float(), tmask, "token_mean", norm["sdpo"] or None
-            )
-        stats = {k: v.detach().float().cpu() for k, v in stats.items()}
-        stats["logprob_gap"] = gap.cpu()
-        stats["teacher_seconds"] = torch.tensor(teacher_s)
-        return loss, stats
+        return self.scorer.pad
 
     # --- one step --------------------------------------------------------------------
 
     def _update(self, rows: list[Row]) -> dict[str, float]:
         """``epochs`` passes of ``mini_batches`` optimizer steps over this process's rows.
+
+        Returns the ``train/`` metrics, and the seconds the objective reported under its
+        ``timing/<phase>`` keys.
 
         On several processes every process makes the same sequence of collective calls
         whatever its own row count: the mini-batch count is fixed, the normalizers are summed
@@ -658,7 +303,7 @@ class Trainer:
         acc = self.accelerator
         totals: dict[str, float] = defaultdict(float)
         n_updates = 0
-        teacher_s = 0.0
+        timing: dict[str, float] = defaultdict(float)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for epoch in range(cfg.epochs):
             order = list(range(len(rows)))
@@ -670,7 +315,7 @@ class Trainer:
                 if norm["rows"] == 0:
                     continue  # the same on every process
                 on_policy = epoch == 0 and mb_index == 0
-                # a micro-batch of one group's rows shares its teacher-prompt prefix; the
+                # a micro-batch of one group's rows shares its prompts' prefixes; the
                 # order inside a mini-batch does not change its gradient (a sum)
                 mini = sorted(mini, key=lambda r: (r.group, r.trajectory, r.turn))
                 micro = split_rows(mini, cfg.micro_batch_size) or [[]]
@@ -703,8 +348,8 @@ class Trainer:
                         acc.backward(loss * acc.num_processes)
                     step_stats["loss"] += float(loss.detach())
                     for key, value in stats.items():
-                        if key == "teacher_seconds":
-                            teacher_s += float(value)
+                        if key.startswith("timing/"):  # seconds, not a loss statistic
+                            timing[key] += float(value)
                         else:
                             step_stats[key] += float(value)
                 (failed,) = self._sum_over_processes([float(bool(failure))])
@@ -731,8 +376,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.teacher is not None:
-                    self.teacher.update(self.unwrapped)
+                self.objective.after_optimizer_step(self.unwrapped)
                 self.optimizer_steps += 1
                 n_updates += 1
                 for key, value in step_stats.items():
@@ -741,7 +385,7 @@ class Trainer:
         out["train/optimizer_steps"] = float(n_updates)
         if n_updates == 0:
             out["train/skipped"] = 1.0
-        out["_teacher_seconds"] = teacher_s
+        out.update(timing)
         return out
 
     def train_step(self) -> dict[str, Any]:
@@ -788,13 +432,18 @@ class Trainer:
         timer.add("env", rstats.env_s)
 
         with timer("build"):
-            rows, row_stats = self._rows(groups)
+            rows, row_stats = self.objective.rows(groups, self.policy.encode)
+            row_stats = {**row_stats, "trained_rows": float(len(rows))}
         metrics: dict[str, Any] = {}
         t_update = time.perf_counter()
-        metrics.update(self._update(rows))
-        teacher_s = float(metrics.pop("_teacher_seconds", 0.0))
-        timer.add("teacher", teacher_s)
-        timer.add("update", time.perf_counter() - t_update - teacher_s)
+        objective_s = 0.0
+        for key, value in self._update(rows).items():
+            if key.startswith("timing/"):  # the objective's own phases (teacher scoring)
+                timer.add(key.removeprefix("timing/"), value)
+                objective_s += value
+            else:
+                metrics[key] = value
+        timer.add("update", time.perf_counter() - t_update - objective_s)
 
         if acc.num_processes > 1:
             # every process's rollouts count in the metrics and reach trajectories.jsonl
@@ -813,16 +462,10 @@ class Trainer:
                 "rollout/response_tokens_mean": rstats.response_tokens / max(1, rstats.turns),
                 "rollout/truncated_frac": rstats.truncated / max(1, rstats.turns),
                 "rollout/generations": float(self.generations),
-                "rollout/zero_adv_groups": row_stats.get("zero_adv_groups", 0.0),
                 "rollout/trained_rows": row_stats.get("trained_rows", 0.0),
             }
         )
-        if self.is_sdpo:
-            n = row_stats.get("teacher_signal", 0.0) + row_stats.get("no_teacher_signal", 0.0)
-            metrics["rollout/teacher_signal_frac"] = row_stats.get("teacher_signal", 0.0) / max(
-                1.0, n
-            )
-            metrics["rollout/no_teacher_signal"] = row_stats.get("no_teacher_signal", 0.0)
+        metrics.update(self.objective.rollout_metrics(row_stats))
         self.step += 1
         self.last_groups = groups
         if acc.is_main_process and self._trajectory_writer is not None:
@@ -924,7 +567,7 @@ class Trainer:
             "model": self.unwrapped.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "objective": self.objective.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng(),
             "evals": self.evals,
@@ -941,10 +584,11 @@ class Trainer:
         self.unwrapped.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.teacher is not None:
-            if state["teacher"] is None:
-                raise ConfigError(f"checkpoint {path} holds no teacher; it was not an SDPO run")
-            self.teacher.load_state_dict(state["teacher"])
+        # checkpoints written before the "objective" key kept its entries at the top level
+        try:
+            self.objective.load_state_dict(state.get("objective", state))
+        except ConfigError as e:
+            raise ConfigError(f"checkpoint {path}: {e}") from e
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.generations = int(state["generations"])
@@ -959,7 +603,6 @@ class Trainer:
 
     def train(self) -> RunResult:
         """Run the configured number of steps; return a :class:`RunResult`."""
-        import yaml
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -974,7 +617,7 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(
-                yaml.safe_dump(config_to_dict(self.config), sort_keys=False), encoding="utf-8"
+                config_to_yaml(self.config), encoding="utf-8"
             )
             metrics_path = self.output_dir / "metrics.jsonl"
             traj_path = self.output_dir / "trajectories.jsonl"
@@ -1017,7 +660,7 @@ class Trainer:
                 if due_ckpt or self.step == cfg.steps:
                     self.save()
                 bar.update(1)
-                bar.set_postfix(_postfix(metrics))
+                bar.set_postfix(_postfix(metrics, self.objective.metric_names[:1]))
         finally:
             bar.close()
             if main:
@@ -1080,13 +723,10 @@ def _even_parts(rows: list[Row], n: int) -> list[list[Row]]:
     return [rows[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def _postfix(metrics: dict[str, Any]) -> dict[str, str]:
+def _postfix(metrics: dict[str, Any], extra: Sequence[str] = ()) -> dict[str, str]:
     out = {}
-    for key, short in (
-        ("rollout/reward_mean", "reward"),
-        ("eval/accuracy", "eval"),
-        ("train/divergence", "div"),
-    ):
+    named = [(k, k.rpartition("/")[2]) for k in extra]
+    for key, short in [("rollout/reward_mean", "reward"), ("eval/accuracy", "eval"), *named]:
         if key in metrics and isinstance(metrics[key], float) and math.isfinite(metrics[key]):
             out[short] = f"{metrics[key]:.3f}"
     return out
@@ -1116,7 +756,7 @@ def train(
     config: Any = None,
     *,
     tokenizer: Any = None,
-    algorithm: str = "sdpo",
+    algorithm: str | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train ``model`` on ``env`` and return the :class:`RunResult`.
@@ -1125,48 +765,19 @@ def train(
         env: An env instance or a registered id (default: ``config.env``).
         model: A model name/path (``"smollm2-135m"``), a model object (with ``tokenizer=``),
             an :class:`algorithms.policy.HFPolicy`, or None for ``config.model``.
-        config: A :class:`GRPOTrainConfig` / :class:`SDPOTrainConfig`, or just the loss
-            config (:class:`algorithms.grpo.GRPOConfig` / :class:`algorithms.sdpo.SDPOConfig`),
-            or None for the defaults of ``algorithm``.
+        config: A train config, a loss config (``GRPOConfig`` / ``SDPOConfig``: the
+            preset supplies the training options), a YAML file, or None for the preset of
+            ``algorithm`` (see :func:`algorithms.config.resolve_config`).
         tokenizer: The tokenizer when ``model`` is an object.
-        algorithm: ``"grpo"``, ``"sdpo"`` or ``"sdpo-srf"`` (used when ``config`` does not say).
+        algorithm: A preset name, ``"grpo"``, ``"sdpo"`` (default) or ``"sdpo-srf"``,
+            used when ``config`` does not say.
         **overrides: Any config field by its flat name (``lr=1e-5``, ``top_k=100``).
 
     """
-    from algorithms.config import config_from_dict
-
-    cls: type[TrainConfig]
-    if isinstance(config, grpo.GRPOConfig):
-        cfg: TrainConfig = GRPOTrainConfig(grpo=config)
-    elif isinstance(config, sdpo.SDPOConfig):
-        cfg = SDPOTrainConfig(sdpo=config)
-    elif isinstance(config, TrainConfig):
-        cfg = config
-    elif config is None:
-        from algorithms.cli import build_config
-
-        cfg = build_config(algorithm, {}, where="train(algorithm=...)")  # the CLI's presets
-    else:
-        raise ConfigError(f"config must be a config dataclass, got {type(config).__name__}")
-    if overrides:
-        cls = type(cfg)
-        merged = _as_flat(cfg)
-        merged.update(overrides)
-        cfg = config_from_dict(cls, merged, where="train() keyword arguments")
+    cfg = resolve_config(config, algorithm=algorithm, overrides=overrides)
     env_obj = None
     if isinstance(env, str):
         cfg = dataclasses.replace(cfg, env=env)
     elif env is not None:
         env_obj = env
     return Trainer(cfg, env=env_obj, model=model, tokenizer=tokenizer).train()
-
-
-def _as_flat(cfg: TrainConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update({sf.name: getattr(value, sf.name) for sf in dataclasses.fields(value)})
-        else:
-            out[f.name] = value
-    return out

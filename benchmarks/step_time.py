@@ -121,7 +121,7 @@ def main() -> None:
         best = None
         for _ in range(args.repeats):
             trainer = Trainer(cfg, env=env, model=copy.deepcopy(model), tokenizer=tokenizer)
-            rows, _ = trainer._rows(copy.deepcopy(groups))
+            rows, _ = trainer.objective.rows(copy.deepcopy(groups), trainer.policy.encode)
             teacher_lengths = [len(r.teacher_prompt_ids or ()) for r in rows]
             _peak_reset(args.device)
             t0 = time.perf_counter()
@@ -129,7 +129,7 @@ def main() -> None:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             total = time.perf_counter() - t0
-            teacher = metrics["_teacher_seconds"]
+            teacher = metrics.get("timing/teacher", 0.0)
             run = {"update": total, "teacher": teacher, "peak_mib": _peak(args.device)}
             if best is None or run["update"] < best["update"]:
                 best = run

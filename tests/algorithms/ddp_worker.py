@@ -134,7 +134,7 @@ def run_case(trainer: Trainer, rows: list[Row]) -> dict[str, Any]:
     finally:
         policy._PrefixCache.build = original  # type: ignore[method-assign]
     teacher = None
-    module = getattr(trainer.teacher, "module", None)
+    module = getattr(getattr(trainer.objective, "teacher", None), "module", None)
     if module is not None:
         teacher = {k: v.detach().clone() for k, v in module.state_dict().items()}
     return {

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from algorithms.sdpo import distillation_loss
-from algorithms.teacher import Teacher
+from algorithms.sdpo.teacher import Teacher
 from rlrf.errors import ConfigError
 
 V = 64

@@ -294,7 +294,7 @@ def _trainer_loss_and_grads(config, seed, rows_spec, monkeypatch):
         config, env=TargetCharEnv(targets="ab"), model=tiny_model(seed), tokenizer=tiny_tokenizer()
     )
     with torch.no_grad():
-        for p in trainer.teacher.module.parameters():
+        for p in trainer.objective.teacher.module.parameters():
             p.add_(0.05 * torch.randn_like(p))
     tok = trainer.tokenizer
 
@@ -341,7 +341,7 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
     student = _full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses)
     with torch.no_grad():
         teacher_prompts = [r.teacher_prompt_ids or r.prompt_ids for r in rows]
-        teacher = _full_logits(trainer.teacher.module, teacher_prompts, batch.responses)
+        teacher = _full_logits(trainer.objective.teacher.module, teacher_prompts, batch.responses)
     mask = batch.mask & batch.has_teacher[:, None]
     ref, _ = sdpo.distillation_loss(
         student, teacher, mask, batch.old_logprobs, batch.response_ids,
@@ -365,7 +365,7 @@ def test_trainer_token_level_sdpo_loss_equals_the_unchunked_reference(monkeypatc
     lp = sampled(_full_logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses))
     with torch.no_grad():
         t_prompts = [r.teacher_prompt_ids for r in rows]
-        t_lp = sampled(_full_logits(trainer.teacher.module, t_prompts, batch.responses))
+        t_lp = sampled(_full_logits(trainer.objective.teacher.module, t_prompts, batch.responses))
     adv = torch.where(batch.mask, sdpo.token_level_advantages(t_lp, lp), 0.0)
     ref, _ = grpo.policy_loss(lp, batch.old_logprobs, adv, batch.mask, normalizer=norm["pg"])
     _assert_matches_reference(trainer, loss, got, ref)
@@ -416,6 +416,6 @@ def test_lora_trains_only_the_adapters(tmp_path):
     assert moved and all("lora_" in n for n in moved)
     assert all(after[n].requires_grad == ("lora_" in n) for n in after)
     # the EMA teacher follows the adapters only
-    teacher = dict(trainer.teacher.module.named_parameters())
+    teacher = dict(trainer.objective.teacher.module.named_parameters())
     assert any(not torch.equal(teacher[n], before[n]) for n in moved)
     assert all(torch.equal(teacher[n], before[n]) for n in teacher if "lora_" not in n)

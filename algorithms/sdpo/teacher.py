@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
+from algorithms.config import TeacherMode
 from rlrf.errors import ConfigError
 
 __all__ = ["Teacher", "TeacherMode"]
-
-TeacherMode = Literal["ema", "trust_region", "frozen", "live"]
 
 
 class Teacher:

@@ -1,0 +1,7 @@
+"""``python -m algorithms.sdpo``: the training command line with ``--algo sdpo`` preset."""
+
+import sys
+
+from algorithms.cli import main
+
+sys.exit(main(algo="sdpo"))

@@ -1,0 +1,272 @@
+"""SDPO's teacher contexts: who the teacher is told about, and how its prompt is tokenized.
+
+Step 1 and 2 of the method (see :mod:`algorithms.sdpo`). For rollout i of prompt x, the
+solution is the first OTHER rollout j ≠ i of the group with r_j ≥ ``success_threshold``,
+hidden reasoning stripped (:func:`select_solution`); the feedback is the environment's
+feedback on y_i (:func:`rlrf.render_feedback`). :func:`build_teacher_messages` appends a
+"Correct solution:" and a "Feedback from your unsuccessful earlier attempt:" section and the
+instruction to the last user message; :func:`teacher_contexts_for_group` does it for a
+group (None: no teacher signal). :func:`encode_teacher_prompt` applies the chat template and
+caps the prompt in TOKENS from the left of its body (:func:`truncate_teacher_prompt`), never
+losing the instruction or the assistant header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from algorithms.config import SDPOConfig
+from rlrf.errors import ConfigError
+from rlrf.feedback import render_feedback
+
+if TYPE_CHECKING:
+    from rlrf.env import Message
+    from rlrf.trajectory import Group
+
+__all__ = [
+    "FEEDBACK_HEADER",
+    "SOLUTION_HEADER",
+    "TEACHER_INSTRUCTION",
+    "build_teacher_messages",
+    "encode_teacher_prompt",
+    "remove_reasoning",
+    "select_solution",
+    "teacher_contexts_for_group",
+    "truncate_teacher_prompt",
+]
+
+
+# --- 1. teacher context -----------------------------------------------------------------
+
+SOLUTION_HEADER = "Correct solution:"
+FEEDBACK_HEADER = "Feedback from your unsuccessful earlier attempt:"
+TEACHER_INSTRUCTION = "Correctly solve the original question."
+_INSTRUCTION_SUFFIX = "\n\n" + TEACHER_INSTRUCTION
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def remove_reasoning(text: str) -> str:
+    r"""Strip hidden-reasoning blocks (``<think>…</think>``) and surrounding whitespace.
+
+    A response holding only a closing ``</think>`` (chat templates that open the block in the
+    prompt) loses everything up to and including it.
+
+    Example:
+        >>> remove_reasoning("<think>hmm</think>\nprint(1)")
+        'print(1)'
+
+    """
+    text = _THINK_BLOCK.sub("", text)
+    if "</think>" in text and "<think>" not in text:
+        text = text.rpartition("</think>")[2]
+    return text.strip()
+
+
+def select_solution(
+    responses: Sequence[str],
+    rewards: Sequence[float | None],
+    i: int,
+    threshold: float = 1.0,
+    *,
+    strip: bool = True,
+) -> str | None:
+    """Return the first OTHER successful response of the group as rollout ``i``'s solution.
+
+    A response j ≠ i counts when ``rewards[j] >= threshold`` (None never counts). With
+    ``strip``, reasoning blocks are removed (:func:`remove_reasoning`) and a response that is
+    then empty is skipped. Returns None when no sibling qualifies.
+
+    Example:
+        >>> select_solution(["a", "b", "c"], [1.0, 0.0, 1.0], 0)
+        'c'
+
+    """
+    if len(responses) != len(rewards):
+        raise ValueError(f"{len(responses)} responses but {len(rewards)} rewards")
+    for j, (response, reward) in enumerate(zip(responses, rewards, strict=True)):
+        if j == i or reward is None or reward < threshold:
+            continue
+        text = remove_reasoning(response) if strip else response
+        if text.strip():
+            return text
+    return None
+
+
+def build_teacher_messages(
+    prompt: Sequence[Message],
+    *,
+    solution: str | None,
+    feedback: str | None,
+    config: SDPOConfig | None = None,
+) -> list[Message] | None:
+    """Build the teacher's chat: the prompt with solution/feedback sections and the instruction.
+
+    The config's switches are applied here: ``use_solution``, ``use_feedback`` and
+    ``feedback_only_without_solution`` decide which of the given texts are shown; empty texts
+    count as absent. The sections and the instruction are appended to the LAST user message::
+
+        {original content}
+
+        Correct solution:
+
+        {solution}
+
+        Feedback from your unsuccessful earlier attempt:
+
+        {feedback}
+
+        Correctly solve the original question.
+
+    Returns new dicts (the prompt is not modified), or None when neither a solution nor
+    feedback is shown: that rollout gets no distillation loss.
+    """
+    cfg = config or SDPOConfig()
+    sol = solution if cfg.use_solution and solution and solution.strip() else None
+    fb = feedback if cfg.use_feedback and feedback and feedback.strip() else None
+    if sol is not None and cfg.feedback_only_without_solution:
+        fb = None
+    if sol is None and fb is None:
+        return None
+    messages = [dict(m) for m in prompt]
+    users = [k for k, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise ValueError(
+            f"the prompt has no user message (roles: {[m['role'] for m in messages]}); the "
+            "teacher sections are appended to the last user message"
+        )
+    content = messages[users[-1]]["content"]
+    if sol is not None:
+        content += f"\n\n{SOLUTION_HEADER}\n\n{sol}"
+    if fb is not None:
+        content += f"\n\n{FEEDBACK_HEADER}\n\n{fb}"
+    messages[users[-1]]["content"] = content + _INSTRUCTION_SUFFIX
+    return messages  # type: ignore[return-value]
+
+
+def teacher_contexts_for_group(
+    group: Group, config: SDPOConfig | None = None
+) -> list[list[Message] | None]:
+    """Build the teacher chat of every rollout of one group (None: no teacher signal).
+
+    Uses each trajectory's prompt, its final response as a candidate solution for its
+    siblings, and the feedback on its FIRST response rendered by :func:`rlrf.render_feedback`
+    (capped at ``feedback_max_chars``): the trainer distills the first turn, and f_i must be
+    the feedback on the response y_i being distilled. Multi-turn trajectories get the context
+    of their first prompt.
+    """
+    cfg = config or SDPOConfig()
+    responses = [t.response for t in group.trajectories]
+    rewards = group.rewards
+    contexts: list[list[Message] | None] = []
+    for i, traj in enumerate(group.trajectories):
+        if rewards[i] is None:
+            contexts.append(None)
+            continue
+        solution = None
+        if cfg.use_solution:
+            solution = select_solution(
+                responses, rewards, i, cfg.success_threshold, strip=cfg.strip_reasoning
+            )
+        feedback = None
+        if cfg.use_feedback:
+            first = traj.turns[0].feedback if traj.turns else ()
+            feedback = render_feedback(first, max_chars=cfg.feedback_max_chars)
+        contexts.append(
+            build_teacher_messages(traj.prompt, solution=solution, feedback=feedback, config=cfg)
+        )
+    return contexts
+
+
+# --- 2. teacher prompt tokens -----------------------------------------------------------
+
+
+def truncate_teacher_prompt(
+    token_ids: Sequence[int], body_span: tuple[int, int], max_tokens: int
+) -> list[int]:
+    """Cap a teacher prompt at ``max_tokens`` by dropping tokens from the LEFT of its body.
+
+    Args:
+        token_ids: the whole templated teacher prompt, ending with the assistant header.
+        body_span: ``(start, end)`` token indices of the truncatable body: the last user
+            message's text before the instruction (:func:`encode_teacher_prompt` finds it).
+            Tokens before ``start`` (BOS, system prompt, template header) and from ``end`` on
+            (instruction, end of turn, assistant header) are always kept.
+        max_tokens: the cap (``SDPOConfig.teacher_max_prompt_tokens``).
+
+    Raises:
+        ConfigError: when even an empty body would not fit.
+
+    Example:
+        >>> truncate_teacher_prompt([0, 1, 2, 3, 4, 5, 9], (1, 6), 4)
+        [0, 4, 5, 9]
+
+    """
+    ids = list(token_ids)
+    start, end = body_span
+    if not 0 <= start <= end <= len(ids):
+        raise ValueError(f"body_span {body_span} is not within the {len(ids)} prompt tokens")
+    excess = len(ids) - max_tokens
+    if excess <= 0:
+        return ids
+    if excess > end - start:
+        raise ConfigError(
+            f"the teacher prompt has {len(ids) - (end - start)} tokens outside its truncatable "
+            f"body (template, system prompt, instruction), more than teacher_max_prompt_tokens="
+            f"{max_tokens}; raise teacher_max_prompt_tokens"
+        )
+    return ids[:start] + ids[start + excess :]
+
+
+def _body_char_span(text: str, messages: Sequence[Message]) -> tuple[int, int]:
+    user = [m for m in messages if m["role"] == "user"][-1]["content"]
+    if not user.endswith(_INSTRUCTION_SUFFIX):
+        raise ValueError(
+            "the last user message does not end with the teacher instruction; build the "
+            "messages with build_teacher_messages()"
+        )
+    body = user[: -len(_INSTRUCTION_SUFFIX)]
+    for candidate in (body, body.strip()):
+        start = text.rfind(candidate + _INSTRUCTION_SUFFIX)
+        if start >= 0:
+            return start, start + len(candidate)
+    raise ValueError(
+        "could not find the teacher prompt's last user message in the chat template's output; "
+        "the template rewrites message content, so the body to truncate cannot be located"
+    )
+
+
+def encode_teacher_prompt(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    *,
+    max_tokens: int,
+    **chat_template_kwargs: Any,
+) -> list[int]:
+    """Apply the chat template to a teacher chat, tokenize it, and cap it at ``max_tokens``.
+
+    The text is rendered with ``add_generation_prompt=True`` (pass ``enable_thinking=False``
+    and friends through ``chat_template_kwargs``) and tokenized without adding special tokens,
+    as ``apply_chat_template(tokenize=True)`` does. The body (the last user message up to the
+    instruction) is located in the rendered text and mapped to tokens through the fast
+    tokenizer's offsets; tokens straddling its edges are kept. A slow tokenizer is encoded in
+    three pieces (head, body, tail) instead. Then :func:`truncate_teacher_prompt` applies.
+    """
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=True, **chat_template_kwargs
+    )
+    c0, c1 = _body_char_span(text, messages)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        start = sum(1 for s, _ in offsets if s < c0)
+        end = start
+        while end < len(offsets) and offsets[end][1] <= c1:
+            end += 1
+    else:
+        pieces = [text[:c0], text[c0:c1], text[c1:]]
+        head, body, tail = (tokenizer.encode(p, add_special_tokens=False) for p in pieces)
+        ids, start, end = head + body + tail, len(head), len(head) + len(body)
+    return truncate_teacher_prompt(ids, (start, end), max_tokens)

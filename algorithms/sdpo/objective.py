@@ -1,0 +1,356 @@
+"""SDPO as the trainer calls it: rows with teacher prompts, chunked teacher scoring, the loss.
+
+:class:`SDPOObjective` implements :class:`algorithms.objective.Objective` for every SDPO
+variant: logit-level (top-K distillation) or token-level, pure or mixed with GRPO
+(``grpo_mix``, the paper's Eq. 3), with environment feedback or only successful siblings
+(the successful-rollout variant is a config, not a class).
+
+Rows: every rollout with a reward gets a teacher context
+(:func:`~algorithms.sdpo.contexts.teacher_contexts_for_group`, recorded in
+``trajectory.info["teacher_context"]``), tokenized and left-truncated by
+:func:`~algorithms.sdpo.contexts.encode_teacher_prompt`. Pure SDPO trains the first turn of
+the rollouts that have one; with ``grpo_mix > 0`` every rollout and turn trains (the GRPO
+part), the teacher prompt on its first turn.
+
+The logit-level loss runs on hidden states: the student's final hidden states are computed
+once with gradient; per chunk of ``logit_chunk_size`` response positions the student logits
+give the top-K indices (no gradient), the teacher's log-softmax over the full vocabulary is
+gathered at those indices (no gradient), and
+:func:`~algorithms.sdpo.loss.distillation_loss` runs under ``torch.utils.checkpoint`` so
+the chunk's ``[N, V]`` logits are recomputed in the backward pass instead of stored: peak
+memory does not grow with ``T x V``. Only the N positions that are distilled (rows with a
+teacher, inside the response) go through the LM head. The teacher's forward runs each
+group's common teacher-prompt prefix once (the question, often a sibling's solution) and
+reuses its keys/values for every row (:func:`algorithms.policy.shared_prefix_hidden_states`).
+
+Normalizers: ``pg`` (GRPO's aggregation normalizer, for the token-level loss and the mix)
+and ``sdpo`` (tokens of rows with a teacher, the distillation's token mean), both summed
+over the whole mini-batch by the trainer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from algorithms import grpo
+from algorithms.objective import rollout_rows, rollouts_with_reward
+from algorithms.policy import lm_head_logits, shared_prefix_hidden_states
+from algorithms.sdpo.contexts import encode_teacher_prompt, teacher_contexts_for_group
+from algorithms.sdpo.loss import (
+    distillation_loss,
+    mixed_advantages,
+    student_topk_indices,
+    token_level_advantages,
+)
+from algorithms.sdpo.teacher import Teacher
+from rlrf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from algorithms.batching import Batch, Row
+    from algorithms.config import SDPOTrainConfig
+    from algorithms.objective import Encode, RolloutKey, Scorer
+    from rlrf.trajectory import Group
+
+__all__ = ["SDPOObjective"]
+
+
+class SDPOObjective:
+    """SDPO (every variant) as an :class:`algorithms.objective.Objective`.
+
+    Args:
+        config: the run's :class:`~algorithms.config.SDPOTrainConfig`.
+        model: the unwrapped student; the teacher copies it (``ema``, ``frozen``,
+            ``trust_region``) or scores with it (``live``).
+        tokenizer: encodes the teacher prompts with the student's chat template.
+
+    """
+
+    metric_names = (
+        "train/divergence",
+        "train/is_weight",
+        "train/teacher_tail_mass",
+        "train/logprob_gap",
+        "rollout/teacher_signal_frac",
+        "rollout/no_teacher_signal",
+        "rollout/zero_adv_groups",
+    )
+
+    def __init__(self, config: SDPOTrainConfig, model: torch.nn.Module, tokenizer: Any) -> None:
+        """Build the teacher from the student's current weights."""
+        self.config = config
+        self.sdpo = config.sdpo
+        self.grpo = config.grpo
+        self.tokenizer = tokenizer
+        self.teacher = Teacher(model, config.sdpo.teacher, config.sdpo.teacher_tau)
+
+    # --- rows --------------------------------------------------------------------------
+
+    def rows(self, groups: list[Group], encode: Encode) -> tuple[list[Row], dict[str, float]]:
+        """Rows with teacher prompts; records each rollout's teacher context in its info."""
+        s = self.sdpo
+        keys = rollouts_with_reward(groups)
+        # GRPO's advantages feed the token-level loss and the mix (SDPOTrainConfig refuses
+        # filter_zero_advantage_groups, so every rollout with a reward is kept)
+        advantages, keep, zero_groups = grpo.rollout_advantages(groups, keys, self.grpo)
+        contexts: dict[RolloutKey, list[int] | None] = {}
+        for gi, g in enumerate(groups):
+            for ti, (traj, ctx) in enumerate(
+                zip(g.trajectories, teacher_contexts_for_group(g, s), strict=True)
+            ):
+                traj.info["teacher_context"] = ctx
+                ids = None
+                if ctx is not None:
+                    ids = encode_teacher_prompt(
+                        self.tokenizer,
+                        ctx,
+                        max_tokens=s.teacher_max_prompt_tokens,
+                        enable_thinking=False,
+                    )
+                    traj.info["teacher_prompt_tokens"] = len(ids)
+                contexts[(gi, ti)] = ids
+        with_ctx = sum(contexts[key] is not None for key in keep)
+        stats = {
+            "zero_adv_groups": zero_groups,
+            "teacher_signal": float(with_ctx),
+            "no_teacher_signal": float(len(keep) - with_ctx),
+        }
+        # pure SDPO distills the first turn of rollouts with a teacher (their context);
+        # the GRPO mix trains every rollout and turn
+        mixed = s.grpo_mix > 0
+        trained = sorted(keep) if mixed else [k for k in sorted(keep) if contexts[k] is not None]
+        rows = rollout_rows(
+            groups,
+            trained,
+            encode,
+            advantages=advantages,
+            teacher_prompts=contexts,
+            first_turn_only=not mixed,
+        )
+        return rows, stats
+
+    def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
+        """``pg``: GRPO's normalizer; ``sdpo``: response tokens of rows with a teacher."""
+        teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
+        return {
+            "pg": grpo.normalizer_of(rows, self.grpo, self.config.max_new_tokens),
+            "sdpo": float(teacher_tokens),
+        }
+
+    # --- the loss ------------------------------------------------------------------------
+
+    def loss(
+        self, batch: Batch, norm: Mapping[str, float], scorer: Scorer, *, on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The logit-level or token-level loss (mixed with GRPO's by ``grpo_mix``)."""
+        if self.sdpo.loss_level == "token":
+            return self._token_loss(batch, norm, scorer, on_policy)
+        return self._logit_loss(batch, norm, scorer, on_policy)
+
+    def _teacher_hidden(
+        self, batch: Batch, scorer: Scorer
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher hidden states of the rows that have a teacher prompt (no gradient)."""
+        index = torch.nonzero(batch.has_teacher.cpu(), as_tuple=False)[:, 0]
+        if index.numel() == 0:  # with grpo_mix > 0 a micro-batch may hold no teacher row
+            return index.to(batch.mask.device), []
+        rows = [batch.rows[i] for i in index.tolist()]
+        prompts = [r.teacher_prompt_ids for r in rows]
+        responses = [r.response_ids for r in rows]
+        hiddens = []
+        with torch.no_grad():
+            for module in self.teacher.scoring_modules(scorer.lm):
+                # a group's rows share most of their teacher prompt: run that prefix once
+                h, _ = shared_prefix_hidden_states(
+                    module,  # type: ignore[arg-type]
+                    prompts,  # type: ignore[arg-type]
+                    responses,
+                    groups=[r.group for r in rows],
+                    pad=scorer.pad,
+                    max_batch_size=len(rows),
+                )
+                # The teacher rows may be a subset whose longest response is shorter than
+                # the batch's: pad to the batch's width so chunks line up.
+                width = batch.response_ids.shape[1]
+                hiddens.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
+        return index.to(batch.mask.device), hiddens
+
+    def _teacher_chunk_logprobs(
+        self, scorer: Scorer, hiddens: list[torch.Tensor], sl: slice, select: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher log-softmax over the full vocabulary at the selected positions of a chunk.
+
+        ``select`` is ``[teacher rows, chunk]``; the result is ``[N, V]``, one row per
+        selected position in row-major order (the order of boolean-mask indexing).
+        """
+        modules = self.teacher.scoring_modules(scorer.lm)
+        logits = self.teacher.combine_logits(
+            [
+                lm_head_logits(m, h[:, sl][select]).float()
+                for m, h in zip(modules, hiddens, strict=True)
+            ]
+        )
+        return (logits / scorer.temperature).log_softmax(-1)
+
+    def _logit_loss(
+        self, batch: Batch, norm: Mapping[str, float], scorer: Scorer, on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s = self.sdpo
+        chunk_size = scorer.chunk_size
+        hidden, mask = scorer.student_hidden(batch)
+        t0 = time.perf_counter()
+        t_index, t_hiddens = self._teacher_hidden(batch, scorer)
+        teacher_s = time.perf_counter() - t0
+        tmask = batch.mask & batch.has_teacher[:, None]
+        head = scorer.lm
+        total = hidden.new_zeros((), dtype=torch.float32)
+        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        temperature = scorer.temperature
+        k = min(s.top_k, head.config.vocab_size)
+        for start in range(0, hidden.shape[1], chunk_size):
+            sl = slice(start, start + chunk_size)
+            # Only the positions that are distilled (teacher rows, inside the response) go
+            # through the LM head: padding and rows without a teacher would add nothing.
+            valid = tmask[:, sl]
+            if not bool(valid.any()):
+                continue
+            h = hidden[:, sl][valid][None]  # [1, N, H]
+            ids = batch.response_ids[:, sl][valid][None]
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                s_logits = lm_head_logits(head, h.detach()).float() / temperature
+                idx = student_topk_indices(s_logits, k)
+                del s_logits
+                t_lp = self._teacher_chunk_logprobs(scorer, t_hiddens, sl, valid[t_index])[None]
+                t_topk = t_lp.gather(-1, idx)
+                t_lp_y = t_lp.gather(-1, ids[..., None])[..., 0]
+                del t_lp
+            teacher_s += time.perf_counter() - t0
+            old = None if on_policy else batch.old_logprobs[:, sl][valid][None]
+
+            def chunk_loss(
+                h: torch.Tensor,
+                idx: torch.Tensor = idx,
+                t_topk: torch.Tensor = t_topk,
+                t_lp_y: torch.Tensor = t_lp_y,
+                old: torch.Tensor | None = old,
+                ids: torch.Tensor = ids,
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                logits = lm_head_logits(head, h).float() / temperature
+                return distillation_loss(
+                    logits,
+                    None,
+                    torch.ones_like(ids, dtype=torch.bool),
+                    old,
+                    ids,
+                    teacher_topk_logprobs=t_topk,
+                    topk_indices=idx,
+                    teacher_sampled_logprobs=t_lp_y,
+                    alpha=s.alpha,
+                    is_clip=s.is_clip,
+                    normalizer=norm["sdpo"],
+                )
+
+            if torch.is_grad_enabled():
+                loss_c, stats_c = checkpoint(chunk_loss, h, use_reentrant=False)
+            else:
+                loss_c, stats_c = chunk_loss(h)
+            total = total + loss_c
+            for key, value in stats_c.items():
+                stats[key] = stats[key] + value.detach().float().cpu()
+        stats["timing/teacher"] = torch.tensor(teacher_s)
+        if s.grpo_mix > 0:
+            lp = scorer.logprobs(hidden, batch.response_ids)
+            g = self.grpo
+            pg_loss, pg_stats = grpo.policy_loss(
+                lp,
+                batch.old_logprobs,
+                batch.advantages,
+                mask,
+                clip_low=g.clip_low,
+                clip_high=g.clip_high,
+                aggregation=g.aggregation,
+                normalizer=norm["pg"],
+            )
+            total = s.grpo_mix * pg_loss + (1.0 - s.grpo_mix) * total
+            for key, value in pg_stats.items():
+                stats[key] = value.detach().float().cpu()
+        return total, dict(stats)
+
+    def _token_loss(
+        self, batch: Batch, norm: Mapping[str, float], scorer: Scorer, on_policy: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        s, g = self.sdpo, self.grpo
+        chunk_size = scorer.chunk_size
+        hidden, mask = scorer.student_hidden(batch)
+        lp = scorer.logprobs(hidden, batch.response_ids)
+        t0 = time.perf_counter()
+        t_index, t_hiddens = self._teacher_hidden(batch, scorer)
+        t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
+        tmask = batch.mask & batch.has_teacher[:, None]
+        with torch.no_grad():
+            for start in range(0, lp.shape[1], chunk_size):
+                sl = slice(start, start + chunk_size)
+                valid = tmask[:, sl]
+                if bool(valid.any()):
+                    t_lp = self._teacher_chunk_logprobs(scorer, t_hiddens, sl, valid[t_index])
+                    ids = batch.response_ids[:, sl][valid]
+                    t_lp_y[:, sl][valid] = t_lp.gather(-1, ids[:, None])[:, 0]
+        teacher_s = time.perf_counter() - t0
+        # Eq. 3; with grpo_mix = 0 this is the SDPO advantage alone, and every row has a
+        # teacher (rows without one are not trained then), so one path serves both
+        adv = mixed_advantages(
+            batch.advantages,
+            token_level_advantages(t_lp_y, lp),
+            s.grpo_mix,
+            teacher_mask=batch.has_teacher,
+        )
+        loss, stats = grpo.policy_loss(
+            lp,
+            batch.old_logprobs,
+            adv,
+            mask,
+            clip_low=g.clip_low,
+            clip_high=g.clip_high,
+            aggregation=g.aggregation,
+            normalizer=norm["pg"],
+        )
+        with torch.no_grad():
+            gap = grpo.aggregate(
+                (t_lp_y - lp.detach()).float(), tmask, "token_mean", norm["sdpo"] or None
+            )
+        stats = {k: v.detach().float().cpu() for k, v in stats.items()}
+        stats["logprob_gap"] = gap.cpu()
+        stats["timing/teacher"] = torch.tensor(teacher_s)
+        return loss, stats
+
+    # --- after a step, metrics, checkpoints ----------------------------------------------
+
+    def after_optimizer_step(self, model: torch.nn.Module) -> None:
+        """Move the teacher (EMA: θ' ← (1−τ)θ' + τθ; the other modes do nothing)."""
+        self.teacher.update(model)
+
+    def rollout_metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
+        """Share of trained rollouts with a teacher signal, and the count without one."""
+        with_ctx = stats.get("teacher_signal", 0.0)
+        without = stats.get("no_teacher_signal", 0.0)
+        return {
+            "rollout/zero_adv_groups": stats.get("zero_adv_groups", 0.0),
+            "rollout/teacher_signal_frac": with_ctx / max(1.0, with_ctx + without),
+            "rollout/no_teacher_signal": without,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The teacher's weights (and its fp32 EMA shadow)."""
+        return {"teacher": self.teacher.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the teacher (also from checkpoints that kept it at their top level)."""
+        if state.get("teacher") is None:
+            raise ConfigError("the checkpoint holds no teacher; it was not an SDPO run")
+        self.teacher.load_state_dict(state["teacher"])
