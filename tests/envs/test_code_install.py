@@ -83,9 +83,10 @@ def test_wheel_install_keeps_the_shipped_tests_out_of_the_sandbox(tmp_path: Path
     subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-w", dist, src], **run)
     (wheel,) = dist.glob("rlrf-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], **run)
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", venv, wheel], **run)
+    subprocess.run([sys.executable, "-m", "venv", venv], **run)
     python = venv / "bin" / "python"
+    # The venv's own pip: this environment's pip would uninstall the editable rlrf first.
+    subprocess.run([python, "-m", "pip", "-q", "install", "--no-deps", "--no-index", wheel], **run)
     site_dir = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], **run
     ).stdout.strip()
@@ -103,3 +104,4 @@ def test_wheel_install_keeps_the_shipped_tests_out_of_the_sandbox(tmp_path: Path
     assert out["control"][0] == out["control"][1] != "not found"
     assert out["gold_rewards"] == [1.0] * 5
     assert out["rewards"] == [0.0] * 5
+    assert importlib.util.find_spec("envs").origin == str(ROOT / "envs" / "__init__.py")
