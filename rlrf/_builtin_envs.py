@@ -15,6 +15,11 @@ register(
     "LiveCodeBench JSONL",
 )
 register(
+    "rlrf/CodeRepair-v0",
+    "envs.code_repair:CodeRepairEnv",
+    description="Multi-turn code repair (stateful): revise or edit a program from test feedback",
+)
+register(
     "rlrf/HumanEval-v0",
     "envs.code:CodeEnv",
     kwargs={"dataset": "humaneval"},
