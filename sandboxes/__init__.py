@@ -4,11 +4,14 @@ One small protocol (:class:`Sandbox`: ``run``, ``run_function``, ``run_many``, `
 typed results (:class:`ExecutionResult`, :class:`ExecutionStatus`) and two backends:
 
 * ``"local"`` — :class:`~sandboxes.local.LocalSandbox`, the default: a pool of pre-forked,
-  pre-imported workers, a fresh child per run, rlimits, namespaces, Landlock; no daemon.
+  pre-imported workers, a fresh child per run, rlimits, namespaces, Landlock (the standard
+  library readable, no installed package; writes only in the run's own directory), a seccomp
+  socket filter; no daemon.
 * ``"docker"`` — :class:`~sandboxes.docker.DockerSandbox`: warm containers through the
   ``docker`` SDK (needs an engine and the locally built image).
 
-Grading happens in the trusted parent with :mod:`sandboxes.compare`. Each backend's module
+Grading happens in the trusted parent with :mod:`sandboxes.compare`: what a program sends back
+(stdout, a return value) is its answer, never a verdict. Each backend's module
 docstring lists what it protects against and what it does not.
 """
 
