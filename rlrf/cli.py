@@ -12,11 +12,13 @@ import importlib.metadata
 import importlib.util
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import rlrf
-from rlrf.errors import ConfigError, RLRFError
+from rlrf.env import Message, appended_messages, validate_reset, validate_step
+from rlrf.errors import ConfigError, EnvError, RLRFError
 from rlrf.feedback import render_feedback
 
 __all__ = ["build_parser", "main", "parse_key_values"]
@@ -104,24 +106,75 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_env(env_id: str, where: str, fn: Callable[[], Any]) -> Any:
+    """Call an env method; an exception that is not rlrf's becomes an EnvError naming it."""
+    try:
+        return fn()
+    except RLRFError:
+        raise
+    except Exception as e:
+        raise EnvError(f"{env_id}.{where} raised {type(e).__name__}: {e}") from e
+
+
+def _print_messages(messages: Sequence[Message]) -> None:
+    for m in messages:
+        print(f"[{m['role']}]\n{m['content']}")
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     env = rlrf.make(args.env_id, **parse_key_values(args.kwarg))
-    for i in range(args.n):
-        prompt, info = env.reset(seed=args.seed + i, options={"split": args.split})
-        print(f"=== sample {i + 1}/{args.n}: task {info['task_id']} ({info['split']}) ===")
-        for m in prompt:
-            print(f"[{m['role']}]\n{m['content']}")
-        response = args.response
-        if response is None:
-            gold = env.gold_answer(info["task_id"])
-            response = f"<answer>{gold}</answer>" if gold and i % 2 else "I do not know."
-        print(f"[response]\n{response}")
-        result = env.step_result(response)
-        print(f"reward: {result.reward}  success: {result.success}")
-        text = render_feedback(result.feedback)
-        kinds = ", ".join(f.kind.value for f in result.feedback) or "none"
-        print(f"feedback ({kinds}):\n{text or '(no feedback)'}\n")
+    name = env.env_id
+    try:
+        for i in range(args.n):
+            seed = args.seed + i
+            reset = _call_env(
+                name, "reset", lambda s=seed: env.reset(seed=s, options={"split": args.split})
+            )
+            chat, info = validate_reset(reset, f"{name}.reset")
+            task_id = info.get("task_id")
+            shown = "(no task id)" if task_id is None else task_id
+            print(
+                f"=== sample {i + 1}/{args.n}: task {shown} ({info.get('split', args.split)}) ==="
+            )
+            _print_messages(chat)
+            response, kind = _scripted_response(env, args.response, task_id, i)
+            for turn in range(1, env.max_turns + 1):
+                print(f"[response, turn {turn}: {kind}]\n{response}")
+                where = f"step (turn {turn})"
+                step = _call_env(name, where, lambda r=response: env.step(r))
+                result = validate_step(step, f"{name}.{where}")
+                missing = "  (reward missing)" if result.reward_missing else ""
+                print(f"reward: {result.reward}  success: {result.success}{missing}")
+                text = render_feedback(result.feedback)
+                kinds = ", ".join(f.kind.value for f in result.feedback) or "none"
+                print(f"feedback ({kinds}):\n{text or '(no feedback)'}")
+                if result.done:
+                    ended = "terminated" if result.terminated else "truncated"
+                    print(f"episode {ended} after {turn} turn(s)\n")
+                    break
+                _print_messages(appended_messages(chat, response, result.observation) or ())
+                chat = result.observation
+            else:
+                print(f"episode cut at max_turns={env.max_turns}\n")
+            if kind == "gold response" and not result.success:
+                print(
+                    f"note: {name}'s gold_response did not succeed; the env should override "
+                    "gold_response to format its gold answer as it grades responses\n"
+                )
+    finally:
+        env.close()
     return 0
+
+
+def _scripted_response(env: Any, given: str | None, task_id: object, index: int) -> tuple[str, str]:
+    """The response to play: ``--response``, else a refusal and the gold response in turn."""
+    if given is not None:
+        return given, "--response"
+    if index % 2 and task_id is not None:
+        gold = env.gold_response(str(task_id))
+        if gold:
+            return gold, "gold response"
+    return "I do not know.", "refusal"
 
 
 _BUILTIN_COMMANDS = ("envs", "check", "sample")
@@ -144,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kwarg_option(p)
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("sample", help="print prompts, a scripted response, reward and feedback")
+    p = sub.add_parser(
+        "sample",
+        help="play whole episodes with a scripted response: prompts, rewards, feedback",
+    )
     p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
     p.add_argument("--n", type=int, default=3, help="number of episodes (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
@@ -152,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--response",
         default=None,
-        help="response to submit (default: alternately a refusal and the gold answer)",
+        help="response to submit every turn (default: a refusal, then the env's gold "
+        "response, alternately)",
     )
     _add_kwarg_option(p)
     p.set_defaults(func=_cmd_sample)
