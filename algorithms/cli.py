@@ -106,13 +106,17 @@ _EPILOG = (
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    presets = "; ".join(f"{name}: {p.summary}" for name, p in PRESETS.items())
+    presets = "; ".join(
+        f"{name}: {p.summary} ({', '.join(f'{k}={v!r}' for k, v in p.values.items())})"
+        for name, p in PRESETS.items()
+    )
     parser.add_argument(
         "--algo",
         choices=sorted(ALGORITHMS),
         default=None,
         help=f"Algorithm preset (default: the config file's `algorithm:`, else "
-        f"{DEFAULT_ALGORITHM}). {presets}.".replace("%", "%%"),
+        f"{DEFAULT_ALGORITHM}); a preset's values replace the field defaults shown below. "
+        f"{presets}.".replace("%", "%%"),
     )
     parser.add_argument(
         "--config",

@@ -208,7 +208,8 @@ def run_one(
         output_dir=str(run_dir),
         progress=sys.stderr.isatty(),
         **setting.extra,
-        **(setting.sdpo_extra if algorithm != "grpo" else {}),
+        # the `sdpo` preset mixes GRPO in (grpo_mix=0.9); this benchmark compares pure SDPO
+        **({"grpo_mix": 0.0, **setting.sdpo_extra} if algorithm != "grpo" else {}),
     )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0

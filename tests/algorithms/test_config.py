@@ -1,0 +1,140 @@
+"""Presets: one algorithm name gives one config whether asked from the CLI, Python or YAML."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from algorithms import cli, grpo, sdpo
+from algorithms import trainer as trainer_module
+from algorithms.config import PRESETS, config_to_yaml, resolve_config
+from algorithms.trainer import RunResult
+from rlrf.errors import ConfigError
+
+FIELDS = {"env": "rlrf/Arithmetic-v0", "steps": 3, "max_new_tokens": 17}
+
+
+class RecordingTrainer:
+    """Stands in for the Trainer: writes the run's config.yaml as Trainer.train does."""
+
+    def __init__(self, config, env=None, model=None, tokenizer=None):
+        self.config = config
+
+    def train(self) -> RunResult:
+        out = Path(self.config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_to_yaml(self.config), encoding="utf-8")
+        return RunResult(output_dir=out, final_model_dir=None, steps=0, generations=0)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    monkeypatch.setattr(trainer_module, "Trainer", RecordingTrainer)
+
+
+def _written(out: Path) -> dict:
+    data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    assert data.pop("output_dir") == str(out)
+    return data
+
+
+def _flags(values: dict) -> list[str]:
+    return [x for k, v in values.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+_LOSS_CONFIG = {
+    "grpo": lambda: (grpo.train, grpo.GRPOConfig()),
+    "sdpo": lambda: (sdpo.train, None),
+    "sdpo-srf": lambda: (sdpo.train, sdpo.SDPOConfig.successful_rollout()),
+}
+
+
+@pytest.mark.parametrize("algo", sorted(PRESETS))
+def test_cli_python_and_yaml_give_the_same_config_yaml(algo, tmp_path, recording):
+    runs = {}
+    # the command line
+    out = tmp_path / "cli"
+    assert cli.main(["--algo", algo, *_flags(FIELDS), "--output-dir", str(out)]) == 0
+    runs["cli"] = _written(out)
+    # Python, by name
+    out = tmp_path / "python"
+    trainer_module.train(algorithm=algo, output_dir=str(out), **FIELDS)
+    runs["python"] = _written(out)
+    # Python, through the algorithm's module and its loss config
+    out = tmp_path / "module"
+    entry, loss_config = _LOSS_CONFIG[algo]()
+    entry(config=loss_config, output_dir=str(out), **FIELDS)
+    runs["module"] = _written(out)
+    # YAML, from the command line and from Python
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": algo, **FIELDS}), encoding="utf-8")
+    out = tmp_path / "yaml-cli"
+    assert cli.main(["--config", str(path), "--output-dir", str(out)]) == 0
+    runs["yaml-cli"] = _written(out)
+    out = tmp_path / "yaml-python"
+    trainer_module.train(config=str(path), output_dir=str(out))
+    runs["yaml-python"] = _written(out)
+
+    reference = runs["cli"]
+    for where, data in runs.items():
+        assert data == reference, where
+    flat = {**reference, **reference["grpo"], **reference.get("sdpo", {})}
+    for name, value in PRESETS[algo].values.items():
+        assert flat[name] == value, (algo, name)
+    assert reference["steps"] == 3 and reference["max_new_tokens"] == 17
+
+
+def test_the_defaults_are_what_the_readme_says():
+    # README: λ = 0.9 is "the default" (the demo's measured winner at 135M)
+    assert resolve_config(None).sdpo.grpo_mix == 0.9
+    assert resolve_config(None, algorithm="sdpo").algorithm == "sdpo"
+    srf = resolve_config(sdpo.SDPOConfig.successful_rollout())
+    assert (srf.lr, srf.warmup_steps, srf.sdpo.use_feedback, srf.sdpo.top_k) == (
+        1e-5,
+        10,
+        False,
+        100,
+    )
+    # an explicit loss config is used as given: SDPOConfig() is pure SDPO
+    assert resolve_config(sdpo.SDPOConfig()).sdpo.grpo_mix == 0.0
+    assert resolve_config(grpo.GRPOConfig(kl_coef=0.1)).grpo.kl_coef == 0.1
+
+
+def test_flags_win_over_the_file_and_the_file_names_the_algorithm(tmp_path, recording):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"algorithm": "sdpo-srf", "sdpo": {"top_k": 7}, "lr": 3e-4}))
+    out = tmp_path / "a"
+    cli.main(["--config", str(path), "--lr", "1e-3", "--output-dir", str(out)])
+    data = _written(out)
+    assert (data["lr"], data["sdpo"]["top_k"], data["warmup_steps"]) == (1e-3, 7, 10)
+    out = tmp_path / "b"
+    cli.main(["--algo", "sdpo", "--config", str(path), "--output-dir", str(out)])
+    assert _written(out)["sdpo"]["grpo_mix"] == 0.9  # --algo wins over the file's algorithm
+
+
+def test_bad_names_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        resolve_config(None, overrides={"topk": 3})
+    with pytest.raises(ConfigError, match="SDPO options"):
+        resolve_config(None, algorithm="grpo", overrides={"top_k": 3})
+    path = tmp_path / "bad.yaml"
+    path.write_text("algorithm: ppo\n")
+    with pytest.raises(ConfigError, match="'ppo' is not one of"):
+        resolve_config(str(path))
+
+
+def test_no_math_module_imports_the_command_line():
+    code = (
+        "import sys\n"
+        "import algorithms.trainer, algorithms.grpo, algorithms.sdpo, algorithms.ttsd\n"
+        "assert 'algorithms.cli' not in sys.modules, 'a library module imports the CLI'\n"
+        "import algorithms.cli\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # the command line and the configs are torch-free until a run starts
+    code = "import sys, algorithms.cli\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
