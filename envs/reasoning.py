@@ -146,6 +146,11 @@ class ReasoningGymEnv(RLRFEnv):
         answer = self.entry(task_id).get("answer")
         return None if answer is None else str(answer)
 
+    def gold_response(self, task_id: str) -> str | None:
+        """The reference answer inside the answer tag, as this env grades it."""
+        gold = self.gold_answer(task_id)
+        return None if gold is None else f"<{self.answer_tag}>{gold}</{self.answer_tag}>"
+
     def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:
         """Score the tagged answer with the dataset's ``score_answer``."""
         from reasoning_gym.utils import extract_answer
