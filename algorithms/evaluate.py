@@ -1,0 +1,897 @@
+"""Evaluate a model on an env without training: ``rlrf eval --env ID --model M``.
+
+The model is the embedded SmolLM2-135M (``smollm2-135m``), a local Hugging Face folder, a
+training run's ``final/`` folder (or the run folder itself), or, with ``--base-url``, any
+OpenAI-compatible chat endpoint (vLLM's, llama.cpp's, a hosted API) serving ``--model``.
+Each selected task of the split is rolled out ``k`` times through
+:func:`algorithms.rollout.collect_groups`, so multi-turn and stateful envs are played whole,
+exactly as training plays them.
+
+What it writes to ``--out`` (default ``evals/<env>--<model>``):
+
+* ``trajectories.jsonl``: one :class:`rlrf.Group` per task (every response, its reward and
+  typed feedback), appended and flushed task batch by task batch. It is the only state a
+  resumed run trusts: re-running the same command skips the tasks already there; a partial
+  last line (a crash mid-write) is cut off; tasks whose reward was missing are run again.
+* ``eval_config.json``: what the results were produced with; a re-run with different
+  sampling settings is refused instead of mixing two evaluations in one file.
+* ``tasks.jsonl`` (per-task results), ``summary.json``, ``report.md`` and ``eval.png``,
+  rewritten atomically at the end of each run from ``trajectories.jsonl``.
+
+Metrics. ``avg@k`` is the mean over tasks of the fraction of the k samples that succeed (the
+env's ``success``; by default reward >= 1); ``pass@j`` is the unbiased estimator of Chen et
+al. (2021), ``1 - C(k-c, j) / C(k, j)`` for c successes out of k, averaged over tasks, for
+j = 1, 2, 4, ..., k (pass@1 equals avg@k). A task with any missing reward (an env that could
+not grade, such as a judge that is down) is listed apart and left out of every average:
+never scored 0.
+
+Endpoint errors are retried by the ``openai`` client itself (``max_retries``, exponential
+backoff with jitter, honouring ``Retry-After``; connection errors, timeouts, 408/409/429
+and 5xx are retried, other 4xx are not). That is the library every OpenAI-compatible
+client already depends on, so no extra dependency is needed, and its classification of what
+is worth retrying is maintained upstream. Retries are counted from the
+``x-stainless-retry-count`` header the client puts on every attempt. Once retries are spent
+the run stops with one line naming the failure; finished tasks stay on disk for the re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rlrf
+from algorithms.rollout import collect_groups
+from rlrf.errors import ConfigError, RLRFError, TrajectoryFormatError
+from rlrf.sampling import OpenAIBackend, SamplingBackend, SamplingParams
+from rlrf.trajectory import Group, TrajectoryWriter, read_trajectories
+
+if TYPE_CHECKING:
+    from rlrf.env import Message, RLRFEnv
+
+__all__ = [
+    "EndpointBackend",
+    "EndpointError",
+    "EvalConfig",
+    "EvalResult",
+    "evaluate",
+    "main",
+    "pass_at_k",
+    "resolve_eval_model",
+    "summarize",
+]
+
+COMMAND_HELP = "evaluate a model or an OpenAI-compatible endpoint on an env (avg@k, pass@k)"
+"""The help line of this ``rlrf`` subcommand."""
+
+RESULTS = "trajectories.jsonl"
+CONFIG = "eval_config.json"
+OUTPUTS = (RESULTS, CONFIG, "tasks.jsonl", "summary.json", "report.md", "eval.png")
+"""Every file an evaluation writes in its output folder (``--fresh`` removes only these)."""
+
+# The settings that define an evaluation: results produced under other values are not mixed.
+_IDENTITY = ("env", "env_kwargs", "model", "base_url", "split", "k", "temperature", "top_p",
+             "max_tokens", "seed")  # fmt: skip
+
+
+class EndpointError(RLRFError):
+    """An OpenAI-compatible endpoint failed: unreachable, refused the key, answered garbage."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how.
+
+    Attributes:
+        env: Registered env id, e.g. ``rlrf/Arithmetic-v0``.
+        model: ``smollm2-135m``, a local model folder, a run folder or its ``final/``; with
+            ``base_url``, the model name the endpoint serves.
+        base_url: OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key_env: Name of the environment variable holding the endpoint's API key
+            (default: ``OPENAI_API_KEY`` when set; local servers need none).
+        split: The env's task split.
+        tasks: Evaluate the first ``tasks`` tasks of the split (None: all).
+        k: Samples per task.
+        temperature: Sampling temperature (0 = greedy; then k > 1 repeats one answer).
+        top_p: Nucleus sampling mass.
+        max_tokens: Token budget per response (per turn in multi-turn envs).
+        seed: Sampling seed (endpoints may ignore it).
+        concurrency: Requests in flight at once (endpoint), one task per request.
+        batch_tasks: Tasks sampled in one generate call (local model).
+        samples_per_request: Cap on ``n`` per request, for servers that limit it (default k).
+        max_retries: Retries per request after a connection error, timeout, 408/409/429/5xx.
+        request_timeout: Seconds per request attempt.
+        env_kwargs: Keyword arguments for ``rlrf.make``.
+        device: Device of a local model (default: ``cuda`` when available, else ``cpu``).
+        out: Output folder (default ``evals/<env>--<model>``).
+
+    """
+
+    env: str
+    model: str = "smollm2-135m"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    split: str = "test"
+    tasks: int | None = None
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    concurrency: int = 8
+    batch_tasks: int = 4
+    samples_per_request: int | None = None
+    max_retries: int = 3
+    request_timeout: float = 120.0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("k", "max_tokens", "concurrency", "batch_tasks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.tasks is not None and self.tasks < 1:
+            raise ConfigError(f"--tasks must be >= 1, got {self.tasks}")
+        if self.samples_per_request is not None and self.samples_per_request < 1:
+            raise ConfigError(f"--samples-per-request must be >= 1, got {self.samples_per_request}")
+        if self.max_retries < 0:
+            raise ConfigError(f"--max-retries must be >= 0, got {self.max_retries}")
+        SamplingParams(self.temperature, self.top_p, self.max_tokens)  # range checks
+
+    @property
+    def output_dir(self) -> Path:
+        """``out``, or ``evals/<env>--<model>`` with path-unsafe characters replaced."""
+        if self.out:
+            return Path(self.out).expanduser()
+        model = Path(self.model.rstrip("/")).name if not self.base_url else self.model
+        if model == "final":  # a run's final/: name it after the run
+            model = Path(self.model.rstrip("/")).parent.name
+        return Path("evals") / f"{_slug(self.env)}--{_slug(model)}"
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the results already on disk."""
+        d = asdict(self)
+        return {k: d[k] for k in _IDENTITY}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "model"
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` successes (Chen et al., 2021).
+
+    The probability that at least one of ``k`` samples drawn without replacement from the
+    ``n`` is a success: ``1 - C(n - c, k) / C(n, k)``, computed as a product (no overflow).
+
+    >>> pass_at_k(4, 1, 1), pass_at_k(4, 1, 4), pass_at_k(4, 0, 4)
+    (0.25, 1.0, 0.0)
+    >>> round(pass_at_k(10, 3, 5), 4)
+    0.9167
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def pass_ks(k: int) -> list[int]:
+    """The j of the reported pass@j: powers of two below ``k``, then ``k``.
+
+    >>> pass_ks(1), pass_ks(6), pass_ks(8)
+    ([1], [1, 2, 4, 6], [1, 2, 4, 8])
+    """
+    return sorted({2**i for i in range(k.bit_length()) if 2**i < k} | {k})
+
+
+def _task_result(group: Group) -> dict[str, Any]:
+    """One task's record for ``tasks.jsonl``."""
+    rewards = group.rewards
+    n = len(group.trajectories)
+    missing = sum(r is None for r in rewards)
+    successes = sum(bool(t.success) for t in group.trajectories)
+    tokens = [_response_tokens(t) for t in group.trajectories]
+    kinds = Counter(f.kind.value for t in group.trajectories for f in t.feedback)
+    record: dict[str, Any] = {
+        "task_id": group.task_id,
+        "samples": n,
+        "successes": successes,
+        "missing_rewards": missing,
+        "rewards": rewards,
+        "success_rate": None if missing else successes / n,
+        "reward_mean": None if missing else sum(rewards) / n,  # type: ignore[arg-type]
+        "pass": {} if missing else {str(j): pass_at_k(n, successes, j) for j in pass_ks(n)},
+        "response_chars_mean": sum(_response_chars(t) for t in group.trajectories) / n,
+        "response_tokens_mean": None if None in tokens else sum(tokens) / n,  # type: ignore[arg-type]
+        "turns_mean": sum(len(t.turns) for t in group.trajectories) / n,
+        "feedback_kinds": dict(sorted(kinds.items())),
+    }
+    return record
+
+
+def _response_chars(traj: Any) -> int:
+    return sum(len(turn.response) for turn in traj.turns)
+
+
+def _response_tokens(traj: Any) -> int | None:
+    ids = [turn.response_token_ids for turn in traj.turns]
+    return None if any(i is None for i in ids) else sum(len(i) for i in ids)
+
+
+def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
+    """Aggregate metrics over task groups (tasks with a missing reward are listed apart).
+
+    Returns a JSON-serializable dict: ``avg@k``, ``pass@j`` per reported j, mean reward,
+    mean response length (tokens where the backend gave token ids, and characters), the
+    fraction of turns cut at the token budget, the feedback-kinds histogram (``no_feedback``
+    counts responses with none), and the ids of tasks with missing rewards.
+    """
+    per_task = [_task_result(g) for g in groups]
+    scored = [r for r in per_task if not r["missing_rewards"]]
+    trajs = [t for g in groups for t in g.trajectories]
+    turns = [turn for t in trajs for turn in t.turns]
+    kinds: Counter[str] = Counter(f.kind.value for t in trajs for f in t.feedback)
+    kinds["no_feedback"] = sum(not t.feedback for t in trajs)
+    tokens = [_response_tokens(t) for t in trajs]
+
+    def mean(values: Sequence[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    out: dict[str, Any] = {
+        "tasks": len(per_task),
+        "tasks_scored": len(scored),
+        "samples": len(trajs),
+        "k": k,
+        f"avg@{k}": mean([r["success_rate"] for r in scored]),
+        "pass@": {
+            str(j): mean([r["pass"][str(j)] for r in scored if str(j) in r["pass"]])
+            for j in pass_ks(k)
+        },
+        "reward_mean": mean([r["reward_mean"] for r in scored]),
+        "response_tokens_mean": None if not trajs or None in tokens else mean(tokens),  # type: ignore[arg-type]
+        "response_chars_mean": mean([_response_chars(t) for t in trajs]),
+        "truncated_fraction": mean([t.info.get("finish_reason") == "length" for t in turns]),
+        "turns_mean": mean([len(t.turns) for t in trajs]),
+        "feedback_kinds": {kind: n for kind, n in kinds.most_common() if n},
+        "samples_missing_reward": sum(r is None for g in groups for r in g.rewards),
+        "tasks_missing_reward": [r["task_id"] for r in per_task if r["missing_rewards"]],
+    }
+    out[f"pass@{k}"] = out["pass@"][str(k)]
+    return out
+
+
+# ---- backends -------------------------------------------------------------------------------
+
+
+class EndpointBackend(OpenAIBackend):
+    """:class:`rlrf.OpenAIBackend` with counted retries and one-line errors.
+
+    Args:
+        model: The model name the server expects.
+        base_url: The endpoint, e.g. ``http://127.0.0.1:8000/v1``.
+        api_key: Bearer token (``None``: local servers that need none).
+        max_workers: Requests in flight at once (one prompt per request).
+        max_retries: Retries per request (the ``openai`` client's own backoff).
+        timeout: Seconds per attempt.
+        samples_per_request: Cap on ``n`` per request; the rest is topped up.
+
+    Attributes:
+        attempts: HTTP attempts sent (retries included).
+        retries: Attempts that were retries.
+
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        max_workers: int = 8,
+        max_retries: int = 3,
+        timeout: float = 120.0,
+        samples_per_request: int | None = None,
+    ) -> None:
+        import openai
+
+        super().__init__(
+            model, base_url, api_key, max_workers=max_workers, request_logprobs=False,
+            timeout=timeout,
+        )  # fmt: skip
+        self.base_url = base_url
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.samples_per_request = samples_per_request
+        self.attempts = 0
+        self.retries = 0
+        self._lock = threading.Lock()
+        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count]})
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or "EMPTY",
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
+        )
+
+    def _count(self, request: Any) -> None:
+        retry = request.headers.get("x-stainless-retry-count", "0") not in ("", "0")
+        with self._lock:
+            self.attempts += 1
+            self.retries += retry
+
+    def _request(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list[Any]:
+        import openai
+
+        n = min(n, self.samples_per_request or n)
+        url, tries = self.base_url, f"{self.max_retries + 1} attempt(s) with backoff"
+        try:
+            choices = super()._request(messages, n, params)
+        except openai.AuthenticationError as e:
+            raise EndpointError(
+                f"{url} refused the API key (HTTP 401: {_server_message(e)}); put the right key "
+                "in the environment variable named by --api-key-env"
+            ) from e
+        except openai.PermissionDeniedError as e:
+            raise EndpointError(
+                f"{url} denied access (HTTP 403: {_server_message(e)}); check the API key's "
+                f"permissions for model {self.model!r}"
+            ) from e
+        except openai.NotFoundError as e:
+            raise EndpointError(
+                f"{url} has no model {self.model!r} or no chat-completions route (HTTP 404: "
+                f"{_server_message(e)}); check --model and --base-url (usually ending in /v1)"
+            ) from e
+        except openai.BadRequestError as e:
+            hint = (
+                f"if it limits the samples per request, pass --samples-per-request 1 (or what it "
+                f"allows); else check --max-tokens ({params.max_new_tokens})"
+                if n > 1
+                else f"check --max-tokens ({params.max_new_tokens}) and --temperature"
+            )
+            raise EndpointError(
+                f"{url} refused a request for n={n} sample(s) (HTTP 400: {_server_message(e)}); "
+                + hint
+            ) from e
+        except openai.APITimeoutError as e:
+            raise EndpointError(
+                f"{url} did not answer within {self.timeout:g} s ({tries}); raise "
+                "--request-timeout or lower --concurrency"
+            ) from e
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            raise EndpointError(
+                f"cannot connect to {url} ({tries}): {type(cause).__name__}: {cause}; is the "
+                "server running and --base-url right?"
+            ) from e
+        except openai.APIStatusError as e:
+            raise EndpointError(
+                f"{url} answered HTTP {e.status_code} ({tries}): {_server_message(e)}"
+            ) from e
+        except (openai.APIError, ValueError, TypeError, AttributeError) as e:
+            raise EndpointError(
+                f"{url} answered something that is not an OpenAI chat completion "
+                f"({type(e).__name__}: {str(e)[:200]}); is --base-url an OpenAI-compatible "
+                "/v1 endpoint?"
+            ) from e
+        if not choices:
+            raise EndpointError(
+                f"{url} returned no choices for model {self.model!r}; the server answered "
+                "but generated nothing (check that it serves this model)"
+            )
+        for choice in choices:
+            message = getattr(choice, "message", None)
+            if message is None or not isinstance(
+                getattr(message, "content", None), (str, type(None))
+            ):
+                raise EndpointError(
+                    f"{url} returned a choice without a message ({str(choice)[:200]}); is "
+                    "--base-url an OpenAI-compatible /v1 endpoint?"
+                )
+        return choices
+
+
+def _server_message(e: Any) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        message = err.get("message") if isinstance(err, dict) else err
+        if message:
+            return str(message)[:300]
+    return str(getattr(e, "message", e))[:300]
+
+
+def resolve_eval_model(model: str) -> str:
+    """Resolve ``--model`` (no endpoint) to a local model folder, or raise one clear error.
+
+    Accepts the embedded model's name, a Hugging Face model folder, a training run's
+    ``final/`` folder or the run folder holding it. Hub ids are refused rather than fetched
+    (a missing folder would otherwise spend a minute in download retries).
+    """
+    from algorithms.models import _DEFAULT_ALIASES, ModelNotFoundError, resolve_model_path
+
+    if model.lower() in _DEFAULT_ALIASES:
+        return resolve_model_path(model)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model folder {model!r} does not exist; pass 'smollm2-135m' (the embedded model), "
+            "a local model folder or a run's final/ folder, or an endpoint's model name with "
+            "--base-url"
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        if (path / "final" / "config.json").is_file():
+            return str(path / "final")
+        raise ModelNotFoundError(
+            f"{model!r} holds no config.json (nor final/config.json): not a model folder or a "
+            "finished run; pass the folder written by save_pretrained or a run's final/"
+        )
+    return resolve_model_path(path)
+
+
+def _api_key(name: str | None) -> str | None:
+    if name is None:
+        return os.environ.get("OPENAI_API_KEY")
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(
+            f"--api-key-env {name}: the environment variable {name} is not set (or empty); "
+            f"export it first, e.g. `export {name}=...`"
+        )
+    return value
+
+
+def build_backend(config: EvalConfig) -> SamplingBackend:
+    """Build the sampling backend ``config`` names (a local model is loaded here)."""
+    if config.base_url:
+        return EndpointBackend(
+            config.model,
+            config.base_url,
+            _api_key(config.api_key_env),
+            max_workers=config.concurrency,
+            max_retries=config.max_retries,
+            timeout=config.request_timeout,
+            samples_per_request=config.samples_per_request,
+        )
+    if config.api_key_env:
+        raise ConfigError("--api-key-env only applies to an endpoint; pass --base-url too")
+    path = resolve_eval_model(config.model)
+    import torch
+
+    from algorithms.policy import HFPolicy
+
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    return HFPolicy.from_pretrained(path, dtype=dtype, device=device)
+
+
+# ---- the result store -----------------------------------------------------------------------
+
+
+class _Store:
+    """The output folder: trajectories appended task by task, nothing created until needed."""
+
+    def __init__(self, out: Path, identity: dict[str, Any], *, fresh: bool) -> None:
+        self.out, self.identity = out, identity
+        self.groups: dict[str, Group] = {}
+        self._writer: TrajectoryWriter | None = None
+        if fresh:
+            for name in OUTPUTS:
+                (out / name).unlink(missing_ok=True)
+        config_path, results = out / CONFIG, out / RESULTS
+        if results.exists() and not config_path.exists():
+            raise ConfigError(
+                f"{results} exists without {CONFIG}: not an rlrf eval folder (or damaged); pass "
+                "another --out, or --fresh to start over there"
+            )
+        if config_path.exists():
+            try:
+                old = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ConfigError(f"cannot read {config_path}: {e}; pass --fresh") from e
+            diff = [k for k in _IDENTITY if old.get(k) != identity[k]]
+            if diff:
+                shown = ", ".join(f"{k}: {old.get(k)!r} there, {identity[k]!r} now" for k in diff)
+                raise ConfigError(
+                    f"{out} holds results of another evaluation ({shown}); pass another --out, "
+                    "or --fresh to discard them"
+                )
+        if results.exists():
+            self._load(results)
+
+    def _load(self, path: Path) -> None:
+        data = path.read_bytes()
+        keep = data[: data.rfind(b"\n") + 1]  # a partial last line is a crash mid-write
+        if len(keep) != len(data):
+            print(
+                f"{path}: dropped an incomplete last line ({len(data) - len(keep)} bytes) left "
+                "by an interrupted run; that task runs again",
+                file=sys.stderr,
+            )
+            with path.open("r+b") as f:
+                f.truncate(len(keep))
+        try:
+            for record in read_trajectories(path):
+                if isinstance(record, Group):
+                    self.groups[record.task_id] = record  # a later record of a task wins
+        except TrajectoryFormatError as e:
+            raise ConfigError(f"{e}; the results file is damaged: pass --fresh") from e
+
+    def finished(self, task_id: str, k: int) -> bool:
+        group = self.groups.get(task_id)
+        return group is not None and len(group) == k and None not in group.rewards
+
+    def append(self, groups: Sequence[Group]) -> None:
+        if self._writer is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.out / CONFIG, json.dumps(self.identity, indent=2) + "\n")
+            self._writer = TrajectoryWriter(self.out / RESULTS, append=True)
+        for g in groups:
+            self._writer.write(g)
+            self.groups[g.task_id] = g
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _write_atomic(path: Path, text: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(text, bytes):
+        tmp.write_bytes(text)
+    else:
+        tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---- the evaluation -------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        summary: The aggregate metrics (also in ``summary.json``).
+        groups: One group per selected task, in split order.
+        out: The output folder.
+        resumed: Tasks found finished on disk and not run again.
+
+    """
+
+    summary: dict[str, Any]
+    groups: list[Group]
+    out: Path
+    resumed: int
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    env: RLRFEnv | None = None,
+    backend: SamplingBackend | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> EvalResult:
+    """Run (or resume) the evaluation ``config`` describes and write its outputs.
+
+    Args:
+        config: What to evaluate.
+        env: An env instance (default ``rlrf.make(config.env, **config.env_kwargs)``).
+        backend: A sampling backend (default: built from ``config``).
+        fresh: Discard earlier results in the output folder instead of resuming.
+        progress: Show a progress bar with ETA (tqdm, on stderr).
+
+    Raises:
+        RLRFError: a bad env id, model, endpoint or setting; the message says which.
+
+    """
+    t0 = time.perf_counter()
+    env = env if env is not None else rlrf.make(config.env, **config.env_kwargs)
+    if config.split not in env.splits:
+        raise ConfigError(f"{config.env} has no split {config.split!r}; it has {env.splits}")
+    task_ids = [str(t) for t in env.task_ids(config.split)][: config.tasks]
+    if not task_ids:
+        raise ConfigError(f"{config.env}: split {config.split!r} has no tasks")
+    backend = backend if backend is not None else build_backend(config)
+    out = config.output_dir
+    store = _Store(out, config.identity(), fresh=fresh)
+    todo = [t for t in task_ids if not store.finished(t, config.k)]
+    position = {t: i for i, t in enumerate(task_ids)}
+    size = config.concurrency if isinstance(backend, OpenAIBackend) else config.batch_tasks
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(task_ids), initial=len(task_ids) - len(todo), desc=f"eval {config.env}",
+        unit="task", disable=not progress, dynamic_ncols=True,
+    )  # fmt: skip
+    try:
+        for chunk in _chunks(todo, size):
+            params = SamplingParams(
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_new_tokens=config.max_tokens,
+                seed=(config.seed * 1_000_003 + position[chunk[0]]) % 2**31,
+            )
+            groups, _ = collect_groups(env, backend, chunk, config.k, params, env_id=config.env)
+            store.append(groups)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        store.close()
+
+    groups = [store.groups[t] for t in task_ids]
+    summary = {
+        "env": config.env,
+        "model": config.model,
+        "base_url": config.base_url,
+        "split": config.split,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "seed": config.seed,
+        **summarize(groups, config.k),
+        "tasks_resumed": len(task_ids) - len(todo),
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    if isinstance(backend, EndpointBackend):
+        summary["endpoint"] = {"attempts": backend.attempts, "retries": backend.retries}
+    _write_outputs(out, summary, groups)
+    return EvalResult(summary, groups, out, len(task_ids) - len(todo))
+
+
+# ---- the report -----------------------------------------------------------------------------
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _write_outputs(out: Path, summary: dict[str, Any], groups: Sequence[Group]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(_task_result(g), ensure_ascii=False) + "\n" for g in groups]
+    _write_atomic(out / "tasks.jsonl", "".join(lines))
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _plot(out / "eval.png", summary, groups)
+    _write_atomic(out / "report.md", _report(summary, groups))
+
+
+def _plot(path: Path, summary: dict[str, Any], groups: Sequence[Group]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    js = [int(j) for j, v in summary["pass@"].items() if v is not None]
+    axes[0].plot(js, [summary["pass@"][str(j)] for j in js], marker="o")
+    axes[0].set(title="pass@j", xlabel="j (samples)", ylabel="pass@j", ylim=(0, 1.02))
+    if js:
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_xticks(js, [str(j) for j in js])
+    k = summary["k"]
+    counts = Counter(r["successes"] for r in map(_task_result, groups) if not r["missing_rewards"])
+    axes[1].bar(range(k + 1), [counts.get(c, 0) for c in range(k + 1)], edgecolor="black")
+    axes[1].set_xticks(range(k + 1), [f"{c}/{k}" for c in range(k + 1)])
+    axes[1].yaxis.get_major_locator().set_params(integer=True)
+    axes[1].set(title="Tasks by successes", xlabel="successful samples", ylabel="tasks")
+    kinds = summary["feedback_kinds"]
+    axes[2].barh(list(kinds)[::-1], list(kinds.values())[::-1])
+    axes[2].set(title="Feedback kinds", xlabel="count")
+    fig.suptitle(f"{summary['model']} on {summary['env']} ({summary['split']})")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
+    k = summary["k"]
+    model = summary["model"] + (f" at {summary['base_url']}" if summary["base_url"] else "")
+    rows = [
+        (f"avg@{k}", summary[f"avg@{k}"], f"share of the {k} samples that succeed, task mean"),
+        *(
+            (f"pass@{j}", v, f"chance at least one of {j} samples succeeds (unbiased)")
+            for j, v in summary["pass@"].items()
+        ),
+        ("mean reward", summary["reward_mean"], "per sample, task mean"),
+        ("response tokens", summary["response_tokens_mean"], "mean per response (all turns)"),
+        ("response characters", summary["response_chars_mean"], "mean per response"),
+        ("cut at --max-tokens", summary["truncated_fraction"], "share of turns"),
+        ("turns", summary["turns_mean"], "mean per episode"),
+    ]
+    text = [
+        f"# {model} on {summary['env']}\n",
+        f"Split `{summary['split']}`, {summary['tasks']} tasks x k={k} samples, temperature "
+        f"{summary['temperature']}, max {summary['max_tokens']} tokens, seed {summary['seed']}. "
+        f"{summary['tasks_scored']} tasks scored.\n",
+        "| metric | value | meaning |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {_fmt(v)} | {meaning} |" for name, v, meaning in rows),
+        "",
+        "![pass@j, success-rate histogram and feedback kinds](eval.png)\n",
+        "## Feedback kinds\n",
+        "| kind | count |",
+        "| --- | --- |",
+        *(f"| {kind} | {n} |" for kind, n in summary["feedback_kinds"].items()),
+        "",
+    ]
+    missing = summary["tasks_missing_reward"]
+    text.append("## Missing rewards\n")
+    if missing:
+        text.append(
+            f"{len(missing)} task(s) had a sample the env could not grade "
+            f"({summary['samples_missing_reward']} sample(s)); they are left out of every "
+            "average, not scored 0, and run again when this command is repeated: "
+            + ", ".join(f"`{t}`" for t in missing[:50])
+            + "\n"
+        )
+    else:
+        text.append("None: every sample was graded.\n")
+    if "endpoint" in summary:
+        ep = summary["endpoint"]
+        text.append(f"Endpoint: {ep['attempts']} HTTP attempts, {ep['retries']} of them retries.\n")
+    text.append("## Examples\n")
+    trajs = [t for g in groups for t in g.trajectories]
+    for title, pick in (
+        (
+            "A failed sample",
+            next((t for t in trajs if not t.success and t.reward is not None), None),
+        ),
+        ("A successful sample", next((t for t in trajs if t.success), None)),
+    ):
+        if pick is None:
+            continue
+        text.append(f"### {title} (task `{pick.task_id}`, reward {_fmt(pick.reward)})\n")
+        for i, turn in enumerate(pick.turns, 1):
+            text.append(f"Turn {i} response:\n\n```text\n{turn.response[:1500]}\n```\n")
+            for f in turn.feedback:
+                text.append(f"- feedback `{f.kind.value}`: {f.text[:500]}")
+            text.append("")
+    return "\n".join(text) + "\n"
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
+    """The ``rlrf eval`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="smollm2-135m, a local model folder, a run folder or its final/; with --base-url, "
+        "the served model name",
+    )
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the endpoint's API key (default: OPENAI_API_KEY if set)",
+    )
+    p.add_argument("--split", default="test", help="task split")
+    p.add_argument("--tasks", type=int, help="evaluate the first N tasks of the split (all)")
+    p.add_argument("--k", type=int, default=4, help="samples per task")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--max-tokens", type=int, default=256, help="token budget per response")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
+    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per generate (local model)")
+    p.add_argument(
+        "--samples-per-request",
+        type=int,
+        help="cap n per endpoint request, for servers that limit it (default: k)",
+    )
+    p.add_argument("--max-retries", type=int, default=3, help="retries per endpoint request")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per attempt")
+    p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="env constructor keyword argument (VALUE parsed as JSON when possible)",
+    )
+    p.add_argument("--out", help="output folder (default evals/<env>--<model>)")
+    p.add_argument(
+        "--fresh", action="store_true", help="discard earlier results in --out instead of resuming"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
+    """Run ``rlrf eval``; return the process exit status."""
+    from rlrf.cli import parse_key_values
+
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = EvalConfig(
+            env=args.env,
+            model=args.model,
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            split=args.split,
+            tasks=args.tasks,
+            k=args.k,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            batch_tasks=args.batch_tasks,
+            samples_per_request=args.samples_per_request,
+            max_retries=args.max_retries,
+            request_timeout=args.request_timeout,
+            env_kwargs=parse_key_values(args.kwarg),
+            device=args.device,
+            out=args.out,
+        )
+        result = evaluate(config, fresh=args.fresh, progress=not args.no_progress)
+    except RLRFError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; finished tasks are kept, re-run to resume", file=sys.stderr)
+        return 130
+    s, k = result.summary, config.k
+    passes = "  ".join(f"pass@{j} {_fmt(v)}" for j, v in s["pass@"].items())
+    print(f"{config.env} | {config.model} | {config.split}: {s['tasks']} tasks x k={k}")
+    print(f"avg@{k} {_fmt(s[f'avg@{k}'])}  {passes}  mean reward {_fmt(s['reward_mean'])}")
+    tokens = s["response_tokens_mean"]
+    length = (
+        f"{tokens:.1f} tokens" if tokens is not None else f"{s['response_chars_mean']:.0f} chars"
+    )
+    print(f"mean response {length}; cut at --max-tokens: {_fmt(s['truncated_fraction'], 2)}")
+    kinds = ", ".join(f"{kind} {n}" for kind, n in s["feedback_kinds"].items())
+    print(f"feedback: {kinds or 'none'}")
+    missing = s["tasks_missing_reward"]
+    if missing:
+        print(
+            f"missing rewards: {len(missing)} task(s) not scored (re-run to retry them): "
+            + ", ".join(missing[:10])
+            + (" ..." if len(missing) > 10 else "")
+        )
+    if "endpoint" in s:
+        print(f"endpoint: {s['endpoint']['attempts']} attempts, {s['endpoint']['retries']} retries")
+    print(f"wrote {result.out / 'report.md'} (resumed {result.resumed} finished task(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main(sys.argv[1:], prog="python -m algorithms.evaluate"))

@@ -1,0 +1,454 @@
+"""``rlrf eval``: metrics, resumable output, bad input, and a real OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import rlrf
+from algorithms.evaluate import EvalConfig, evaluate, pass_at_k
+from algorithms.testing import save_tiny
+from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv, Sample, SamplingParams
+from rlrf.cli import main as rlrf_main
+from rlrf.trajectory import Group, read_trajectories
+from tests.toy_envs import CountdownEnv
+
+rlrf.register("evaltest/TargetChar-v0", "algorithms.testing:TargetCharEnv", override=True)
+
+
+class FlakyJudgeEnv(RLRFEnv):
+    """Tasks ``m*`` cannot be graded until ``FlakyJudgeEnv.up`` (like a judge that is down)."""
+
+    up = False
+
+    def task_ids(self, split="train"):
+        return ["ok0", "m1", "ok2", "m3"]
+
+    def prompt(self, task_id):
+        return [{"role": "user", "content": f"Answer task {task_id}."}]
+
+    def evaluate(self, task_id, response, history=()):
+        if task_id.startswith("m") and not FlakyJudgeEnv.up:
+            return Outcome(None, Feedback(FeedbackKind.OTHER, "judge unreachable"))
+        if "x" in response:
+            return Outcome(1.0)
+        return Outcome(0.0, Feedback(FeedbackKind.WRONG_ANSWER, "say x"))
+
+
+rlrf.register("evaltest/FlakyJudge-v0", FlakyJudgeEnv, override=True)
+rlrf.register("evaltest/Countdown-v0", CountdownEnv, override=True)
+
+
+class ScriptedBackend:
+    """A real SamplingBackend whose i-th sample of every prompt is ``texts[i]``; on a chat
+    that already holds an env observation it answers ``"go"``. Counts the prompts it saw."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = list(texts)
+        self.prompts: list[list] = []
+
+    def sample(self, prompts, n, params: SamplingParams) -> list[list[Sample]]:
+        out = []
+        for p in prompts:
+            self.prompts.append(list(p))
+            waiting = any("Still waiting" in m["content"] for m in p)
+            texts = ["go"] * n if waiting else [self.texts[i % len(self.texts)] for i in range(n)]
+            out.append([Sample(t, None, None, "stop") for t in texts])
+        return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _groups(out: Path) -> list[Group]:
+    return [g for g in read_trajectories(out / "trajectories.jsonl") if isinstance(g, Group)]
+
+
+# ---- pass@k -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
+def test_pass_at_k_equals_the_fraction_of_k_subsets_holding_a_success(n):
+    for c in range(n + 1):
+        outcomes = [True] * c + [False] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(outcomes, k))
+            brute = sum(any(s) for s in subsets) / len(subsets)
+            assert pass_at_k(n, c, k) == pytest.approx(brute)
+
+
+def test_pass_at_k_rejects_impossible_counts():
+    with pytest.raises(ValueError, match="c <= n"):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError, match="k <= n"):
+        pass_at_k(4, 1, 5)
+
+
+# ---- a local HF model --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A random-weight model folder (config, weights, tokenizer), written once."""
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def test_tiny_hf_model_end_to_end_through_the_cli(tmp_path, capsys, tiny_folder):
+    model = tiny_folder
+    out = tmp_path / "eval"
+    args = ["eval", "--env", "evaltest/TargetChar-v0", "--model", str(model), "--k", "3",
+            "--tasks", "3", "--max-tokens", "6", "--out", str(out), "--no-progress",
+            "--batch-tasks", "2", "--kwarg", "n_test=5", "--kwarg", "targets=\"ab\""]  # fmt: skip
+    assert rlrf_main(args) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    groups = _groups(out)
+    assert [g.task_id for g in groups] == ["e0", "e1", "e2"]
+    assert all(len(g) == 3 for g in groups)
+    # every number in the summary follows from the stored responses
+    successes = [[t.success for t in g.trajectories] for g in groups]
+    assert summary["avg@3"] == pytest.approx(sum(sum(s) / 3 for s in successes) / 3)
+    assert summary["pass@"]["1"] == pytest.approx(summary["avg@3"])
+    assert summary["pass@3"] == pytest.approx(sum(any(s) for s in successes) / 3)
+    rewards = [t.reward for g in groups for t in g.trajectories]
+    assert summary["reward_mean"] == pytest.approx(sum(rewards) / 9)
+    tokens = [len(t.turns[0].response_token_ids) for g in groups for t in g.trajectories]
+    assert summary["response_tokens_mean"] == pytest.approx(sum(tokens) / 9)
+    assert 1 <= summary["response_tokens_mean"] <= 6
+    n_feedback = sum(len(t.feedback) for g in groups for t in g.trajectories)
+    assert sum(v for k, v in summary["feedback_kinds"].items() if k != "no_feedback") == n_feedback
+    # TargetCharEnv's feedback names the target; a response cut at 6 tokens is marked
+    assert set(summary["feedback_kinds"]) <= {"wrong_answer", "no_feedback"}
+    tasks = _rows(out / "tasks.jsonl")
+    assert [t["task_id"] for t in tasks] == ["e0", "e1", "e2"]
+    assert [t["successes"] for t in tasks] == [sum(s) for s in successes]
+    report = (out / "report.md").read_text()
+    assert "| avg@3 |" in report and "eval.png" in report
+    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"avg@3 {summary['avg@3']:.3f}" in printed
+    assert json.loads((out / "eval_config.json").read_text())["k"] == 3
+
+
+def test_resume_skips_finished_tasks_and_drops_a_half_written_line(tmp_path):
+    out = tmp_path / "eval"
+    cfg = dict(env="evaltest/TargetChar-v0", model="m", k=2, max_tokens=4, out=str(out),
+               batch_tasks=1, env_kwargs={"n_test": 4})  # fmt: skip
+    backend = ScriptedBackend(["aaa", "ab"])
+    first = evaluate(EvalConfig(tasks=2, **cfg), backend=backend, progress=False)
+    assert first.resumed == 0 and [g.task_id for g in first.groups] == ["e0", "e1"]
+    kept = (out / "trajectories.jsonl").read_text()
+    # a crash mid-write of task e2's line: half a JSON record, no newline
+    half = json.dumps({"schema_version": 1, "type": "group", "task_id": "e2"})[:30]
+    (out / "trajectories.jsonl").write_text(kept + half)
+    second = evaluate(EvalConfig(tasks=4, **cfg), backend=backend, progress=False)
+    assert second.resumed == 2 and len(backend.prompts) == 4  # only e2 and e3 sampled
+    assert [g.task_id for g in second.groups] == ["e0", "e1", "e2", "e3"]
+    text = (out / "trajectories.jsonl").read_text()
+    assert text.startswith(kept)  # the finished tasks' lines untouched
+    assert text.count("\n") == 4 and all(json.loads(line) for line in text.splitlines())
+    assert [g.task_id for g in _groups(out)] == ["e0", "e1", "e2", "e3"]
+    assert second.groups[0].to_dict() == first.groups[0].to_dict()
+    third = evaluate(EvalConfig(tasks=4, **cfg), backend=backend, progress=False)
+    assert (
+        third.resumed == 4
+        and len(backend.prompts) == 4
+        and (out / "trajectories.jsonl").read_text() == text
+    )
+
+
+def test_resume_refuses_results_of_another_evaluation(tmp_path):
+    out = tmp_path / "eval"
+    cfg = dict(env="evaltest/TargetChar-v0", model="m", max_tokens=4, out=str(out), tasks=1)
+    backend = ScriptedBackend(["aaa", "ab"])
+    evaluate(EvalConfig(k=2, **cfg), backend=backend, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(rlrf.ConfigError, match=r"k: 2 there, 3 now.*--fresh"):
+        evaluate(EvalConfig(k=3, **cfg), backend=backend, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    fresh = evaluate(EvalConfig(k=3, **cfg), backend=backend, fresh=True, progress=False)
+    assert fresh.resumed == 0 and len(fresh.groups[0]) == 3
+
+
+# ---- missing rewards, multi-turn ------------------------------------------------------------
+
+
+def test_missing_rewards_are_reported_never_scored_zero_and_retried(tmp_path):
+    FlakyJudgeEnv.up = False
+    out = tmp_path / "eval"
+    cfg = EvalConfig(env="evaltest/FlakyJudge-v0", split="train", k=2, out=str(out))
+    backend = ScriptedBackend(["x", "no"])
+    first = evaluate(cfg, backend=backend, progress=False).summary
+    assert first["tasks_missing_reward"] == ["m1", "m3"]
+    assert first["samples_missing_reward"] == 4
+    assert first["tasks_scored"] == 2
+    assert first["avg@2"] == pytest.approx(0.5)  # ok0, ok2: 1 of 2 each; m1, m3 not counted
+    assert first["pass@2"] == pytest.approx(1.0)
+    rows = {r["task_id"]: r for r in _rows(out / "tasks.jsonl")}
+    assert rows["m1"]["success_rate"] is None and rows["m1"]["rewards"] == [None, None]
+    assert "m1" in (out / "report.md").read_text()
+    FlakyJudgeEnv.up = True
+    try:
+        second = evaluate(cfg, backend=backend, progress=False)
+    finally:
+        FlakyJudgeEnv.up = False
+    assert second.resumed == 2  # ok0 and ok2 kept; m1 and m3 graded again
+    assert second.summary["tasks_missing_reward"] == []
+    assert second.summary["avg@2"] == pytest.approx(0.5)
+    assert len(backend.prompts) == 4 + 2
+
+
+def test_multi_turn_envs_are_played_whole(tmp_path):
+    backend = ScriptedBackend(["wait", "go"])
+    cfg = EvalConfig(env="evaltest/Countdown-v0", split="train", k=2, out=str(tmp_path / "e"))
+    summary = evaluate(cfg, backend=backend, progress=False).summary
+    (group,) = _groups(tmp_path / "e")
+    waited, direct = group.trajectories
+    assert [t.response for t in waited.turns] == ["wait", "go"] and waited.success
+    assert [t.response for t in direct.turns] == ["go"] and direct.success
+    assert summary["turns_mean"] == pytest.approx(1.5)
+    assert summary["avg@2"] == 1.0
+    assert summary["feedback_kinds"] == {"no_feedback": 1, "other": 1}
+
+
+# ---- bad input: one line, nothing written -------------------------------------------------
+
+
+class _FakeHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        server = self.server
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        with server.lock:
+            server.requests += 1
+            count = server.requests
+        mode = server.mode
+        if mode == "flaky" and count <= 2:
+            return self._send(500, {"error": {"message": "overloaded"}})
+        if mode == "limit_n" and body.get("n", 1) > 1:
+            return self._send(400, {"error": {"message": "n must be at most 1"}})
+        if mode == "garbage":
+            return self._send(200, b"<html>not an API</html>", "text/html")
+        if mode == "invalid_json":
+            return self._send(200, b'{"choices": [', "application/json")
+        if mode == "no_choices":
+            return self._send(200, {"id": "x", "object": "chat.completion", "choices": []})
+        n = body.get("n", 1)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "x"},
+                  "finish_reason": "stop"}  # fmt: skip
+        return self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
+                                "model": body.get("model"), "choices": [choice] * n})  # fmt: skip
+
+    def _send(self, status, payload, ctype="application/json"):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def start(mode):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
+        server.daemon_threads = True
+        server.mode, server.requests, server.lock = mode, 0, threading.Lock()
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1", server
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fails_cleanly(capsys, tmp_path, args, *needles):
+    out = tmp_path / "eval-out"
+    rc = rlrf_main(["eval", *args, "--out", str(out), "--no-progress", "--tasks", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1 and err.startswith("rlrf eval: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()  # nothing half-written for the next run to trust
+    return err
+
+
+def test_env_id_typo(capsys, tmp_path):
+    _fails_cleanly(
+        capsys, tmp_path, ["--env", "rlrf/Arithmetc-v0"], "Did you mean", "Arithmetic-v0"
+    )
+
+
+def test_missing_model_folder(capsys, tmp_path):
+    missing = str(tmp_path / "runs" / "nope" / "final")
+    _fails_cleanly(
+        capsys,
+        tmp_path,
+        ["--env", "rlrf/Arithmetic-v0", "--model", missing],
+        missing,
+        "does not exist",
+    )
+
+
+def test_folder_that_is_not_a_model(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    args = ["--env", "rlrf/Arithmetic-v0", "--model", str(tmp_path / "empty")]
+    _fails_cleanly(capsys, tmp_path, args, "no config.json")
+
+
+def test_unreachable_endpoint(capsys, tmp_path):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--max-retries", "1"]
+    _fails_cleanly(capsys, tmp_path, args, f"cannot connect to {url}", "2 attempt(s)")
+
+
+def test_unset_api_key_variable(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("RLRF_TEST_NO_SUCH_KEY", raising=False)
+    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+            "--api-key-env", "RLRF_TEST_NO_SUCH_KEY"]  # fmt: skip
+    _fails_cleanly(capsys, tmp_path, args, "RLRF_TEST_NO_SUCH_KEY is not set")
+
+
+@pytest.mark.parametrize(
+    ("mode", "needles"),
+    [
+        ("garbage", ["not an OpenAI chat completion"]),
+        ("invalid_json", ["not an OpenAI chat completion"]),
+        ("no_choices", ["returned no choices", "'m'"]),
+        ("limit_n", ["n=4", "n must be at most 1", "--samples-per-request 1"]),
+    ],
+)
+def test_bad_endpoint_answers(capsys, tmp_path, fake_server, mode, needles):
+    url, _ = fake_server(mode)
+    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--k", "4",
+            "--max-retries", "0"]  # fmt: skip
+    _fails_cleanly(capsys, tmp_path, args, url, *needles)
+
+
+def test_server_that_caps_n_works_with_samples_per_request(tmp_path, fake_server):
+    url, server = fake_server("limit_n")
+    cfg = EvalConfig(env="rlrf/Arithmetic-v0", base_url=url, model="m", k=3, tasks=2,
+                     samples_per_request=1, out=str(tmp_path / "e"))  # fmt: skip
+    result = evaluate(cfg, progress=False)
+    assert [len(g) for g in result.groups] == [3, 3]
+    assert server.requests == 6 == result.summary["endpoint"]["attempts"]
+
+
+def test_server_errors_are_retried_and_counted(tmp_path, fake_server):
+    url, server = fake_server("flaky")
+    cfg = EvalConfig(env="rlrf/Arithmetic-v0", base_url=url, model="m", k=2, tasks=1,
+                     max_retries=3, out=str(tmp_path / "e"))  # fmt: skip
+    summary = evaluate(cfg, progress=False).summary
+    assert summary["endpoint"] == {"attempts": 3, "retries": 2}
+    assert server.requests == 3
+    assert summary["tasks_scored"] == 1
+
+
+# ---- llm-katan serving the embedded model --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def katan():
+    """llm-katan serving the embedded SmolLM2-135M on 127.0.0.1, API keys checked."""
+    from algorithms.models import default_model_path
+
+    exe = Path(sys.executable).with_name("llm-katan")
+    assert exe.exists(), "llm-katan is not installed: pip install llm-katan"
+    model = default_model_path()
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    stats = Path(log.name).with_suffix(".stats.json")
+    cmd = [str(exe), "--model", str(model), "--served-model-name", "smol", "--host",
+           "127.0.0.1", "--port", str(port), "--no-quantize", "--device", "cpu",
+           "--max-tokens", "16", "--stats-file", str(stats), "--disable-dashboard",
+           "--log-level", "warning", "--validate-keys", "--api-keys", "openai=katan-key"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"llm-katan exited with {proc.returncode}:\n{log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"llm-katan not ready within 120 s:\n{log.read()[-3000:]}")
+            time.sleep(0.3)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+        os.unlink(log.name)
+        stats.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_real_server_eval_then_resume(katan, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KATAN_KEY", "katan-key")
+    out = tmp_path / "eval"
+    args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
+            "--api-key-env", "KATAN_KEY", "--k", "2", "--tasks", "3", "--max-tokens", "16",
+            "--concurrency", "2", "--out", str(out)]  # fmt: skip
+    assert rlrf_main(args) == 0
+    bar = capsys.readouterr().err  # tqdm: done/total [elapsed<remaining (the ETA), rate]
+    assert "3/3 [" in bar and ("task/s" in bar or "s/task" in bar)
+    summary = json.loads((out / "summary.json").read_text())
+    groups = _groups(out)
+    assert [len(g) for g in groups] == [2, 2, 2]
+    responses = [t.response for g in groups for t in g.trajectories]
+    assert all(isinstance(r, str) for r in responses) and any(r.strip() for r in responses)
+    # the arithmetic env grades every real response: a reward and, unless right, feedback
+    assert summary["samples_missing_reward"] == 0
+    assert sum(summary["feedback_kinds"].values()) >= 6 - 6 * summary["avg@2"]
+    assert summary["endpoint"]["attempts"] == 6  # llm-katan ignores n: one request per sample
+    assert summary["endpoint"]["retries"] == 0
+    # re-running asks nothing new
+    assert rlrf_main([*args, "--no-progress"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["tasks_resumed"] == 3 and again["endpoint"]["attempts"] == 0
+
+
+@pytest.mark.slow
+def test_real_server_wrong_api_key(katan, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KATAN_KEY", "not-the-key")
+    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
+            "--api-key-env", "KATAN_KEY", "--max-retries", "0"]  # fmt: skip
+    _fails_cleanly(capsys, tmp_path, args, "refused the API key (HTTP 401", "--api-key-env")
