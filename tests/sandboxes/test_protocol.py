@@ -102,3 +102,24 @@ def test_a_dropped_docker_sandbox_removes_its_containers(docker_engine) -> None:
     del sb  # never closed
     gc.collect()
     assert client.containers.list(all=True, filters={"label": label}) == []
+
+
+def test_read_rules_grant_everything_but_the_hidden_directories(tmp_path) -> None:
+    # root/{stdlib.py, pkgs/site-packages/secret, pkgs/other, link -> pkgs/site-packages}
+    from sandboxes import _worker as w
+
+    root = tmp_path / "root"
+    hidden = root / "pkgs" / "site-packages"
+    (hidden / "secret").mkdir(parents=True)
+    (root / "pkgs" / "other").mkdir()
+    (root / "stdlib.py").write_text("x = 1\n")
+    (root / "link").symlink_to(hidden)
+    rules = dict(w.read_rules([str(root)], [str(hidden)]))
+    full = w.LL_FS_READ_FILE | w.LL_FS_READ_DIR
+    assert rules == {
+        str(root): w.LL_FS_READ_DIR,  # listing only: it holds the hidden directory
+        str(root / "pkgs"): w.LL_FS_READ_DIR,
+        str(root / "pkgs" / "other"): full,
+        str(root / "stdlib.py"): full,
+    }
+    assert not any(p.startswith(str(hidden)) for p in rules)  # not even through the symlink
