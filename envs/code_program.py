@@ -22,6 +22,7 @@ values is replayed in rounds (new arguments go back to the sandbox, at most
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import random
 import re
@@ -170,6 +171,12 @@ def _rlrf_calls(_calls_json, _loads=__import__("json").loads, _print_exc=__impor
 _CHECK_FILE = "<check>"
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str, filename: str) -> types.CodeType:
+    """Compile trusted dataset code once (every grading replays the same prompt and check)."""
+    return compile(source, filename, "exec")
+
+
 def _private_random(seed: int) -> types.ModuleType:
     """A copy of :mod:`random` whose module-level functions use their own seeded generator."""
     rng = random.Random(seed)
@@ -200,7 +207,7 @@ def _check_namespace(prefix: str) -> dict[str, Any]:
     bdict = dict(builtins.__dict__)
     bdict["__import__"] = _import
     ns: dict[str, Any] = {"__builtins__": bdict, "__name__": "__rlrf_check__"}
-    exec(compile(prefix, "<prompt>", "exec"), ns)
+    exec(_compiled(prefix, "<prompt>"), ns)
     return ns
 
 
@@ -236,7 +243,7 @@ def record_check_calls(task: CodeTask) -> str:
         calls.append(encode_value(list(args)))  # before the call: it may mutate its arguments
         return reference(*args)
 
-    exec(compile(test, _CHECK_FILE, "exec"), ns)
+    exec(_compiled(test, _CHECK_FILE), ns)
     try:
         ns["check"](candidate)
     except Exception as e:
@@ -314,7 +321,7 @@ def replay_check(
     # calls it by name (HumanEval/33) compares with the reference, where the original harness
     # compared the candidate with itself.
     ns = _check_namespace(task.reference_solution or task.prefix)
-    exec(compile(test, _CHECK_FILE, "exec"), ns)
+    exec(_compiled(test, _CHECK_FILE), ns)
     try:
         ns["check"](candidate)
     except _Stop as stop:
