@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rlrf
-from algorithms.rollout import collect_groups
+from algorithms.rollout import EVAL_SEED, Task, collect_groups
+from rlrf.env import env_style
 from rlrf.errors import ConfigError, RLRFError, TrajectoryFormatError
 from rlrf.sampling import OpenAIBackend, SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, TrajectoryWriter, read_trajectories
@@ -71,6 +72,9 @@ __all__ = [
     "resolve_eval_model",
     "summarize",
 ]
+
+DEFAULT_SEED_TASKS = 100
+"""Tasks (reset seeds) of a Gymnasium-style env when ``--tasks`` is not given."""
 
 COMMAND_HELP = "evaluate a model or an OpenAI-compatible endpoint on an env (avg@k, pass@k)"
 """The help line of this ``rlrf`` subcommand."""
@@ -101,7 +105,9 @@ class EvalConfig:
         api_key_env: Name of the environment variable holding the endpoint's API key
             (default: ``OPENAI_API_KEY`` when set; local servers need none).
         split: The env's task split.
-        tasks: Evaluate the first ``tasks`` tasks of the split (None: all).
+        tasks: Evaluate the first ``tasks`` tasks of the split (None: all; a Gymnasium-style
+            env, which picks its task from the reset seed, plays that many fixed seeds,
+            default 100).
         k: Samples per task.
         temperature: Sampling temperature (0 = greedy; then k > 1 repeats one answer).
         top_p: Nucleus sampling mass.
@@ -109,6 +115,7 @@ class EvalConfig:
         seed: Sampling seed (endpoints may ignore it).
         concurrency: Requests in flight at once (endpoint), one task per request.
         batch_tasks: Tasks sampled in one generate call (local model).
+        env_workers: Threads stepping or grading envs (the env's ``thread_safe`` permitting).
         samples_per_request: Cap on ``n`` per request, for servers that limit it (default k).
         max_retries: Retries per request after a connection error, timeout, 408/409/429/5xx.
         request_timeout: Seconds per request attempt.
@@ -131,6 +138,7 @@ class EvalConfig:
     seed: int = 0
     concurrency: int = 8
     batch_tasks: int = 4
+    env_workers: int = 1
     samples_per_request: int | None = None
     max_retries: int = 3
     request_timeout: float = 120.0
@@ -139,7 +147,7 @@ class EvalConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("k", "max_tokens", "concurrency", "batch_tasks"):
+        for name in ("k", "max_tokens", "concurrency", "batch_tasks", "env_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(
                     f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
@@ -242,7 +250,8 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
     Returns a JSON-serializable dict: ``avg@k``, ``pass@j`` per reported j, mean reward,
     mean response length (tokens where the backend gave token ids, and characters), the
     fraction of turns cut at the token budget, the feedback-kinds histogram (``no_feedback``
-    counts responses with none), and the ids of tasks with missing rewards.
+    counts responses with none), the ids of tasks with missing rewards, and the episodes an
+    env error ended (:class:`rlrf.trajectory.RolloutError`).
     """
     per_task = [_task_result(g) for g in groups]
     scored = [r for r in per_task if not r["missing_rewards"]]
@@ -251,6 +260,7 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
     kinds: Counter[str] = Counter(f.kind.value for t in trajs for f in t.feedback)
     kinds["no_feedback"] = sum(not t.feedback for t in trajs)
     tokens = [_response_tokens(t) for t in trajs]
+    errors = [t.error for t in trajs if getattr(t, "error", None) is not None]
 
     def mean(values: Sequence[float]) -> float | None:
         return sum(values) / len(values) if values else None
@@ -273,6 +283,8 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
         "feedback_kinds": {kind: n for kind, n in kinds.most_common() if n},
         "samples_missing_reward": sum(r is None for g in groups for r in g.rewards),
         "tasks_missing_reward": [r["task_id"] for r in per_task if r["missing_rewards"]],
+        "env_errors": len(errors),
+        "env_error_examples": [str(e) for e in errors[:5]],
     }
     out[f"pass@{k}"] = out["pass@"][str(k)]
     return out
@@ -291,6 +303,7 @@ class EndpointBackend(OpenAIBackend):
         max_workers: Requests in flight at once (one prompt per request).
         max_retries: Retries per request (the ``openai`` client's own backoff).
         timeout: Seconds per attempt.
+        env_workers: Threads stepping or grading envs (the env's ``thread_safe`` permitting).
         samples_per_request: Cap on ``n`` per request; the rest is topped up.
 
     Attributes:
@@ -493,9 +506,9 @@ class _Store:
         self.out, self.identity = out, identity
         self.groups: dict[str, Group] = {}
         self._writer: TrajectoryWriter | None = None
+        self._discard = fresh  # earlier results are removed only once new ones are ready
         if fresh:
-            for name in OUTPUTS:
-                (out / name).unlink(missing_ok=True)
+            return
         config_path, results = out / CONFIG, out / RESULTS
         if results.exists() and not config_path.exists():
             raise ConfigError(
@@ -531,26 +544,58 @@ class _Store:
         try:
             for record in read_trajectories(path):
                 if isinstance(record, Group):
-                    self.groups[record.task_id] = record  # a later record of a task wins
+                    self.groups[_key_of(record)] = record  # a later record of a task wins
         except TrajectoryFormatError as e:
             raise ConfigError(f"{e}; the results file is damaged: pass --fresh") from e
 
-    def finished(self, task_id: str, k: int) -> bool:
-        group = self.groups.get(task_id)
+    def finished(self, key: str, k: int) -> bool:
+        group = self.groups.get(key)
         return group is not None and len(group) == k and None not in group.rewards
 
-    def append(self, groups: Sequence[Group]) -> None:
+    def append(self, keys: Sequence[str], groups: Sequence[Group]) -> None:
         if self._writer is None:
+            if self._discard:
+                for name in OUTPUTS:
+                    (self.out / name).unlink(missing_ok=True)
             self.out.mkdir(parents=True, exist_ok=True)
             _write_atomic(self.out / CONFIG, json.dumps(self.identity, indent=2) + "\n")
             self._writer = TrajectoryWriter(self.out / RESULTS, append=True)
-        for g in groups:
+        for key, g in zip(keys, groups, strict=True):
+            for t in g.trajectories:  # which requested task this is (a seed's task id may repeat)
+                t.info["eval_task"] = key
             self._writer.write(g)
-            self.groups[g.task_id] = g
+            self.groups[key] = g
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _key(task: Task) -> str:
+    return task if isinstance(task, str) else f"seed-{task}"
+
+
+def _key_of(group: Group) -> str:
+    first = group.trajectories[0].info.get("eval_task") if group.trajectories else None
+    return str(first) if first is not None else group.task_id
+
+
+def select_tasks(env: RLRFEnv, split: str, n: int | None) -> list[Task]:
+    """The tasks an evaluation plays: the first ``n`` ids of ``split``, or ``n`` reset seeds.
+
+    A task-style env lists its tasks; a Gymnasium-style env picks its task from the reset
+    seed, so it is evaluated on ``n`` fixed seeds (default :data:`DEFAULT_SEED_TASKS`): the
+    held-out seeds of :func:`algorithms.rollout.eval_tasks` for ``"test"``, ``0..n-1`` else.
+    """
+    if env_style(env) == "task":
+        if split not in env.splits:
+            raise ConfigError(f"{env.env_id} has no split {split!r}; it has {env.splits}")
+        ids: list[Task] = [str(t) for t in env.task_ids(split)][:n]
+        if not ids:
+            raise ConfigError(f"{env.env_id}: split {split!r} has no tasks")
+        return ids
+    base = EVAL_SEED if split == "test" else 0
+    return [base + i for i in range(n or DEFAULT_SEED_TASKS)]
 
 
 def _write_atomic(path: Path, text: str | bytes) -> None:
@@ -583,7 +628,7 @@ class EvalResult:
     resumed: int
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -611,22 +656,19 @@ def evaluate(
     """
     t0 = time.perf_counter()
     env = env if env is not None else rlrf.make(config.env, **config.env_kwargs)
-    if config.split not in env.splits:
-        raise ConfigError(f"{config.env} has no split {config.split!r}; it has {env.splits}")
-    task_ids = [str(t) for t in env.task_ids(config.split)][: config.tasks]
-    if not task_ids:
-        raise ConfigError(f"{config.env}: split {config.split!r} has no tasks")
-    backend = backend if backend is not None else build_backend(config)
+    tasks = select_tasks(env, config.split, config.tasks)
+    keys = [_key(t) for t in tasks]
     out = config.output_dir
     store = _Store(out, config.identity(), fresh=fresh)
-    todo = [t for t in task_ids if not store.finished(t, config.k)]
-    position = {t: i for i, t in enumerate(task_ids)}
+    todo = [i for i, key in enumerate(keys) if not store.finished(key, config.k)]
+    if todo and backend is None:  # a finished evaluation re-reports without a model
+        backend = build_backend(config)
     size = config.concurrency if isinstance(backend, OpenAIBackend) else config.batch_tasks
 
     from tqdm import tqdm
 
     bar = tqdm(
-        total=len(task_ids), initial=len(task_ids) - len(todo), desc=f"eval {config.env}",
+        total=len(tasks), initial=len(tasks) - len(todo), desc=f"eval {config.env}",
         unit="task", disable=not progress, dynamic_ncols=True,
     )  # fmt: skip
     try:
@@ -635,16 +677,19 @@ def evaluate(
                 temperature=config.temperature,
                 top_p=config.top_p,
                 max_new_tokens=config.max_tokens,
-                seed=(config.seed * 1_000_003 + position[chunk[0]]) % 2**31,
+                seed=(config.seed * 1_000_003 + chunk[0]) % 2**31,
             )
-            groups, _ = collect_groups(env, backend, chunk, config.k, params, env_id=config.env)
-            store.append(groups)
+            groups, _ = collect_groups(
+                env, backend, [tasks[i] for i in chunk], config.k, params,
+                env_id=config.env, split=config.split, env_workers=config.env_workers,
+            )  # fmt: skip
+            store.append([keys[i] for i in chunk], groups)
             bar.update(len(chunk))
     finally:
         bar.close()
         store.close()
 
-    groups = [store.groups[t] for t in task_ids]
+    groups = [store.groups[key] for key in keys]
     summary = {
         "env": config.env,
         "model": config.model,
@@ -654,13 +699,13 @@ def evaluate(
         "max_tokens": config.max_tokens,
         "seed": config.seed,
         **summarize(groups, config.k),
-        "tasks_resumed": len(task_ids) - len(todo),
+        "tasks_resumed": len(tasks) - len(todo),
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     if isinstance(backend, EndpointBackend):
         summary["endpoint"] = {"attempts": backend.attempts, "retries": backend.retries}
     _write_outputs(out, summary, groups)
-    return EvalResult(summary, groups, out, len(task_ids) - len(todo))
+    return EvalResult(summary, groups, out, len(tasks) - len(todo))
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -756,6 +801,13 @@ def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
         )
     else:
         text.append("None: every sample was graded.\n")
+    if summary["env_errors"]:
+        text.append(
+            f"{summary['env_errors']} episode(s) ended because the env raised or broke its "
+            "contract (their rewards are missing), for example:\n"
+        )
+        text.extend(f"- {e[:300]}" for e in summary["env_error_examples"])
+        text.append("")
     if "endpoint" in summary:
         ep = summary["endpoint"]
         text.append(f"Endpoint: {ep['attempts']} HTTP attempts, {ep['retries']} of them retries.\n")
@@ -803,7 +855,12 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
         help="environment variable holding the endpoint's API key (default: OPENAI_API_KEY if set)",
     )
     p.add_argument("--split", default="test", help="task split")
-    p.add_argument("--tasks", type=int, help="evaluate the first N tasks of the split (all)")
+    p.add_argument(
+        "--tasks",
+        type=int,
+        help="evaluate the first N tasks of the split (default: all; Gymnasium-style envs: "
+        f"N fixed reset seeds, default {DEFAULT_SEED_TASKS})",
+    )
     p.add_argument("--k", type=int, default=4, help="samples per task")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
@@ -811,6 +868,7 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
     p.add_argument("--batch-tasks", type=int, default=4, help="tasks per generate (local model)")
+    p.add_argument("--env-workers", type=int, default=1, help="threads stepping/grading envs")
     p.add_argument(
         "--samples-per-request",
         type=int,
@@ -854,6 +912,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
             seed=args.seed,
             concurrency=args.concurrency,
             batch_tasks=args.batch_tasks,
+            env_workers=args.env_workers,
             samples_per_request=args.samples_per_request,
             max_retries=args.max_retries,
             request_timeout=args.request_timeout,
@@ -886,6 +945,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
             + ", ".join(missing[:10])
             + (" ..." if len(missing) > 10 else "")
         )
+    if s["env_errors"]:
+        print(f"env errors: {s['env_errors']} episode(s), e.g. {s['env_error_examples'][0]}")
     if "endpoint" in s:
         print(f"endpoint: {s['endpoint']['attempts']} attempts, {s['endpoint']['retries']} retries")
     print(f"wrote {result.out / 'report.md'} (resumed {result.resumed} finished task(s))")

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+import algorithms.evaluate as evaluation
 import rlrf
 from algorithms.evaluate import EvalConfig, evaluate, pass_at_k
 from algorithms.testing import save_tiny
 from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv, Sample, SamplingParams
 from rlrf.cli import main as rlrf_main
 from rlrf.trajectory import Group, read_trajectories
-from tests.toy_envs import CountdownEnv
+from tests.toy_envs import CountdownEnv, GuessEnv
 
 rlrf.register("evaltest/TargetChar-v0", "algorithms.testing:TargetCharEnv", override=True)
 
@@ -50,6 +51,7 @@ class FlakyJudgeEnv(RLRFEnv):
 
 rlrf.register("evaltest/FlakyJudge-v0", FlakyJudgeEnv, override=True)
 rlrf.register("evaltest/Countdown-v0", CountdownEnv, override=True)
+rlrf.register("evaltest/Guess-v0", GuessEnv, override=True)
 
 
 class ScriptedBackend:
@@ -222,6 +224,49 @@ def test_multi_turn_envs_are_played_whole(tmp_path):
     assert summary["turns_mean"] == pytest.approx(1.5)
     assert summary["avg@2"] == 1.0
     assert summary["feedback_kinds"] == {"no_feedback": 1, "other": 1}
+
+
+class BisectingBackend:
+    """Plays the guessing game by bisection, reading "Higher/Lower than N" from the chat."""
+
+    def sample(self, prompts, n, params):
+        out = []
+        for chat in prompts:
+            lo, hi = 10, 99
+            for m in chat:
+                words = m["content"].rstrip(".").split()
+                if m["role"] == "user" and len(words) == 3 and words[1] == "than":
+                    if words[0] == "Higher":
+                        lo = int(words[2]) + 1
+                    else:
+                        hi = int(words[2]) - 1
+            out.append([Sample(str((lo + hi) // 2), None, None, "stop")] * n)
+        return out
+
+
+def test_gymnasium_style_env_is_played_by_seed_and_resumes(tmp_path, monkeypatch):
+    from algorithms.rollout import EVAL_SEED
+
+    cfg = EvalConfig(env="evaltest/Guess-v0", k=2, tasks=4, out=str(tmp_path / "e"))
+    result = evaluate(cfg, backend=BisectingBackend(), progress=False)
+    assert [t.seed for g in result.groups for t in g.trajectories] == [
+        EVAL_SEED + i for i in range(4) for _ in range(2)
+    ]
+    for g in result.groups:
+        secret = int(g.task_id.removeprefix("secret-"))
+        for t in g.trajectories:  # a whole stateful episode: bisect until found or 3 turns
+            assert t.task_id == g.task_id and 1 <= len(t.turns) <= 3
+            assert t.success == (int(t.turns[-1].response) == secret)
+            assert all(f.kind is FeedbackKind.WRONG_ANSWER for f in t.feedback)
+            assert len(t.feedback) == len(t.turns) - t.success
+    s = result.summary
+    assert s["turns_mean"] == pytest.approx(
+        sum(len(t.turns) for g in result.groups for t in g.trajectories) / 8
+    )
+    # nothing is left to play, so no model is loaded to re-report
+    monkeypatch.setattr(evaluation, "build_backend", lambda config: pytest.fail("loaded"))
+    again = evaluate(cfg, progress=False)
+    assert again.resumed == 4 and again.summary["avg@2"] == s["avg@2"]
 
 
 # ---- bad input: one line, nothing written -------------------------------------------------
