@@ -612,8 +612,9 @@ def _collect_episodes(
     def close(ep: _Episode) -> None:
         if ep.env is None:
             return
+        env, ep.env = ep.env, None  # closed once, as soon as its episode is over
         try:
-            ep.env.close()
+            env.close()
         except Exception as e:
             warnings.warn(
                 f"{name}.close raised {type(e).__name__}: {e}", RolloutErrorWarning, stacklevel=3
@@ -631,6 +632,7 @@ def _collect_episodes(
             samples = _sample_turn(backend, episodes, active, group_size, params, k, stats)
             t0 = time.perf_counter()
             _map(pool, advance, active, samples, [k + 1] * len(active))
+            _map(pool, close, [ep for ep in active if ep.done])
             stats.env_s += time.perf_counter() - t0
         for ep in episodes:
             if not ep.done and ep.traj.error is None:
