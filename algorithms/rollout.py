@@ -1,7 +1,8 @@
 """Rollout collection: G episodes per task, played through any :class:`rlrf.RLRFEnv`.
 
-:func:`collect_groups` is the one rollout loop of training, evaluation, test-time
-self-distillation and ``rlrf sample``. It returns one :class:`rlrf.Group` per task in the
+:func:`collect_groups` is the one rollout loop of training, evaluation and test-time
+self-distillation (``rlrf sample`` plays scripted episodes through the same ``reset``/``step``
+contract). It returns one :class:`rlrf.Group` per task in the
 common trajectory format, with the sampler's token ids and log-probs in each
 :class:`rlrf.Turn`. A task is a task id (``str``) or a reset seed (``int``; the same seed
 picks the same task, which is how the G rollouts of a group share one).
@@ -18,7 +19,7 @@ Two paths, one contract (``reset`` then ``step`` until ``terminated`` or ``trunc
   ``reset``/``step``): every running rollout gets its own env instance (``env_factory``, by
   default :meth:`rlrf.RLRFEnv.spawn`), so stateful envs never share state; envs are reset
   and stepped on a thread pool of ``env_workers`` threads (one thread when the env declares
-  ``thread_safe = False``); every env is closed at the end.
+  ``thread_safe = False``); each env is closed as soon as its episode ends.
 
 Either way, all running rollouts of a turn are sampled in ONE ``backend.sample`` call (the
 first turn as ``group_size`` samples of each distinct prompt), an episode ends when the env
