@@ -240,14 +240,22 @@ _SECCOMP_ARCH = {
     "x86_64": (0xC000003E, 41, 53, 425, 0x40000000),
     "aarch64": (0xC00000B7, 198, 199, 425, 0),
 }
-# Also refused: System V IPC and POSIX message queues. Their objects outlive the run that made
-# them and are not files (Landlock does not see them): a run could leave data for a later run,
-# or attach to the host's segments by id.
-_SECCOMP_IPC = {
-    # shmget shmat shmctl semget semop semctl shmdt msgget msgsnd msgrcv msgctl semtimedop
-    # mq_open
-    "x86_64": (29, 30, 31, 64, 65, 66, 67, 68, 69, 70, 71, 220, 240),
-    "aarch64": (186, 187, 188, 189, 190, 191, 192, 193, 194, 195, 196, 197, 180),
+# Also refused: kernel state that outlives a run and is not a file (Landlock does not see it),
+# through which a run could leave data for a later one or reach the host's: System V IPC and
+# POSIX message queues (a host's segment can be attached by id), the per-uid key rings, bpf().
+_SECCOMP_DENY = {
+    "x86_64": (
+        *(29, 30, 31, 64, 65, 66, 67, 68, 69, 70, 71, 220),  # shm*, sem*, msg*, semtimedop
+        240,  # mq_open
+        *(248, 249, 250),  # add_key, request_key, keyctl
+        321,  # bpf
+    ),
+    "aarch64": (
+        *range(186, 198),  # msg*, sem*, shm*
+        180,  # mq_open
+        *(217, 218, 219),  # add_key, request_key, keyctl
+        280,  # bpf
+    ),
 }
 AF_UNIX, AF_INET, AF_NETLINK, AF_INET6, SOCK_DGRAM = 1, 2, 16, 10, 2
 _RET_ALLOW = 0x7FFF0000
@@ -276,7 +284,7 @@ def seccomp_filter() -> bytes | None:
         ("", jeq, "socket", None, nr_socket),
         ("", jeq, "pair", None, nr_pair),
         ("", jeq, "deny", None, nr_uring),
-        *[("", jeq, "deny", None, nr) for nr in _SECCOMP_IPC[os.uname().machine]],
+        *[("", jeq, "deny", None, nr) for nr in _SECCOMP_DENY[os.uname().machine]],
         ("", ja, None, None, "allow"),
         ("socket", ld, None, None, 16),  # args[0]: the address family
         ("", jeq, "allow", None, AF_INET),

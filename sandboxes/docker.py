@@ -16,7 +16,7 @@ the container is recycled); pids limit (fork bombs); CPU quota; user ``nobody`` 
 capabilities dropped; ``no-new-privileges``; a random non-root uid per container (so
 ``RLIMIT_NPROC`` counts that container only); Landlock inside (no ``execve``, no TCP, no
 signals to the worker); the worker's seccomp filter (no unix, vsock, packet sockets, no
-io_uring, no System V IPC or message queues between runs); the image holds
+io_uring, no System V IPC, message queues or key rings between runs); the image holds
 nothing but the interpreter, its libraries and the standard library, so there is nothing of
 the host to read. Inside, the
 worker adds per-run rlimits (address space, CPU, file size, open files), wall-clock kills of

@@ -38,8 +38,9 @@ reported once with an :class:`~sandboxes.IsolationWarning` naming the protection
   datagram socketpairs (``sendto`` takes a pathname) and io_uring are refused with EACCES,
   as is every system call of a foreign ABI (i386, x32).
 * **Shared state** — the same filter refuses System V IPC (shared memory, semaphores, message
-  queues) and POSIX message queues: their objects outlive a run and are no files, so a run
-  could otherwise leave data for the next or attach to the host's segments by id.
+  queues), POSIX message queues, the kernel key rings and ``bpf()``: their objects outlive a
+  run and are no files, so a run could otherwise leave data for the next (a slot's uid keeps
+  its key ring) or attach to the host's segments by id.
 * **Other processes** — a different uid (no signals to root's processes), Landlock signal
   scoping (ABI >= 6), no-new-privileges, parent-death signal.
 * **Environment** — workers start with an empty environment; the caller's is never seen.
@@ -49,8 +50,8 @@ reported once with an :class:`~sandboxes.IsolationWarning` naming the protection
 What is NOT protected:
 
 * Same-kernel isolation is no defence against kernel exploits; the seccomp filter covers
-  sockets, io_uring and IPC only, so every other system call Landlock does not cover is
-  reachable.
+  sockets, io_uring, IPC, key rings and ``bpf()`` only, so every other system call Landlock
+  does not cover is reachable.
 * Memory is capped per process (``RLIMIT_AS``), not per run: ``processes`` children can each
   use ``memory_bytes``. The Docker backend caps the whole container.
 * CPU time is counted for the main process only; a program's children are bounded by the

