@@ -4,6 +4,9 @@ The policy answers a problem statement with a program: the last ```` ```python `
 response (``code_block="first"`` takes the first; untagged blocks count when no tagged one
 exists). The program runs in a sandbox (:mod:`sandboxes`, ``"local"`` by default) once per
 test; outputs are compared **in the parent**, so expected outputs never enter the sandbox.
+Programs may import the standard library only: no installed package is readable in the
+sandbox (the tests shipped in ``envs/data`` would be); to allow one, preload it, e.g.
+``sandbox_kwargs={"preload": ("numpy",)}``.
 
 Reward: 1.0 when every graded test passes, else 0.0 (``reward="fraction"``: the fraction of
 tests passed). ``None`` when the sandbox itself failed (trainers skip such rollouts).
