@@ -17,7 +17,10 @@ ever raises. Two ways to run code:
   subclass with a lying ``__eq__``, anything not JSON-serializable cannot survive the trip; the
   expected value never enters the sandbox, so frame or ``gc`` inspection finds nothing. If the
   program exits before returning (``sys.exit(0)``, ``os._exit(0)``), the status is
-  ``runtime_error`` and ``return_json`` is None: an exit code never implies a pass.
+  ``runtime_error`` and ``return_json`` is None: an exit code never implies a pass. The
+  channel is the program's own file descriptor, so a program can write a return value itself:
+  ``return_json`` is always the program's *answer*, never a verdict. Compare it in the parent;
+  never run a check, whose outcome the program could forge, inside the sandbox.
 
 ``run_many(jobs)`` runs a batch of :class:`Job` on every core and returns the results in order.
 
