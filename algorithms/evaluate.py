@@ -247,7 +247,8 @@ def _response_tokens(traj: Any) -> int | None:
 def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
     """Aggregate metrics over task groups (tasks with a missing reward are listed apart).
 
-    Returns a JSON-serializable dict: ``avg@k``, ``pass@j`` per reported j, mean reward,
+    Returns a JSON-serializable dict: ``avg@k``, ``pass@j`` per reported j, mean reward, the
+    share of tasks whose k rewards are not all equal (the groups GRPO can learn from),
     mean response length (tokens where the backend gave token ids, and characters), the
     fraction of turns cut at the token budget, the feedback-kinds histogram (``no_feedback``
     counts responses with none), the ids of tasks with missing rewards, and the episodes an
@@ -276,6 +277,8 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
             for j in pass_ks(k)
         },
         "reward_mean": mean([r["reward_mean"] for r in scored]),
+        # GRPO learns only from groups whose rewards differ (else every advantage is 0)
+        "tasks_with_reward_spread": mean([len(set(r["rewards"])) > 1 for r in scored]),
         "response_tokens_mean": None if not trajs or None in tokens else mean(tokens),  # type: ignore[arg-type]
         "response_chars_mean": mean([_response_chars(t) for t in trajs]),
         "truncated_fraction": mean([t.info.get("finish_reason") == "length" for t in turns]),
@@ -768,6 +771,11 @@ def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
             for j, v in summary["pass@"].items()
         ),
         ("mean reward", summary["reward_mean"], "per sample, task mean"),
+        (
+            "tasks with reward spread",
+            summary["tasks_with_reward_spread"],
+            f"share of tasks whose {k} rewards differ: GRPO's learning signal",
+        ),
         ("response tokens", summary["response_tokens_mean"], "mean per response (all turns)"),
         ("response characters", summary["response_chars_mean"], "mean per response"),
         ("cut at --max-tokens", summary["truncated_fraction"], "share of turns"),
@@ -931,6 +939,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
     passes = "  ".join(f"pass@{j} {_fmt(v)}" for j, v in s["pass@"].items())
     print(f"{config.env} | {config.model} | {config.split}: {s['tasks']} tasks x k={k}")
     print(f"avg@{k} {_fmt(s[f'avg@{k}'])}  {passes}  mean reward {_fmt(s['reward_mean'])}")
+    print(f"tasks whose {k} rewards differ (GRPO signal): {_fmt(s['tasks_with_reward_spread'])}")
     tokens = s["response_tokens_mean"]
     length = (
         f"{tokens:.1f} tokens" if tokens is not None else f"{s['response_chars_mean']:.0f} chars"

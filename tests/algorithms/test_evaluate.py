@@ -128,6 +128,8 @@ def test_tiny_hf_model_end_to_end_through_the_cli(tmp_path, capsys, tiny_folder)
     assert summary["pass@3"] == pytest.approx(sum(any(s) for s in successes) / 3)
     rewards = [t.reward for g in groups for t in g.trajectories]
     assert summary["reward_mean"] == pytest.approx(sum(rewards) / 9)
+    spread = [len({t.reward for t in g.trajectories}) > 1 for g in groups]
+    assert summary["tasks_with_reward_spread"] == pytest.approx(sum(spread) / 3)
     tokens = [len(t.turns[0].response_token_ids) for g in groups for t in g.trajectories]
     assert summary["response_tokens_mean"] == pytest.approx(sum(tokens) / 9)
     assert 1 <= summary["response_tokens_mean"] <= 6
@@ -199,6 +201,7 @@ def test_missing_rewards_are_reported_never_scored_zero_and_retried(tmp_path):
     assert first["tasks_scored"] == 2
     assert first["avg@2"] == pytest.approx(0.5)  # ok0, ok2: 1 of 2 each; m1, m3 not counted
     assert first["pass@2"] == pytest.approx(1.0)
+    assert first["tasks_with_reward_spread"] == 1.0  # rewards 1 and 0 in both scored tasks
     rows = {r["task_id"]: r for r in _rows(out / "tasks.jsonl")}
     assert rows["m1"]["success_rate"] is None and rows["m1"]["rewards"] == [None, None]
     assert "m1" in (out / "report.md").read_text()
