@@ -416,11 +416,20 @@ def _collect_task_groups(
     stats: RolloutStats,
 ) -> list[Group]:
     name = _name(env)
-    prompts = [list(env.prompt(t)) for t in task_ids]
+    prompts: list[list[Message] | RolloutError] = []
+    for t in task_ids:
+        try:  # prompt() is the task protocol's reset: a failure ends that group only
+            prompts.append(validate_reset((list(env.prompt(t)), {}), f"{name}.prompt({t!r})")[0])
+        except Exception as e:
+            prompts.append(RolloutError.from_exception("prompt", 0, e))
+    ready = [i for i, p in enumerate(prompts) if not isinstance(p, RolloutError)]
     t0 = time.perf_counter()
-    samples = backend.sample(prompts, group_size, params)
+    sampled = backend.sample([prompts[i] for i in ready], group_size, params) if ready else []
     stats.generation_s += time.perf_counter() - t0
-    stats.generations += sum(len(s) for s in samples)
+    stats.generations += sum(len(s) for s in sampled)
+    samples: list[list[Sample]] = [[] for _ in task_ids]
+    for i, group_samples in zip(ready, sampled, strict=True):
+        samples[i] = group_samples
 
     def grade(task_id: str, texts: list[str]) -> list[Outcome] | RolloutError:
         try:
@@ -429,19 +438,32 @@ def _collect_task_groups(
             return RolloutError.from_exception("evaluate_many", 1, e)
 
     t0 = time.perf_counter()
-    texts = [[s.text for s in group] for group in samples]
-    if workers > 1 and len(task_ids) > 1:
+    texts = [[s.text for s in samples[i]] for i in ready]
+    ids = [task_ids[i] for i in ready]
+    if workers > 1 and len(ready) > 1:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            graded = _map(pool, grade, task_ids, texts)
+            graded_ready = _map(pool, grade, ids, texts)
     else:
-        graded = _map(None, grade, task_ids, texts)
+        graded_ready = _map(None, grade, ids, texts)
     stats.env_s += time.perf_counter() - t0
+    graded: list[list[Outcome] | RolloutError] = list(prompts)  # type: ignore[arg-type]
+    for i, outcomes in zip(ready, graded_ready, strict=True):
+        graded[i] = outcomes
 
     groups: list[Group] = []
     running: list[tuple[Trajectory, Outcome]] = []
     for task_id, prompt, group_samples, outcomes in zip(
         task_ids, prompts, samples, graded, strict=True
     ):
+        if isinstance(prompt, RolloutError):
+            failed = [
+                Trajectory(env_id, task_id, (), [], params.seed, policy_version=policy_version)
+                for _ in range(group_size)
+            ]
+            for traj in failed:
+                traj.error = prompt
+            groups.append(Group(env_id=env_id, task_id=task_id, trajectories=failed))
+            continue
         trajectories = []
         for i, s in enumerate(group_samples):
             traj = Trajectory(

@@ -114,8 +114,8 @@ class RolloutError:
     """Why an episode ended early: the env raised or broke its contract (not fatal to a run).
 
     Attributes:
-        method: The env method that failed: ``"make"``, ``"reset"``, ``"step"``,
-            ``"evaluate"`` or ``"evaluate_many"``.
+        method: The env method that failed: ``"make"``, ``"reset"``, ``"step"``, or for
+            task-style envs ``"prompt"``, ``"evaluate_many"`` or ``"evaluate"``.
         turn: The turn being played (0 for ``make`` and ``reset``, 1 for the first response).
         error_type: The exception's class name (``"EnvError"`` for a broken contract).
         message: The exception's message.

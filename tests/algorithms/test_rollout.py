@@ -217,6 +217,27 @@ def test_task_protocol_errors_are_recorded_per_group():
     assert stats.env_errors == 2 and stats.generations == 4
 
 
+class BrokenPrompt(EchoEnv):
+    def prompt(self, task_id):
+        if task_id == "t0":
+            return "not a chat"
+        return super().prompt(task_id)
+
+
+def test_a_prompt_that_breaks_ends_only_its_group():
+    backend = ScriptedBackend(["t1"])
+    with pytest.warns(RolloutErrorWarning):
+        groups, stats = collect_groups(BrokenPrompt(), backend, ["t0", "t1"], 3, SamplingParams())
+    bad, ok = groups
+    assert backend.calls == [(1, 3)]  # only the good prompt was sampled
+    assert all(t.reward == 1.0 for t in ok.trajectories)
+    for t in bad.trajectories:
+        assert t.turns == [] and t.reward is None
+        assert (t.error.method, t.error.turn) == ("prompt", 0)
+        assert t.error.message.startswith("BrokenPrompt.prompt('t0') returned an observation")
+    assert stats.generations == 3 and stats.env_errors == 3
+
+
 class SlowGuess(GuessEnv):
     """Records how many instances are inside step at once."""
 
