@@ -26,7 +26,9 @@ first turn as ``group_size`` samples of each distinct prompt), an episode ends w
 says ``terminated`` or ``truncated``, when its reward is missing, or after ``max_turns``
 turns (the env's ``max_turns`` by default). What the env returns is checked by
 :func:`rlrf.env.validate_outcome` / :func:`rlrf.env.validate_step` (finite rewards, typed
-feedback, a chat observation that continues the chat). An env that raises or breaks its
+feedback, a chat observation that continues the chat); a step's ``info`` entries other than
+the ones the trajectory types (feedback, success, ...) are kept in :attr:`rlrf.Turn.info` when
+they are JSON-serializable, and left out otherwise. An env that raises or breaks its
 contract ends THAT rollout only: the trajectory records a :class:`rlrf.trajectory.RolloutError`
 (its reward is then missing, so trainers skip it), :attr:`RolloutStats.env_errors` counts it
 and one :class:`RolloutErrorWarning` per call says so.
