@@ -142,6 +142,8 @@ class _Guess(GuessEnv):
         self.defect = defect
 
     def reset(self, *, seed=None, options=None):
+        if self.defect == "reset_raises":
+            raise KeyError("no such level")
         chat, info = super().reset(seed=seed, options=options)
         if self.defect == "reset_arity":
             return chat
@@ -175,6 +177,11 @@ class _Guess(GuessEnv):
 @pytest.mark.parametrize(
     ("defect", "message"),
     [
+        (
+            "reset_raises",
+            "_Guess: reset(seed=123) raised KeyError: 'no such level'; reset must start an "
+            "episode for any seed",
+        ),
         (
             "reset_arity",
             "_Guess: reset(seed=123) returned list; reset must return (observation, info)",
