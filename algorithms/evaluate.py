@@ -220,6 +220,7 @@ def _task_result(group: Group) -> dict[str, Any]:
     kinds = Counter(f.kind.value for t in group.trajectories for f in t.feedback)
     record: dict[str, Any] = {
         "task_id": group.task_id,
+        "task": _key_of(group),  # what was asked for: the task id, or "seed-N"
         "samples": n,
         "successes": successes,
         "missing_rewards": missing,

@@ -473,25 +473,25 @@ def test_real_server_eval_then_resume(katan, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KATAN_KEY", "katan-key")
     out = tmp_path / "eval"
     args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
-            "--api-key-env", "KATAN_KEY", "--k", "2", "--tasks", "3", "--max-tokens", "16",
+            "--api-key-env", "KATAN_KEY", "--k", "2", "--tasks", "2", "--max-tokens", "16",
             "--concurrency", "2", "--out", str(out)]  # fmt: skip
     assert rlrf_main(args) == 0
     bar = capsys.readouterr().err  # tqdm: done/total [elapsed<remaining (the ETA), rate]
-    assert "3/3 [" in bar and ("task/s" in bar or "s/task" in bar)
+    assert "2/2 [" in bar and ("task/s" in bar or "s/task" in bar)
     summary = json.loads((out / "summary.json").read_text())
     groups = _groups(out)
-    assert [len(g) for g in groups] == [2, 2, 2]
+    assert [len(g) for g in groups] == [2, 2]
     responses = [t.response for g in groups for t in g.trajectories]
     assert all(isinstance(r, str) for r in responses) and any(r.strip() for r in responses)
     # the arithmetic env grades every real response: a reward and, unless right, feedback
     assert summary["samples_missing_reward"] == 0
-    assert sum(summary["feedback_kinds"].values()) >= 6 - 6 * summary["avg@2"]
-    assert summary["endpoint"]["attempts"] == 6  # llm-katan ignores n: one request per sample
+    assert sum(summary["feedback_kinds"].values()) == 4  # kinds, or no_feedback, per response
+    assert summary["endpoint"]["attempts"] == 4  # llm-katan ignores n: one request per sample
     assert summary["endpoint"]["retries"] == 0
     # re-running asks nothing new
     assert rlrf_main([*args, "--no-progress"]) == 0
     again = json.loads((out / "summary.json").read_text())
-    assert again["tasks_resumed"] == 3 and again["endpoint"]["attempts"] == 0
+    assert again["tasks_resumed"] == 2 and "endpoint" not in again  # nothing asked, no client
 
 
 @pytest.mark.slow
