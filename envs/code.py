@@ -329,6 +329,11 @@ class CodeEnv(RLRFEnv):
         """The reference solution, when the dataset has one."""
         return self._resolve(task_id)[0].reference_solution
 
+    def gold_response(self, task_id: str) -> str | None:
+        """The reference solution in a Python code block, as this env grades a response."""
+        gold = self.gold_answer(task_id)
+        return None if gold is None else f"```python\n{gold.rstrip()}\n```"
+
     # ---- grading ----------------------------------------------------------------------------
 
     def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:

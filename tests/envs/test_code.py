@@ -314,3 +314,12 @@ def test_a_broken_sandbox_gives_a_missing_reward_not_a_zero():
     out = env.evaluate("sum-two", SUM_OK)
     assert out.reward is None and out.feedback.kind is FeedbackKind.OTHER
     assert out.feedback.text.startswith("The sandbox failed while grading")
+
+
+def test_gold_response_is_a_code_block_that_scores_one(env):
+    # `rlrf sample` plays gold_response: it must be graded as a solution, not as plain text
+    task_id = env.task_ids("test")[0]
+    gold = env.gold_response(task_id)
+    assert gold.startswith("```python\n") and gold.endswith("\n```")
+    assert env.evaluate(task_id, gold).reward == 1.0
+    assert env.evaluate(task_id, env.gold_answer(task_id)).reward == 0.0  # no code block
