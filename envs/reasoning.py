@@ -25,6 +25,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from envs._text import last_tagged
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
@@ -153,10 +154,9 @@ class ReasoningGymEnv(RLRFEnv):
 
     def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:
         """Score the tagged answer with the dataset's ``score_answer``."""
-        from reasoning_gym.utils import extract_answer
-
         entry = self.entry(task_id)
-        answer = extract_answer(response, tag_name=self.answer_tag)
+        # reasoning_gym.utils.extract_answer's lazy regex is quadratic on unclosed tags
+        answer = last_tagged(response, self.answer_tag)
         tag = self.answer_tag
         if answer is None:
             text = f"Your response has no final answer. End it with <{tag}>your answer</{tag}>."

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reasoning_gym.utils import extract_answer
 
 import rlrf
+from envs._text import last_tagged
 from envs.reasoning import ReasoningGymEnv
 from rlrf import FeedbackKind
 
@@ -69,3 +75,20 @@ def test_bad_names_and_configs_are_clear_errors():
 def test_registered_id_makes_the_env():
     env = rlrf.make("rlrf/ReasoningGym-v0", dataset="leg_counting", n_train=10, n_test=2)
     assert env.dataset_name == "leg_counting" and env.env_id == "rlrf/ReasoningGym-v0"
+
+
+# ---- hostile responses (issue 16) ---------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.sampled_from(["<answer>", "</answer>", "<", ">", "/", " ", "\n", "7"])))
+def test_answer_extraction_agrees_with_reasoning_gym(parts):
+    text = "".join(parts)
+    assert last_tagged(text, "answer") == extract_answer(text, tag_name="answer")
+
+
+def test_unclosed_answer_tags_are_linear(env):
+    start = time.perf_counter()
+    outcome = env.evaluate(env.task_ids()[0], "<answer>" * 20_000)  # ~100 s before
+    assert outcome.feedback_items[0].kind is FeedbackKind.FORMAT
+    assert time.perf_counter() - start < 2.0
