@@ -10,6 +10,7 @@ from typing import Any
 
 import jsonschema
 
+from envs._text import last_tagged
 from envs.tool_use.data import SAMPLE_PATH, GoldCall, ToolTask, load_tool_tasks_jsonl
 from envs.tool_use.matching import best_assignment, compare_call, short_json
 from envs.tool_use.parsing import TAG_CLOSE, TAG_OPEN, ToolCall, parse_tool_calls
@@ -25,9 +26,12 @@ from rlrf.feedback import (
     truncate_text,
 )
 
-__all__ = ["ToolUseEnv"]
+__all__ = ["MAX_CALLS_PER_TURN", "ToolUseEnv"]
 
 _MAX_MESSAGE_CHARS = 300
+#: Calls read from one response; more are ignored with ``format`` feedback. Bounds the work of
+#: a turn and, for multi-turn tasks, the tool messages it adds to the transcript.
+MAX_CALLS_PER_TURN = 32
 
 
 _SINGLE_TURN_INSTRUCTIONS = (
@@ -198,12 +202,27 @@ class ToolUseEnv(RLRFEnv):
     def _parse(
         self, task: ToolTask, response: str
     ) -> tuple[list[ToolCall], list[Feedback], list[bool]]:
-        """Parse and check the calls: ``(calls, feedback, whether each call is valid)``."""
+        """Parse and check the calls: ``(calls, feedback, whether each call is valid)``.
+
+        At most :data:`MAX_CALLS_PER_TURN` calls are kept (the rest is a format problem).
+        """
         calls, errors = parse_tool_calls(response)
         feedback = [
             Feedback(FeedbackKind.FORMAT, truncate_text(msg + ".", 500), source="tool_use")
-            for msg in errors
+            for msg in errors[:MAX_CALLS_PER_TURN]
         ]
+        if len(calls) > MAX_CALLS_PER_TURN:
+            feedback.insert(
+                0,
+                Feedback(
+                    FeedbackKind.FORMAT,
+                    f"Your response makes {len(calls)} function calls; at most "
+                    f"{MAX_CALLS_PER_TURN} per turn are read, so the rest were ignored. Make "
+                    "only the calls the request needs.",
+                    source="tool_use",
+                ),
+            )
+            calls = calls[:MAX_CALLS_PER_TURN]
         valid = []
         for k, call in enumerate(calls, 1):
             fb = self._check_call(task, k, call)
@@ -329,6 +348,7 @@ class ToolUseEnv(RLRFEnv):
             if m.get("role") != "assistant":
                 continue
             calls, _ = parse_tool_calls(m.get("content", ""))
+            calls = calls[:MAX_CALLS_PER_TURN]  # as many as were executed in that turn
             done.extend(c for c in calls if self._check_call(task, 1, c) is None)
         return done
 
@@ -403,8 +423,8 @@ class ToolUseEnv(RLRFEnv):
             )
         ok_answer = True
         if task.answer:
-            m = re.findall(r"<answer>(.*?)</answer>", response, re.S)
-            text = (m[-1] if m else response).lower()
+            tagged = last_tagged(response, "answer", strip=False)  # linear, unlike a lazy regex
+            text = (response if tagged is None else tagged).lower()
             ok_answer = any(
                 re.search(rf"(?<![\w.]){re.escape(a.lower())}(?![\w])", text) for a in task.answer
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -323,3 +324,27 @@ def test_multi_turn_backends_get_huge_numbers_without_crashing():
     result = env.step_result(call("restock", item="banana", quantity=10**3000))
     assert result.reward == 0.0 and not result.done
     assert str(10**3000 + 5) in result.observation[-1]["content"]
+
+
+def test_thousands_of_calls_are_capped_per_turn():
+    many = call("get_stock", item="apple") * 3000
+    env = ToolUseEnv()
+    env.reset(options={"task_id": "mt-inventory-3"})
+    start = time.perf_counter()
+    # made 3,000 tool messages before, past the chat space's 1,024 (EnvError in step_result)
+    result = env.step_result(many)
+    assert len(result.observation) <= 40 and not result.done
+    assert result.feedback[0].kind is FeedbackKind.FORMAT
+    assert "makes 3000 function calls; at most 32 per turn" in result.feedback[0].text
+    single = env.evaluate("tu-weather-1", many)  # pairing 3,000 calls took seconds
+    assert single.reward == 0.0 and "makes 3000" in single.feedback_items[0].text
+    assert time.perf_counter() - start < 2.0
+
+
+def test_final_answer_with_unclosed_tags_is_linear():
+    env = ToolUseEnv()
+    env.reset(options={"task_id": "mt-inventory-2"})
+    start = time.perf_counter()
+    result = env.step_result("<answer>" * 20_000 + "7")
+    assert result.done and result.reward == 0.0
+    assert time.perf_counter() - start < 2.0
