@@ -371,6 +371,19 @@ def test_folder_that_is_not_a_model(capsys, tmp_path):
     _fails_cleanly(capsys, tmp_path, args, "no config.json")
 
 
+def test_run_folder_resolves_to_its_final_model(tmp_path):
+    from algorithms.evaluate import resolve_eval_model
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    final = str(tmp_path / "run" / "final")
+    assert resolve_eval_model(str(tmp_path / "run")) == final
+    assert resolve_eval_model(final) == final
+    with pytest.raises(rlrf.RLRFError, match="not a model folder or a finished run"):
+        resolve_eval_model(str(tmp_path / "run" / "checkpoints"))
+
+
 def test_unreachable_endpoint(capsys, tmp_path):
     url = f"http://127.0.0.1:{_free_port()}/v1"
     args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--max-retries", "1"]
