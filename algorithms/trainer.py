@@ -198,6 +198,17 @@ class Trainer:
         self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
         self.objective: Objective = cfg.build_objective(self.unwrapped, tokenizer)
+        missing = [
+            name
+            for name in ("metric_names", *_OBJECTIVE_METHODS)
+            if not hasattr(self.objective, name)
+        ]
+        if missing:
+            raise ConfigError(
+                f"{type(cfg).__name__}.build_objective() returned a "
+                f"{type(self.objective).__name__}, which lacks {missing} of the Objective "
+                "protocol (algorithms.objective)"
+            )
         self.scorer = Scorer(
             model=self.model,
             lm=self.unwrapped,
@@ -685,6 +696,17 @@ class Trainer:
 
     def _record_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.evals.append({"step": step, "generations": self.generations, **metrics})
+
+
+_OBJECTIVE_METHODS = (
+    "rows",
+    "normalizers",
+    "loss",
+    "after_optimizer_step",
+    "rollout_metrics",
+    "state_dict",
+    "load_state_dict",
+)
 
 
 def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:
