@@ -9,6 +9,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import gymnasium
 import pytest
 import tomllib
 
@@ -20,8 +21,9 @@ from rlrf.scaffold import scaffold
 
 @pytest.fixture
 def load_package():
-    """Import a generated package from its src/ folder; forget it afterwards."""
+    """Import a generated package from its src/ folder; forget it and its env ids afterwards."""
     added: list[tuple[str, str]] = []
+    before = set(rlrf.registry)
 
     def load(root, package):
         src = str(root / "src")
@@ -34,6 +36,9 @@ def load_package():
         sys.path.remove(src)
         for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
             del sys.modules[name]
+    for env_id in set(rlrf.registry) - before:
+        rlrf.registry._specs.pop(env_id, None)
+        gymnasium.registry.pop(env_id, None)
 
 
 @pytest.mark.parametrize(
