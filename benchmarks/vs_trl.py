@@ -1,0 +1,308 @@
+"""rlrf against TRL on the same batch: per-step time, phase times and peak RSS.
+
+Every method trains the embedded SmolLM2-135M on one-digit addition (``rlrf/Arithmetic-v0``,
+``digits=1, ops="+"``) with the same budget: Q prompts x G samples per step, up to N new
+tokens, AdamW at a constant lr 1e-5 (weight decay 0.01, grad-norm clip 1.0), temperature 1,
+one optimizer step per rollout batch, the same number of steps. Each method runs in its own
+process (so peak RSS is its own), one after another:
+
+* ``trl-grpo``: TRL's ``GRPOTrainer`` (beta 0, no reference model, as rlrf's GRPO default),
+  rewards from the env's own grader;
+* ``trl-sdpo``: TRL's experimental ``SDPOTrainer`` with a successful sibling as the teacher's
+  demonstration. Its privileged context is a per-prompt dataset column, not per-rollout
+  feedback, so it gets none: both SDPO runs then reprompt from successful siblings, which is
+  the same amount of teacher scoring per row;
+* ``rlrf-grpo`` and ``rlrf-sdpo``: ``rlrf train --algo grpo|sdpo`` with the same settings.
+
+Per-step figures are medians over steps 2..N (step 1 pays one-off warm-up). Phase times:
+generation (TRL: time inside ``model.generate``; rlrf: its ``timing/generation``) and the rest
+of the step. Ratios are TRL / rlrf. ``--precision bf16`` gives TRL ``bf16=True`` and rlrf
+``--mixed-precision bf16``: the same precision settings on both sides.
+
+    pip install -e '.[bench]'     # TRL (the benchmark says so when it is missing)
+    python benchmarks/vs_trl.py                        # fp32, 6 steps, 4 x 4, 32 tokens
+    python benchmarks/vs_trl.py --precision bf16
+    python benchmarks/vs_trl.py --only rlrf-grpo,trl-grpo --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS = ("trl-grpo", "rlrf-grpo", "trl-sdpo", "rlrf-sdpo")
+ENV_ID = "rlrf/Arithmetic-v0"
+ENV_KWARGS = {"digits": 1, "ops": "+"}
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _median_after_first(values: list[float]) -> float:
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+# --- workers (each runs in its own process) -----------------------------------------------
+
+
+def _trl_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "TRL is not installed: pip install -e '.[bench]' (or pip install trl)"
+        ) from None
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    import rlrf
+    from algorithms.models import load_model
+
+    env = rlrf.make(ENV_ID, **ENV_KWARGS)
+    ids = list(env.task_ids("train"))
+    rows = [{"prompt": env.prompt(t), "task_id": t} for t in ids[: args.questions * args.steps]]
+    if method == "trl-sdpo":
+        for row in rows:
+            row["privileged_context"] = None
+    dataset = Dataset.from_list(rows)
+
+    def reward(prompts: Any, completions: Any, task_id: list[str], **_: Any) -> list[float]:
+        out = []
+        for completion, tid in zip(completions, task_id, strict=True):
+            text = completion[-1]["content"] if isinstance(completion, list) else completion
+            r = env.evaluate(tid, text).reward
+            out.append(0.0 if r is None else float(r))
+        return out
+
+    model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
+    generate_s = [0.0]
+    original_generate = model.generate
+
+    def timed_generate(*a: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return original_generate(*a, **kw)
+        finally:
+            generate_s[0] += time.perf_counter() - t0
+
+    model.generate = timed_generate  # type: ignore[method-assign]
+    steps: list[dict[str, float]] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            self.t0 = time.perf_counter()
+            generate_s[0] = 0.0
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            total = time.perf_counter() - self.t0
+            steps.append({"step": total, "generation": generate_s[0]})
+
+    common: dict[str, Any] = dict(
+        output_dir=tempfile.mkdtemp(prefix="vs_trl_"),
+        per_device_train_batch_size=args.questions * args.rollouts,
+        gradient_accumulation_steps=1,
+        num_generations=args.rollouts,
+        max_completion_length=args.max_new_tokens,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        temperature=1.0,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=args.precision == "bf16",
+        seed=0,
+        beta=0.0,
+        disable_tqdm=True,
+        shuffle_dataset=False,
+        # TRL turns activation checkpointing on by default (memory for ~30% more compute);
+        # rlrf does not, so TRL runs without it unless asked (--trl-gradient-checkpointing)
+        gradient_checkpointing=args.trl_gradient_checkpointing,
+    )
+    if method == "trl-grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=GRPOConfig(**common),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
+    else:
+        from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+
+        trainer = SDPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=SDPOConfig(
+                **common,
+                use_successful_as_teacher=True,
+                success_reward_threshold=1.0,
+                distillation_mode="topk_logits",
+                distillation_topk=20,
+                distillation_alpha=1.0,
+            ),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer()],
+        )
+    trainer.train()
+    return {"steps": steps}
+
+
+def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    from rlrf.cli import main as rlrf_main
+
+    out = tempfile.mkdtemp(prefix="vs_trl_rlrf_")
+    argv = [
+        "train",
+        "--algo",
+        method.removeprefix("rlrf-"),
+        "--env",
+        ENV_ID,
+        "--env-kwargs",
+        json.dumps(ENV_KWARGS),
+        "--steps",
+        str(args.steps),
+        "--questions-per-step",
+        str(args.questions),
+        "--rollouts-per-question",
+        str(args.rollouts),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--lr",
+        "1e-5",
+        "--warmup-steps",
+        "0",
+        "--temperature",
+        "1.0",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--mixed-precision",
+        "bf16" if args.precision == "bf16" else "no",
+        "--progress",
+        "false",
+        "--output-dir",
+        out,
+    ]
+    code = rlrf_main(argv)
+    if code:
+        raise SystemExit(f"rlrf train exited with {code}")
+    steps = []
+    with open(Path(out) / "metrics.jsonl", encoding="utf-8") as f:
+        for line in f:
+            m = json.loads(line)
+            if "timing/step" in m:
+                steps.append({"step": m["timing/step"], "generation": m["timing/generation"]})
+    return {"steps": steps}
+
+
+def _worker(method: str, args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run = _trl_worker if method.startswith("trl") else _rlrf_worker
+    result = run(method, args)
+    result["peak_rss_mib"] = _peak_rss_mib()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# --- driver ------------------------------------------------------------------------------
+
+
+def _run_method(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--worker", method]
+    for name in ("steps", "questions", "rollouts", "max_new_tokens", "threads", "precision"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.trl_gradient_checkpointing:
+        cmd.append("--trl-gradient-checkpointing")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        print(f"{method}: FAILED (exit {proc.returncode}): " + " | ".join(tail))
+        return None
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["wall_s"] = wall
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--questions", type=int, default=4)
+    ap.add_argument("--rollouts", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--only", default=",".join(METHODS), help="comma-separated methods")
+    ap.add_argument(
+        "--trl-gradient-checkpointing",
+        action="store_true",
+        help="TRL's own default (on); off unless given, as rlrf's default",
+    )
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        _worker(args.worker, args)
+        return
+
+    import torch
+
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} threads; {args.precision}; {args.steps} steps of "
+        f"{args.questions} x {args.rollouts} rollouts, <= {args.max_new_tokens} new tokens; "
+        f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
+        f"load average now {os.getloadavg()[0]:.1f} (ratios need a quiet machine)"
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for method in [m.strip() for m in args.only.split(",") if m.strip()]:
+        if method not in METHODS:
+            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        r = _run_method(method, args)
+        if r is None:
+            continue
+        step = _median_after_first([s["step"] for s in r["steps"]])
+        gen = _median_after_first([s["generation"] for s in r["steps"]])
+        results[method] = {"step": step, "generation": gen, "rss": r["peak_rss_mib"]}
+        print(
+            f"{method:10s} step {step:6.2f}s (generation {gen:5.2f}s, rest {step - gen:5.2f}s), "
+            f"peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB, {len(r['steps'])} steps, "
+            f"process wall {r['wall_s']:.0f}s"
+        )
+    for algo in ("grpo", "sdpo"):
+        a, b = results.get(f"trl-{algo}"), results.get(f"rlrf-{algo}")
+        if a and b:
+            print(
+                f"{algo}: rlrf is {a['step'] / b['step']:.2f}x faster per step than TRL "
+                f"(generation {a['generation'] / max(b['generation'], 1e-9):.2f}x), "
+                f"with {b['rss'] / a['rss']:.2f}x TRL's peak RSS"
+            )
+
+
+if __name__ == "__main__":
+    main()
