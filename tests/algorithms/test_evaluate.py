@@ -287,6 +287,8 @@ class _FakeHandler(BaseHTTPRequestHandler):
             server.requests += 1
             count = server.requests
         mode = server.mode
+        if server.fail_after is not None and count > server.fail_after:
+            return self._send(503, {"error": {"message": "server went away"}})
         if mode == "flaky" and count <= 2:
             return self._send(500, {"error": {"message": "overloaded"}})
         if mode == "limit_n" and body.get("n", 1) > 1:
@@ -320,6 +322,7 @@ def fake_server():
         server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
         server.daemon_threads = True
         server.mode, server.requests, server.lock = mode, 0, threading.Lock()
+        server.fail_after = None
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/v1", server
@@ -420,6 +423,25 @@ def test_server_that_caps_n_works_with_samples_per_request(tmp_path, fake_server
     result = evaluate(cfg, progress=False)
     assert [len(g) for g in result.groups] == [3, 3]
     assert server.requests == 6 == result.summary["endpoint"]["attempts"]
+
+
+def test_endpoint_failure_mid_run_keeps_finished_tasks_for_the_rerun(tmp_path, fake_server, capsys):
+    url, server = fake_server("ok")
+    server.fail_after = 2  # one request per task (n=k): tasks 1 and 2 finish, task 3 fails
+    out = tmp_path / "e"
+    args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--k", "2",
+            "--tasks", "4", "--concurrency", "1", "--max-retries", "0", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    assert rlrf_main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlrf eval: error: ") and "HTTP 503" in err and "server went away" in err
+    assert len(_groups(out)) == 2
+    assert not (out / "summary.json").exists()  # no report claims a finished evaluation
+    server.fail_after = None
+    assert rlrf_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks_resumed"] == 2 and summary["endpoint"]["attempts"] == 2
+    assert summary["tasks_scored"] == 4 and len(_groups(out)) == 4
 
 
 def test_server_errors_are_retried_and_counted(tmp_path, fake_server):
