@@ -429,12 +429,17 @@ _README_COMMON = """\
 ## Use it
 
 ```bash
-pip install -e .                       # registers the env through the $group entry point
-rlrf check $env_id                     # rlrf's checker: seeds, spaces, typed feedback, leaks
-python -m pytest tests                 # this package's tests
-rlrf sample $env_id --n 2              # play episodes with a scripted response
-rlrf eval --env $env_id --model smollm2-135m --tasks 8 --k 4   # how a model does today
-rlrf train --env $env_id               # then train (see rlrf's README)
+# install: rlrf finds the env through the $group entry point
+pip install -e .
+# rlrf's checker (seeds, spaces, typed feedback, leaks), then this package's tests
+rlrf check $env_id
+python -m pytest tests
+# play episodes with a scripted response; see how a model does before training
+rlrf sample $env_id --n 2
+rlrf eval --env $env_id --model smollm2-135m --tasks 8 --k 4
+# then train (see rlrf's README) and evaluate the run's final/ model
+rlrf train --algo sdpo --env $env_id --model smollm2-135m --output-dir runs/$package
+rlrf eval --env $env_id --model runs/$package --tasks 8 --k 4
 ```
 
 From Python: `rlrf.make("$env_id")`, or `gymnasium.make("rlrf.plugins:$env_id")`.
