@@ -61,7 +61,7 @@ def test_tasks_are_deterministic_and_splits_disjoint():
 _OLD_INT_RE = re.compile(r"(?:(?<!\d)(?<!\d\s)-)?\d[\d,]*(?![\d,]*\s*[-+*/=×])")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(st.text(alphabet="0123456789,- +*/=×x\n", max_size=30))
 def test_linear_extraction_agrees_with_the_old_regex(text):
     found = _OLD_INT_RE.findall(text)
