@@ -117,6 +117,8 @@ class EvalConfig:
         batch_tasks: Tasks sampled in one generate call (local model).
         env_workers: Threads stepping or grading envs (the env's ``thread_safe`` permitting).
         samples_per_request: Cap on ``n`` per request, for servers that limit it (default k).
+        tokenizer: Model folder (or ``smollm2-135m``) whose tokenizer counts an endpoint's
+            response tokens (else lengths are in characters only).
         max_retries: Retries per request after a connection error, timeout, 408/409/429/5xx.
         request_timeout: Seconds per request attempt.
         env_kwargs: Keyword arguments for ``rlrf.make``.
@@ -140,6 +142,7 @@ class EvalConfig:
     batch_tasks: int = 4
     env_workers: int = 1
     samples_per_request: int | None = None
+    tokenizer: str | None = None
     max_retries: int = 3
     request_timeout: float = 120.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -309,6 +312,7 @@ class EndpointBackend(OpenAIBackend):
         timeout: Seconds per attempt.
         env_workers: Threads stepping or grading envs (the env's ``thread_safe`` permitting).
         samples_per_request: Cap on ``n`` per request; the rest is topped up.
+        tokenizer: Re-tokenizes responses so their length is known in tokens.
 
     Attributes:
         attempts: HTTP attempts sent (retries included).
@@ -326,12 +330,13 @@ class EndpointBackend(OpenAIBackend):
         max_retries: int = 3,
         timeout: float = 120.0,
         samples_per_request: int | None = None,
+        tokenizer: Any = None,
     ) -> None:
         import openai
 
         super().__init__(
-            model, base_url, api_key, max_workers=max_workers, request_logprobs=False,
-            timeout=timeout,
+            model, base_url, api_key, tokenizer=tokenizer, max_workers=max_workers,
+            request_logprobs=False, timeout=timeout,
         )  # fmt: skip
         self.base_url = base_url
         self.max_retries = max_retries
@@ -476,6 +481,14 @@ def _api_key(name: str | None) -> str | None:
     return value
 
 
+def _tokenizer(name: str | None) -> Any:
+    if not name:
+        return None
+    from algorithms.models import load_tokenizer
+
+    return load_tokenizer(resolve_eval_model(name))
+
+
 def build_backend(config: EvalConfig) -> SamplingBackend:
     """Build the sampling backend ``config`` names (a local model is loaded here)."""
     if config.base_url:
@@ -487,7 +500,10 @@ def build_backend(config: EvalConfig) -> SamplingBackend:
             max_retries=config.max_retries,
             timeout=config.request_timeout,
             samples_per_request=config.samples_per_request,
+            tokenizer=_tokenizer(config.tokenizer),
         )
+    if config.tokenizer:
+        raise ConfigError("--tokenizer only applies to an endpoint (a local model has its own)")
     if config.api_key_env:
         raise ConfigError("--api-key-env only applies to an endpoint; pass --base-url too")
     path = resolve_eval_model(config.model)
@@ -883,6 +899,10 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
         type=int,
         help="cap n per endpoint request, for servers that limit it (default: k)",
     )
+    p.add_argument(
+        "--tokenizer",
+        help="model folder or smollm2-135m whose tokenizer counts an endpoint's response tokens",
+    )
     p.add_argument("--max-retries", type=int, default=3, help="retries per endpoint request")
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per attempt")
     p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
@@ -923,6 +943,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
             batch_tasks=args.batch_tasks,
             env_workers=args.env_workers,
             samples_per_request=args.samples_per_request,
+            tokenizer=args.tokenizer,
             max_retries=args.max_retries,
             request_timeout=args.request_timeout,
             env_kwargs=parse_key_values(args.kwarg),

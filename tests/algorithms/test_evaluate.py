@@ -509,7 +509,7 @@ def test_real_server_eval_then_resume(katan, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval"
     args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
             "--api-key-env", "KATAN_KEY", "--k", "2", "--tasks", "2", "--max-tokens", "16",
-            "--concurrency", "2", "--out", str(out)]  # fmt: skip
+            "--concurrency", "2", "--tokenizer", "smollm2-135m", "--out", str(out)]  # fmt: skip
     assert rlrf_main(args) == 0
     bar = capsys.readouterr().err  # tqdm: done/total [elapsed<remaining (the ETA), rate]
     assert "2/2 [" in bar and ("task/s" in bar or "s/task" in bar)
@@ -520,6 +520,9 @@ def test_real_server_eval_then_resume(katan, tmp_path, monkeypatch, capsys):
     assert all(isinstance(r, str) for r in responses) and any(r.strip() for r in responses)
     # the arithmetic env grades every real response: a reward and, unless right, feedback
     assert summary["samples_missing_reward"] == 0
+    # --tokenizer: response lengths in the served model's tokens
+    lengths = [len(t.turns[0].response_token_ids) for g in groups for t in g.trajectories]
+    assert summary["response_tokens_mean"] == pytest.approx(sum(lengths) / 4)
     assert sum(summary["feedback_kinds"].values()) == 4  # kinds, or no_feedback, per response
     assert summary["endpoint"]["attempts"] == 4  # llm-katan ignores n: one request per sample
     assert summary["endpoint"]["retries"] == 0
