@@ -39,10 +39,15 @@ class JudgeServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.mode, self.delay, self.fail_first = mode, delay, fail_first
         self.content = content
+        self.closed = False
         self.requests = 0
         self.inflight = 0
         self.max_inflight = 0
         self.lock = threading.Lock()
+
+    def server_close(self) -> None:
+        self.closed = True  # a trickling handler stops at its next byte
+        super().server_close()
 
     @property
     def url(self) -> str:
@@ -108,6 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             for i in range(len(raw)):
+                if self.server.closed:
+                    return
                 self.wfile.write(raw[i : i + 1])
                 self.wfile.flush()
                 time.sleep(delay)
