@@ -216,6 +216,29 @@ def test_missing_rewards_are_reported_never_scored_zero_and_retried(tmp_path):
     assert len(backend.prompts) == 4 + 2
 
 
+class BoomEnv(FlakyJudgeEnv):
+    """Task ``m1`` makes the grader raise: an env bug, not the policy's fault."""
+
+    up = True
+
+    def evaluate(self, task_id, response, history=()):
+        if task_id == "m1":
+            raise ValueError("grader crashed on m1")
+        return Outcome(1.0)
+
+
+def test_env_errors_are_counted_and_quoted_not_scored(tmp_path, capsys):
+    rlrf.register("evaltest/Boom-v0", BoomEnv, override=True)
+    cfg = EvalConfig(env="evaltest/Boom-v0", split="train", k=2, out=str(tmp_path / "e"))
+    with pytest.warns(Warning, match="grader crashed"):
+        summary = evaluate(cfg, backend=ScriptedBackend(["x"]), progress=False).summary
+    assert summary["env_errors"] == 2
+    assert "grader crashed on m1" in summary["env_error_examples"][0]
+    assert summary["tasks_missing_reward"] == ["m1"]
+    assert summary["avg@2"] == 1.0 and summary["tasks_scored"] == 3
+    assert "grader crashed on m1" in (tmp_path / "e" / "report.md").read_text()
+
+
 def test_multi_turn_envs_are_played_whole(tmp_path):
     backend = ScriptedBackend(["wait", "go"])
     cfg = EvalConfig(env="evaltest/Countdown-v0", split="train", k=2, out=str(tmp_path / "e"))
