@@ -106,3 +106,32 @@ def test_an_incomplete_objective_is_refused_by_name(tmp_path):
             Partial(output_dir=str(tmp_path), **SMALL), env=EvenLength(), model=tiny_model(0),
             tokenizer=tiny_tokenizer(),
         )  # fmt: skip
+
+
+def test_checkpoints_from_before_the_objective_key_still_load(tmp_path):
+    from algorithms.checkpoint import load_checkpoint, save_checkpoint
+    from algorithms.config import SDPOTrainConfig
+    from algorithms.testing import TargetCharEnv
+
+    def make(out):
+        config = SDPOTrainConfig(output_dir=str(out), **SMALL)
+        return Trainer(config, env=TargetCharEnv(), model=tiny_model(0), tokenizer=tiny_tokenizer())
+
+    trainer = make(tmp_path / "a")
+    with torch.no_grad():
+        for p in trainer.objective.teacher.module.parameters():
+            p.add_(1.0)
+    state = load_checkpoint(trainer.save())
+    state["teacher"] = state.pop("objective")["teacher"]  # the layout before issue 12
+    old = save_checkpoint(tmp_path / "old", 0, state)
+    fresh = make(tmp_path / "b")
+    fresh.load(old)
+    for a, b in zip(
+        fresh.objective.teacher.module.parameters(),
+        trainer.objective.teacher.module.parameters(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    del state["teacher"]  # a GRPO run's checkpoint cannot resume SDPO
+    with pytest.raises(ConfigError, match="holds no teacher"):
+        fresh.load(save_checkpoint(tmp_path / "grpo", 0, state))
