@@ -16,6 +16,12 @@ The algorithm, one step at a time (all math below is pure functions of tensors):
 4. Aggregation over tokens (:func:`aggregate`), named by its normalizer: ``token_mean``,
    ``seq_mean_token_mean`` (the original GRPO), ``seq_mean_token_sum_norm`` (Dr. GRPO).
 
+What the trainer calls is :class:`GRPOObjective` (an :class:`algorithms.objective.Objective`):
+rows with their advantages (:func:`rollout_advantages`), the aggregation's normalizer summed
+over the whole mini-batch, and the loss above with the frozen reference's log-probs when
+``kl_coef > 0``. The options are :class:`GRPOConfig`, defined with the presets in
+:mod:`algorithms.config`.
+
 Departures from the paper (DeepSeekMath GRPO) and why:
 
 - The default advantage is NOT divided by the group std (``advantage_scale="none"``), as in the

@@ -90,7 +90,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key in a["objective"]["teacher"]["module"]:
-        assert torch.equal(a["objective"]["teacher"]["module"][key], b["objective"]["teacher"]["module"][key]), key
+        assert torch.equal(
+            a["objective"]["teacher"]["module"][key], b["objective"]["teacher"]["module"][key]
+        ), key
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     for i in sa:
         assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"])
