@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from envs._numbers import json_error_message, loads_json
 from rlrf.errors import ConfigError
 
 
@@ -27,15 +27,19 @@ def jsonl_records(path: str | os.PathLike[str], what: str) -> Iterator[tuple[str
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist; pass an existing JSONL file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e})") from e
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{where}: not UTF-8 ({e}); save the file as UTF-8") from e
+            if not line.strip():
+                continue
+            try:
+                rec = loads_json(line)
+            except (ValueError, RecursionError) as e:  # also integers over the digit cap
+                raise ConfigError(f"{where}: not valid JSON ({json_error_message(e)})") from e
             if not isinstance(rec, dict):
                 raise ConfigError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             yield where, rec

@@ -123,7 +123,10 @@ class ReasoningGymEnv(RLRFEnv):
         if cached is not None:
             return cached
         split, _, index = task_id.rpartition("-")
-        if split not in self._sizes or not index.isdigit() or int(index) >= self._sizes[split]:
+        # isascii: int() refuses other Unicode digits ("²"); the length check keeps a huge id
+        # from int()'s 4,300-digit ValueError
+        digits = index.isascii() and index.isdigit() and len(index) <= 12
+        if split not in self._sizes or not digits or int(index) >= self._sizes[split]:
             raise KeyError(f"unknown task id {task_id!r}; ids look like 'train-00000'")
         entry = self._dataset(split)[int(index)]
         self._entries[task_id] = entry

@@ -81,7 +81,7 @@ def test_long_digit_runs_are_linear():
     outcome = env.evaluate(task, "1" * 3000 + " +")  # took ~25-38 s with the old regex
     assert outcome.feedback_items[0].kind.value == "format"
     assert extract_integer("7 " + "1" * 100_000 + " +") == 7
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # slack for 2 shared cores
 
 
 @pytest.mark.parametrize(

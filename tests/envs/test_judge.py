@@ -250,11 +250,12 @@ def test_timeout_bounds_the_whole_request_not_each_read(serve):
     # answer took ~30 s before; the deadline must cut the whole request at timeout_s.
     server = serve("trickle", delay=0.1)
     env = _env(server.url, timeout_s=1.0, max_retries=1, backoff_s=0.05)
+    env.client._openai()  # import and build the client first: slow on a loaded machine
     start = time.monotonic()
     outcome = env.evaluate("haiku-autumn", "Leaves fall.")
     elapsed = time.monotonic() - start
     _assert_missing(outcome, "did not answer within 1 s", "2 attempt(s)")
-    assert elapsed < 4.0, elapsed
+    assert elapsed < 6.0, elapsed  # 2 attempts of 1 s, plus slack for 2 shared cores
     assert server.requests == 2
 
 
@@ -263,7 +264,7 @@ def test_score_patterns_are_linear_in_the_answer_length():
     with pytest.raises(JudgeParseError):  # three adjacent \s* took 11 s on 1,000 spaces
         parse_verdict("score" + " " * 20_000 + "x", 0, 10)
     assert parse_verdict("Score" + " " * 20_000 + "7", 0, 10).score == 7.0
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0  # slack for 2 shared cores
 
 
 @pytest.mark.parametrize(

@@ -91,4 +91,10 @@ def test_unclosed_answer_tags_are_linear(env):
     start = time.perf_counter()
     outcome = env.evaluate(env.task_ids()[0], "<answer>" * 20_000)  # ~100 s before
     assert outcome.feedback_items[0].kind is FeedbackKind.FORMAT
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # slack for 2 shared cores
+
+
+@pytest.mark.parametrize("task_id", ["train-²", "train-" + "9" * 5000, "train--1", "nope-1"])
+def test_malformed_task_ids_are_key_errors(env, task_id):
+    with pytest.raises(KeyError, match="ids look like 'train-00000'"):
+        env.entry(task_id)  # ValueError from int() before, for the first two

@@ -99,6 +99,9 @@ def test_loader_accepts_sciknoweval_and_plain_records(tmp_path):
         ('{"question": "q", "options": ["a", "b"], "answer": "Z"}', "neither one of the labels"),
         ('{"question": "q", "options": ["a"], "answer": 0}', "at least 2 options"),
         ('{"options": ["a", "b"], "answer": 0}', "missing or empty 'question'"),
+        # a raw ValueError / RecursionError before (the shared JSONL reader, issue 16)
+        ('{"question": "q", "answer": ' + "9" * 5000 + "}", r"an integer with 5000 digits"),
+        ("[" * 100_000, r"nested too deeply"),
     ],
 )
 def test_loader_errors_name_file_line_and_problem(tmp_path, line, message):
@@ -107,6 +110,13 @@ def test_loader_errors_name_file_line_and_problem(tmp_path, line, message):
     with pytest.raises(rlrf.ConfigError, match=message) as e:
         load_mcq_jsonl(path)
     assert f"{path}:1" in str(e.value)
+
+
+def test_loader_names_a_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"question": "q", "options": ["a", "b"], "answer": 0}\n"caf\xe9"\n')
+    with pytest.raises(rlrf.ConfigError, match=r"bad.jsonl:2: not UTF-8"):
+        load_mcq_jsonl(path)  # a raw UnicodeDecodeError before
 
 
 def test_items_can_be_passed_directly():

@@ -338,7 +338,7 @@ def test_thousands_of_calls_are_capped_per_turn():
     assert "makes 3000 function calls; at most 32 per turn" in result.feedback[0].text
     single = env.evaluate("tu-weather-1", many)  # pairing 3,000 calls took seconds
     assert single.reward == 0.0 and "makes 3000" in single.feedback_items[0].text
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # slack for 2 shared cores
 
 
 def test_final_answer_with_unclosed_tags_is_linear():
@@ -347,4 +347,4 @@ def test_final_answer_with_unclosed_tags_is_linear():
     start = time.perf_counter()
     result = env.step_result("<answer>" * 20_000 + "7")
     assert result.done and result.reward == 0.0
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 5.0  # slack for 2 shared cores
