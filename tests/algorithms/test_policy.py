@@ -133,3 +133,177 @@ def test_each_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
     for a, b in flat:
         assert a.token_ids == b.token_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+# --- the sampling loop as it was before the speed work (issue 15), kept as the reference ----
+# The optimized loop must sample exactly the same token ids (same seed, same random stream)
+# and return the same log-probs (within 1e-6); these functions are a frozen copy of it.
+
+
+def _reference_top_p_filter(logits, top_p):
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _reference_select_rows(cache, index):
+    from transformers.cache_utils import DynamicCache
+
+    from algorithms.policy import _plain_layers
+
+    layers = _plain_layers(cache)
+    if layers is None:
+        return None
+    out = DynamicCache()
+    for n, layer in enumerate(layers):
+        out.update(layer.keys[index], layer.values[index], n)
+    return out
+
+
+def _reference_prefill(pol, rows, ids, attn, positions, copy_rows):
+    from algorithms.policy import _output_cache
+
+    distinct: dict[tuple[int, ...], int] = {}
+    owner = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
+    if len(distinct) < len(rows) and copy_rows:
+        first = torch.tensor([owner.index(j) for j in range(len(distinct))])
+        out = pol.model(
+            input_ids=ids[first], attention_mask=attn[first], position_ids=positions[first],
+            use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        index = torch.tensor(owner)
+        cache = _reference_select_rows(_output_cache(out), index)
+        if cache is not None:
+            return out.logits[index, -1], cache
+    out = pol.model(
+        input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+        logits_to_keep=1,
+    )  # fmt: skip
+    return out.logits[:, -1], _output_cache(out)
+
+
+@torch.no_grad()
+def _reference_generate(pol, rows, params, generator, copy_rows=True):
+    """``(token ids, log-probs)`` per row, cut after the first EOS, as the old loop gave."""
+    from algorithms.policy import _cache_kwarg, _left_padded, _left_positions, _output_cache
+
+    model = pol.model
+    pad = int(pol.tokenizer.pad_token_id)
+    ids, attn = _left_padded(rows, max(len(r) for r in rows), pad, torch.device("cpu"))
+    positions = _left_positions(attn)
+    eos = torch.tensor(pol.eos_token_ids)
+    cache_kw = _cache_kwarg(model)
+    finished = torch.zeros(len(rows), dtype=torch.bool)
+    tokens, logps = [], []
+    last, cache = _reference_prefill(pol, rows, ids, attn, positions, copy_rows)
+    for _ in range(params.max_new_tokens):
+        logits = last.float()
+        scaled = logits / params.temperature if params.temperature > 0 else logits
+        logp = scaled.log_softmax(-1)
+        if params.temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            pick = _reference_top_p_filter(scaled, params.top_p) if params.top_p < 1 else scaled
+            token = torch.multinomial(pick.softmax(-1), 1, generator=generator)[:, 0]
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        tokens.append(token)
+        logps.append(logp.gather(-1, token[:, None])[:, 0])
+        finished |= torch.isin(token, eos)
+        if bool(finished.all()):
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=token[:, None], attention_mask=attn, position_ids=positions,
+            use_cache=True, **{cache_kw: cache},
+        )  # fmt: skip
+        last, cache = out.logits[:, -1], _output_cache(out)
+    tok = torch.stack(tokens, 1).tolist()
+    lp = torch.stack(logps, 1).tolist()
+    result = []
+    for i in range(len(rows)):
+        stop = [t for t, token_id in enumerate(tok[i]) if token_id in pol.eos_token_ids]
+        length = stop[0] + 1 if stop else len(tok[i])
+        result.append((tok[i][:length], lp[i][:length]))
+    return result
+
+
+def _reference_sample_ids(pol, prompt_ids, n, params, copy_rows=True):
+    rows = [list(p) for p in prompt_ids for _ in range(n)]
+    generator = None if params.seed is None else torch.Generator().manual_seed(params.seed)
+    flat = []
+    for start in range(0, len(rows), pol.max_batch_size):
+        chunk = rows[start : start + pol.max_batch_size]
+        flat.extend(_reference_generate(pol, chunk, params, generator, copy_rows))
+    return flat
+
+
+@pytest.fixture(scope="module")
+def eos_prone_policy():
+    """A tiny policy whose EOS is likely enough that rows stop at different steps."""
+    model = tiny_model(seed=5)
+    tok = tiny_tokenizer()
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] *= 4
+    return HFPolicy(model, tok, max_batch_size=6)
+
+
+SAME_SAMPLES_PROMPTS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a longer prompt"}],
+    [{"role": "user", "content": "a third, somewhat longer question?"}],
+]
+
+
+@pytest.mark.parametrize(
+    "temperature,top_p,seed",
+    [(1.0, 1.0, 0), (1.0, 1.0, 7), (0.7, 1.0, 1), (1.3, 0.9, 2), (1.0, 0.5, 3), (0.0, 1.0, None)],
+)
+def test_sampling_equals_the_reference_loop(eos_prone_policy, temperature, top_p, seed):
+    pol = eos_prone_policy
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=40, seed=seed)
+    prompt_ids = [pol.encode(p) for p in SAME_SAMPLES_PROMPTS]
+    expected = _reference_sample_ids(pol, prompt_ids, 4, params)  # 12 rows: chunks of 6
+    got = [s for g in pol.sample_ids(prompt_ids, 4, params) for s in g]
+    assert [s.token_ids for s in got] == [t for t, _ in expected]
+    for s, (_, lp) in zip(got, expected, strict=True):
+        torch.testing.assert_close(
+            torch.tensor(s.logprobs, dtype=torch.float64),
+            torch.tensor(lp, dtype=torch.float64),
+            atol=1e-6,
+            rtol=0,
+        )
+    # the comparison covers rows that stopped early and rows cut at the length limit
+    reasons = {s.finish_reason for s in got}
+    assert reasons == {"stop", "length"} or temperature == 0
+
+
+def test_sampling_continues_the_random_stream_like_the_reference(eos_prone_policy):
+    """Samples drawn with the global RNG (no seed) consume it exactly as the old loop did."""
+    pol = eos_prone_policy
+    params = SamplingParams(max_new_tokens=20)
+    prompt_ids = [pol.encode(p) for p in SAME_SAMPLES_PROMPTS[:2]]
+    torch.manual_seed(123)
+    expected = _reference_sample_ids(pol, prompt_ids, 3, params)
+    after_reference = torch.rand(4)
+    torch.manual_seed(123)
+    got = [s for g in pol.sample_ids(prompt_ids, 3, params) for s in g]
+    assert [s.token_ids for s in got] == [t for t, _ in expected]
+    assert torch.equal(torch.rand(4), after_reference)
+
+
+def test_plain_prefill_samples_equal_the_reference(monkeypatch, eos_prone_policy):
+    """Where the cache cannot be copied row-wise, the batched prefill gives the same samples."""
+    from algorithms import policy as policy_module
+
+    pol = HFPolicy(eos_prone_policy.model, eos_prone_policy.tokenizer, max_batch_size=6)
+    monkeypatch.setattr(policy_module, "_select_rows", lambda cache, index: None)
+    params = SamplingParams(max_new_tokens=30, seed=4)
+    prompt_ids = [pol.encode(p) for p in SAME_SAMPLES_PROMPTS]
+    expected = _reference_sample_ids(pol, prompt_ids, 2, params, copy_rows=False)
+    got = [s for g in pol.sample_ids(prompt_ids, 2, params) for s in g]
+    assert [s.token_ids for s in got] == [t for t, _ in expected]
+    for s, (_, lp) in zip(got, expected, strict=True):
+        assert s.logprobs == pytest.approx(lp, abs=1e-6)
