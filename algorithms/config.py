@@ -24,7 +24,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
+import re
 import textwrap
 import typing
 from collections.abc import Mapping
@@ -59,6 +61,7 @@ __all__ = [
     "load_yaml_config",
     "read_yaml_config",
     "resolve_config",
+    "validate_field_types",
 ]
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
@@ -72,6 +75,81 @@ def check_choice(name: str, value: object, choices: object) -> None:
     allowed = typing.get_args(choices)
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+# --- type validation of field values -------------------------------------------------------
+
+
+@functools.cache
+def _adapter(tp: Any) -> Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    # strict: no float -> int truncation (steps: 2.5), no "no" -> True, no "3" -> 3
+    return TypeAdapter(tp, config=ConfigDict(strict=True))
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def validate_field_types(config: object) -> None:
+    """Check every field of a config dataclass against its annotated type, in place.
+
+    Values are validated strictly with pydantic: an ``int`` field refuses ``2.5`` and
+    ``"2"``, a ``bool`` field refuses ``"no"`` and ``1``, a ``float`` field takes ints
+    (stored as floats) but not strings. Lists become tuples for tuple fields (YAML and JSON
+    have no tuples) and tuples lists for list fields. Nested config dataclasses validate
+    themselves. Every entry point (Python, YAML, the command line) builds configs through
+    the dataclasses, so this runs for all of them.
+
+    Raises:
+        ConfigError: naming the field, the value and the expected type.
+
+    """
+    from pydantic import ValidationError
+
+    cls = type(config)
+    hints = _type_hints(cls)
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        value = given = getattr(config, f.name)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(
+                    f"{cls.__name__}.{f.name}={value!r}: expected a {tp.__name__} (or a "
+                    f"mapping of its fields in YAML), got {type(value).__name__}"
+                )
+            continue
+        if typing.get_origin(tp) is tuple and isinstance(value, list):
+            value = tuple(value)
+        elif typing.get_origin(tp) is list and isinstance(value, tuple):
+            value = list(value)
+        try:
+            checked = _adapter(tp).validate_python(value)
+        except ValidationError as e:
+            err = e.errors()[0]
+            inner = "".join(f"[{loc!r}]" for loc in err["loc"] if not isinstance(loc, str))
+            detail = f" ({f.name}{inner}: {err['msg']})" if inner else ""
+            hint = ""
+            if isinstance(value, str) and tp in (int, float):
+                hint = (
+                    "; write the number unquoted (YAML reads 1e-5 and 1.0e-5 as numbers in "
+                    "rlrf config files)"
+                )
+            raise ConfigError(
+                f"{cls.__name__}.{f.name}={given!r}: expected {_type_name(tp)}, got "
+                f"{type(given).__name__}{detail}{hint}"
+            ) from None
+        object.__setattr__(config, f.name, checked)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 # --- the loss options of each algorithm --------------------------------------------------
@@ -103,6 +181,7 @@ class GRPOConfig:
     """Drop groups whose rewards are all equal (A = 0 everywhere) before the update."""
 
     def __post_init__(self) -> None:
+        validate_field_types(self)
         check_choice("advantage_scale", self.advantage_scale, AdvantageScale)
         check_choice("aggregation", self.aggregation, Aggregation)
         if not 0.0 <= self.clip_low < 1.0:
@@ -176,6 +255,7 @@ class SDPOConfig:
     """Cap on the rendered feedback text in characters (a visible truncation marker is added)."""
 
     def __post_init__(self) -> None:
+        validate_field_types(self)
         check_choice("teacher", self.teacher, TeacherMode)
         check_choice("loss_level", self.loss_level, LossLevel)
         if not 0.0 <= self.alpha <= 1.0:
@@ -349,6 +429,7 @@ class TrainConfig:
     """Show a progress bar with ETA."""
 
     def __post_init__(self) -> None:
+        validate_field_types(self)
         positive = (
             "steps",
             "questions_per_step",
@@ -571,6 +652,8 @@ def config_from_dict(
         for section, sub_values in sections.items():
             top[section] = hints[section](**sub_values)
         return cls(**top)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from e
 
@@ -582,12 +665,37 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
     return {"algorithm": config.algorithm, **data}
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (an ``algorithm`` key is dropped)."""
+_YAML_FLOAT = re.compile(
+    r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$""",
+    re.X,
+)
+
+
+def _load_yaml(text: str, path: str | Path) -> Any:
+    """Parse a config file; ``1e-5`` is a float (YAML 1.2), not the string of YAML 1.1.
+
+    PyYAML implements YAML 1.1, whose float pattern requires a dot, so ``lr: 1e-5`` would
+    be the string ``"1e-5"``, which the strict field validation then refuses. Numbers are
+    what anyone writing that means; a quoted ``"1e-5"`` stays a string (and is refused).
+    """
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+    try:
+        data = yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return data or {}
+
+
+def load_yaml_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict (an ``algorithm`` key is dropped)."""
     text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    data = _load_yaml(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of field names to values")
     data.pop("algorithm", None)
@@ -603,10 +711,8 @@ def config_to_yaml(config: TrainConfig) -> str:
 
 def read_yaml_config(path: str | Path) -> tuple[str | None, dict[str, Any]]:
     """Read a YAML config file: its ``algorithm`` (a preset name, or None) and its fields."""
-    import yaml
-
     text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    data = _load_yaml(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of field names to values")
     algorithm = data.pop("algorithm", None)

@@ -138,3 +138,72 @@ def test_no_math_module_imports_the_command_line():
     # the command line and the configs are torch-free until a run starts
     code = "import sys, algorithms.cli\nassert 'torch' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"steps": 2.5}, r"SDPOTrainConfig\.steps=2\.5: expected int, got float"),
+        ({"steps": "3"}, r"steps='3': expected int, got str"),
+        ({"steps": True}, r"steps=True: expected int, got bool"),
+        ({"lr": "fast"}, r"lr='fast': expected float, got str"),
+        ({"use_feedback": "no"}, r"SDPOConfig\.use_feedback='no': expected bool, got str"),
+        ({"progress": 1}, r"progress=1: expected bool, got int"),
+        ({"teacher": "bogus"}, r"teacher='bogus': expected one of 'ema', 'trust_region'"),
+        ({"adam_betas": [0.9, "x"]}, r"adam_betas=\[0\.9, 'x'\]: expected tuple\[float, float\]"),
+        ({"trackers": "wandb"}, r"trackers='wandb': expected list\[str\], got str"),
+        ({"env_kwargs": [1]}, r"env_kwargs=\[1\]: expected dict"),
+        ({"sdpo": {"top_k": 2.0}}, r"SDPOConfig\.top_k=2\.0: expected int, got float"),
+    ],
+)
+def test_values_are_checked_against_the_field_types(values, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(None, algorithm="sdpo", overrides=values)
+
+
+def test_python_constructors_check_types_too():
+    from algorithms.config import GRPOConfig, GRPOTrainConfig, SDPOConfig
+
+    with pytest.raises(ConfigError, match=r"GRPOTrainConfig\.max_new_tokens=8\.5"):
+        GRPOTrainConfig(max_new_tokens=8.5)
+    with pytest.raises(ConfigError, match=r"GRPOConfig\.clip_low='0\.2': expected float"):
+        GRPOConfig(clip_low="0.2")
+    with pytest.raises(ConfigError, match=r"SDPOConfig\.use_solution=None: expected bool"):
+        SDPOConfig(use_solution=None)
+    with pytest.raises(ConfigError, match=r"grpo=\{\}: expected a GRPOConfig"):
+        GRPOTrainConfig(grpo={})
+    # ints are floats' subset: kept as floats; YAML/JSON lists become tuples and back
+    cfg = GRPOTrainConfig(lr=1, adam_betas=[0.9, 1], trackers=("tensorboard",))
+    assert (cfg.lr, type(cfg.lr), cfg.adam_betas) == (1.0, float, (0.9, 1.0))
+    assert cfg.trackers == ["tensorboard"]
+
+
+def test_yaml_values_are_typed_and_errors_name_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    # PyYAML (YAML 1.1) reads 1e-5 as a string; rlrf's config files read it as a number
+    path.write_text("algorithm: grpo\nlr: 1e-5\nsteps: 4\n")
+    cfg = resolve_config(str(path))
+    assert cfg.lr == 1e-5 and isinstance(cfg.lr, float)
+    path.write_text('lr: "1e-5"\n')  # quoted: the user asked for a string
+    with pytest.raises(ConfigError, match=rf"{path.name}: .*lr='1e-5': expected float.*unquoted"):
+        resolve_config(str(path))
+    path.write_text('sdpo:\n  use_feedback: "no"\n')
+    with pytest.raises(ConfigError, match=rf"{path.name}: SDPOConfig\.use_feedback='no'"):
+        resolve_config(str(path))
+    path.write_text("steps: 2.5\n")
+    with pytest.raises(ConfigError, match=r"steps=2\.5: expected int"):
+        resolve_config(str(path))
+    path.write_text("steps: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_config(str(path))
+
+
+def test_the_command_line_reports_bad_file_values_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 2.5\n")
+    assert cli.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "steps=2.5: expected int, got float" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        cli.main(["--steps", "2.5"])
+    assert "--steps" in capsys.readouterr().err
