@@ -62,14 +62,20 @@ if TYPE_CHECKING:
     from rlrf.env import Message, RLRFEnv
 
 __all__ = [
+    "DEFAULT_SEED_TASKS",
+    "OUTPUTS",
     "EndpointBackend",
     "EndpointError",
     "EvalConfig",
     "EvalResult",
+    "build_backend",
+    "build_parser",
     "evaluate",
     "main",
     "pass_at_k",
+    "pass_ks",
     "resolve_eval_model",
+    "select_tasks",
     "summarize",
 ]
 
