@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from rlrf import models
+from algorithms import models
 
 
 def test_missing_path_names_the_fix(tmp_path):
