@@ -37,6 +37,7 @@ This module imports torch; it lives with its users, the trainer and the benchmar
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Hashable, Sequence
@@ -243,6 +244,177 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def _next_token(
+    last: torch.Tensor, params: SamplingParams, draws: _ExponentialDraws | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token of every row and the log-probs it is scored with (``[B]``, ``[B, V]``).
+
+    The log-probs are ``log_softmax(logits / temperature)`` over the full vocabulary (see the
+    module docstring); a fused ``log_softmax`` is cheaper here than a separate logsumexp.
+    """
+    logits = last.float()
+    if params.temperature == 0:
+        return logits.argmax(-1), logits.log_softmax(-1)
+    # x / 1.0 == x exactly: skip the pass over the vocabulary
+    scaled = logits if params.temperature == 1 else logits / params.temperature
+    pick = _top_p_filter(scaled, params.top_p) if params.top_p < 1 else scaled
+    probs = pick.softmax(-1)
+    assert draws is not None
+    # torch.multinomial(probs, 1) draws q ~ Exp(1) per entry and takes argmax(probs / q)
+    # (the Gumbel-max trick): the same computation, without its validity checks
+    q = draws.like(probs)
+    token = torch.div(probs, q, out=q).argmax(-1)
+    return token, scaled.log_softmax(-1)
+
+
+_STATE_BYTES = 5056  # torch's CPU generator state: mt19937 (seed, left, seeded, next, 624 words)
+
+
+class _ExponentialDraws:
+    """Exp(1) draws equal to ``torch.empty_like(x).exponential_(1, generator=g)``, faster.
+
+    ``torch.multinomial`` spends most of its time (and most of a sampling step's time outside
+    the model) drawing one exponential per vocabulary entry, one at a time. On a CPU
+    generator the same numbers come from numpy's MT19937 started from the torch
+    generator's state (torch draws a 53-bit uniform ``u`` from two 32-bit words, high word
+    first, and returns ``-log1p(-u)`` rounded to float32), vectorized; the generator's
+    state is written back by :meth:`close`, so the stream continues exactly as after
+    ``torch.multinomial``. Used only where :func:`_numpy_draws_match` found the numbers
+    equal in this process; CUDA generators and any mismatch use torch's own draws.
+    """
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device) -> None:
+        self.generator = generator
+        self.bits: Any = None
+        if device.type != "cpu" or not _numpy_draws_match():
+            return
+        self.generator = generator if generator is not None else torch.default_generator
+        self.bits = _mt19937_from_torch(self.generator)
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """A float32 tensor of ``x``'s shape filled with Exp(1) draws."""
+        if self.bits is None or x.dtype != torch.float32:
+            return torch.empty_like(x).exponential_(1, generator=self.generator)
+        return _numpy_exponential(self.bits, x.numel()).view(x.shape)
+
+    def close(self) -> None:
+        """Write the draws' position back into the torch generator."""
+        if self.bits is not None:
+            _mt19937_to_torch(self.bits, self.generator)
+            self.bits = None
+
+
+def _mt19937_from_torch(generator: torch.Generator) -> Any:
+    import numpy as np
+
+    state = generator.get_state().numpy().tobytes()
+    if len(state) != _STATE_BYTES:
+        raise ValueError(f"unexpected torch generator state of {len(state)} bytes")
+    left = int(np.frombuffer(state, np.int32, 1, 8)[0])
+    nxt = int(np.frombuffer(state, np.uint32, 1, 16)[0])
+    key = np.frombuffer(state, np.uint64, 624, 24).astype(np.uint32)
+    bits = np.random.MT19937()
+    # torch regenerates the 624 words when ``left`` reaches 0 on a draw; numpy at pos 624
+    bits.state = {
+        "bit_generator": "MT19937",
+        "state": {"key": key, "pos": 624 if left == 1 else nxt},
+    }
+    return bits
+
+
+def _mt19937_to_torch(bits: Any, generator: torch.Generator) -> None:
+    import numpy as np
+
+    state = bytearray(generator.get_state().numpy().tobytes())
+    pos = int(bits.state["state"]["pos"])
+    state[8:12] = np.int32(625 - pos).tobytes()
+    state[16:20] = np.uint32(pos).tobytes()
+    state[24 : 24 + 8 * 624] = bits.state["state"]["key"].astype(np.uint64).tobytes()
+    generator.set_state(torch.frombuffer(state, dtype=torch.uint8).clone())
+
+
+def _numpy_exponential(bits: Any, n: int) -> torch.Tensor:
+    import numpy as np
+
+    words = bits.random_raw(2 * n).reshape(n, 2)  # 32-bit words in uint64
+    r = (words[:, 0] << np.uint64(32)) | words[:, 1]
+    r &= np.uint64((1 << 53) - 1)
+    u = r.astype(np.float64)
+    u *= -(2.0**-53)
+    np.log1p(u, out=u)
+    np.negative(u, out=u)
+    return torch.from_numpy(u.astype(np.float32))
+
+
+@functools.cache
+def _numpy_draws_match() -> bool:
+    """Whether :class:`_ExponentialDraws` reproduces this torch's draws (checked once)."""
+    sizes = (5, 1500, 700)
+    try:
+        ours, theirs = (torch.Generator().manual_seed(20240611) for _ in range(2))
+        for g in (ours, theirs):
+            torch.rand(7, generator=g)  # start part-way through the 624 words
+        bits = _mt19937_from_torch(ours)
+        got = [_numpy_exponential(bits, n) for n in sizes]
+        _mt19937_to_torch(bits, ours)
+        want = [torch.empty(n).exponential_(1, generator=theirs) for n in sizes]
+        same = all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+        return same and torch.equal(torch.rand(9, generator=ours), torch.rand(9, generator=theirs))
+    except Exception:  # any surprise (another state layout, numpy missing): torch's own draws
+        return False
+
+
+def _preallocate(cache: Any, capacity: int) -> bool:
+    """Give a plain dynamic cache buffers for ``capacity`` positions, written in place.
+
+    transformers' ``DynamicLayer`` concatenates each step's key/value to the cache, copying
+    the whole cache every step; these layers write into a buffer allocated once and return
+    views of the filled part (the same values, so attention gives the same result). Returns
+    False, leaving the cache as it is, for caches that are not plain per-layer caches.
+    """
+    layers = _plain_layers(cache)
+    if layers is None or capacity <= layers[0].keys.shape[-2]:
+        return False
+    cache.layers = [_grow_layer_class()(layer.keys, layer.values, capacity) for layer in layers]
+    return True
+
+
+@functools.cache
+def _grow_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A dynamic cache layer over a buffer sized for the whole generation."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+            super().__init__()
+            b, h, n, d = keys.shape
+            self.key_buffer = keys.new_empty((b, h, capacity, d))
+            self.value_buffer = values.new_empty((b, h, capacity, values.shape[-1]))
+            self.key_buffer[:, :, :n] = keys
+            self.value_buffer[:, :, :n] = values
+            self.length = n
+            self.keys, self.values = self.key_buffer[:, :, :n], self.value_buffer[:, :, :n]
+            self.device, self.is_initialized = keys.device, True
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            end = self.length + key_states.shape[-2]
+            if end > self.key_buffer.shape[-2]:  # longer than planned: grow like DynamicLayer
+                self.key_buffer = torch.cat([self.keys, key_states], dim=-2)
+                self.value_buffer = torch.cat([self.values, value_states], dim=-2)
+            else:
+                self.key_buffer[:, :, self.length : end] = key_states
+                self.value_buffer[:, :, self.length : end] = value_states
+            self.length = end
+            self.keys = self.key_buffer[:, :, :end]
+            self.values = self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    return PreallocatedLayer
+
+
 class HFPolicy:
     """A Hugging Face causal LM with its tokenizer: sampling and scoring.
 
@@ -329,46 +501,66 @@ class HFPolicy:
         params: SamplingParams,
         generator: torch.Generator | None,
     ) -> list[Sample]:
+        """Sample one response per row (left-padded batch, KV-cached decoding).
+
+        Where the time goes on a CPU, besides the model's own matrix products: the
+        ``batch x vocab`` exponential draws of ``torch.multinomial`` and the KV cache growing
+        by concatenation (every step copied the whole cache). Both are done differently here
+        with the same result: the draws come from :class:`_ExponentialDraws` (the same
+        numbers from the same generator state, about twice as fast), the cache and the
+        attention mask are allocated once for the whole generation and written in place.
+        Same seed, same tokens and log-probs as the plain loop (tests/algorithms/
+        test_policy.py keeps a copy of it).
+        """
         model, device = self.model, self.device
         was_training = model.training
         model.eval()
         pad = int(self.tokenizer.pad_token_id)
+        steps = params.max_new_tokens
         # left padding so every row's next token is at the last column
-        ids, attn = _left_padded(rows, max(len(r) for r in rows), pad, device)
+        width = max(len(r) for r in rows)
+        ids, attn = _left_padded(rows, width, pad, device)
         positions = _left_positions(attn)
+        # the mask of every step is a prefix of this one (no per-step concatenation)
+        mask = torch.ones((len(rows), width + steps), dtype=attn.dtype, device=device)
+        mask[:, :width] = attn
         eos = torch.tensor(self.eos_token_ids, device=device)
         cache_kw = _cache_kwarg(model)
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        tokens: list[torch.Tensor] = []
-        logps: list[torch.Tensor] = []
+        tokens = torch.full((len(rows), steps), pad, dtype=torch.long, device=device)
+        logps = torch.zeros((len(rows), steps), dtype=torch.float32, device=device)
+        draws = _ExponentialDraws(generator, device) if params.temperature > 0 else None
+        done = 0
         try:
             last, cache = self._prefill(rows, ids, attn, positions)
-            for _ in range(params.max_new_tokens):
-                logits = last.float()
-                scaled = logits / params.temperature if params.temperature > 0 else logits
-                logp = scaled.log_softmax(-1)
-                if params.temperature == 0:
-                    token = logits.argmax(-1)
-                else:
-                    pick = _top_p_filter(scaled, params.top_p) if params.top_p < 1 else scaled
-                    token = torch.multinomial(pick.softmax(-1), 1, generator=generator)[:, 0]
-                token = torch.where(finished, torch.full_like(token, pad), token)
-                tokens.append(token)
-                logps.append(logp.gather(-1, token[:, None])[:, 0])
+            _preallocate(cache, width + steps)
+            for step in range(steps):
+                token, logp = _next_token(last, params, draws)
+                token.masked_fill_(finished, pad)
+                tokens[:, step] = token
+                logps[:, step] = logp.gather(-1, token[:, None])[:, 0]
+                done = step + 1
                 finished |= torch.isin(token, eos)
                 if bool(finished.all()):
                     break
-                attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
                 positions = positions[:, -1:] + 1
                 out = model(
-                    input_ids=token[:, None], attention_mask=attn, position_ids=positions,
-                    use_cache=True, **{cache_kw: cache},
+                    input_ids=token[:, None], attention_mask=mask[:, : width + done],
+                    position_ids=positions, use_cache=True, **{cache_kw: cache},
                 )  # fmt: skip
                 last, cache = out.logits[:, -1], _output_cache(out)
         finally:
+            if draws is not None:
+                draws.close()
             model.train(was_training)
-        tok = torch.stack(tokens, 1).tolist()
-        lp = torch.stack(logps, 1).tolist()
+        if params.temperature > 0 and bool(logps[:, :done].isnan().any()):
+            # torch.multinomial used to refuse such a distribution; say so, and why
+            raise RLRFError(
+                "the model's logits contain NaN, so no token can be sampled; check the "
+                "weights (a diverged update?) and the dtype (fp16 overflow?)"
+            )
+        tok = tokens[:, :done].tolist()
+        lp = logps[:, :done].tolist()
         eos_set = set(self.eos_token_ids)
         samples = []
         for i, row in enumerate(rows):
