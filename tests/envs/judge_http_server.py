@@ -13,7 +13,9 @@ Modes (what ``POST /v1/chat/completions`` does):
 * ``no_json_mode``: HTTP 400 when ``response_format`` is sent, else ``ok``;
 * ``trickle``: the whole HTTP response (status line, headers, an ``ok`` body) one byte
   every ``delay`` seconds, so that no single read ever waits long;
-* ``content``: a completion whose content is the server's ``content`` text.
+* ``content``: a completion whose content is the server's ``content`` text;
+* ``echo``: a completion whose content is the response being graded (the text after
+  ``## Response to grade``), so that fuzzing the policy's response fuzzes the verdict parser.
 
 ``GET /stats`` returns ``{"requests": n, "max_inflight": m}``. Run as a script
 (``python judge_http_server.py MODE``) it serves on a free port of 127.0.0.1 and prints
@@ -149,6 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
             content, finish = '{"critique": "The response misses the main', "length"
         elif mode == "content":
             content = s.content
+        elif mode == "echo":
+            prompt = str(request.get("messages", [{}])[-1].get("content", ""))
+            graded = prompt.split("## Response to grade\n", 1)[-1]
+            content = graded.rsplit("\n\nReply with the JSON object only", 1)[0]
         self._send(200, json.dumps(_completion(content, finish)).encode())
 
 
