@@ -23,7 +23,9 @@ else 0.0 (or the fraction of ground-truth calls matched, with ``partial_credit=T
 Feedback:
 
 * ``format``: no tool call found, or a call that is not valid JSON (with the decoder's
-  message and position);
+  message and position; an integer over :data:`envs._numbers.MAX_INT_DIGITS` digits counts
+  as invalid), or more than :data:`~envs.tool_use.env.MAX_CALLS_PER_TURN` (32) calls in one
+  response (the rest are ignored);
 * ``tool_validation``: every schema violation of a call, each with its JSON pointer and the
   validator's message (also in :class:`~rlrf.feedback.ToolCallDetails`);
 * ``tool_error``: a call to an unknown function, the wrong number of calls, a missing or
