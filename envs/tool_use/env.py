@@ -47,6 +47,15 @@ _MULTI_TURN_INSTRUCTIONS = (
 )
 
 
+def _tool_message(payload: dict[str, Any]) -> str:
+    """The JSON of a tool result; a result JSON cannot hold becomes an error, not a crash."""
+    try:
+        return json.dumps(payload, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError, TypeError) as e:  # a 5,000-digit int, deep nesting
+        error = f"the tool's result cannot be sent as JSON ({type(e).__name__})"
+        return json.dumps({"name": payload.get("name"), "error": error}, ensure_ascii=False)
+
+
 class ToolUseEnv(RLRFEnv):
     """Tool-calling tasks validated with JSON Schema and checked against ground truth.
 
@@ -387,9 +396,7 @@ class ToolUseEnv(RLRFEnv):
                             "tool_use",
                         )
                     )
-            results.append(
-                {"role": "tool", "content": json.dumps(payload, ensure_ascii=False, default=str)}
-            )
+            results.append({"role": "tool", "content": _tool_message(payload)})
         if not results:  # unreadable blocks only: say so in the next observation too
             results.append(
                 {"role": "tool", "content": json.dumps({"error": "no readable tool call"})}

@@ -348,3 +348,32 @@ def test_final_answer_with_unclosed_tags_is_linear():
     result = env.step_result("<answer>" * 20_000 + "7")
     assert result.done and result.reward == 0.0
     assert time.perf_counter() - start < 5.0  # slack for 2 shared cores
+
+
+def test_a_tool_result_json_cannot_hold_is_an_error_message(monkeypatch):
+    import envs.tool_use.toolsets as toolsets
+
+    spec = {"name": "big", "parameters": {"type": "object", "properties": {}}}
+
+    def backends():
+        nested: list = []
+        for _ in range(100_000):
+            nested = [nested]
+        return {"big": lambda: 10**5000, "deep": lambda: nested}
+
+    specs = (spec, {**spec, "name": "deep"})
+    monkeypatch.setitem(toolsets.TOOLSETS, "odd", toolsets.Toolset(specs, backends))
+    task = ToolTask(
+        id="odd-1",
+        messages=({"role": "user", "content": "Call big, then deep."},),
+        functions=specs,
+        ground_truth=(),
+        toolset="odd",
+    )
+    env = ToolUseEnv([task])
+    env.reset(options={"task_id": "odd-1"})
+    result = env.step_result(call("big") + call("deep"))  # ValueError out of step() before
+    assert [json.loads(m["content"])["error"] for m in result.observation[-2:]] == [
+        "the tool's result cannot be sent as JSON (ValueError)",
+        "the tool's result cannot be sent as JSON (RecursionError)",
+    ]
