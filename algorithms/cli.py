@@ -143,6 +143,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run training from parsed arguments; print where the run folder is."""
+    from algorithms.checkpoint import RunInterrupted
     from algorithms.trainer import Trainer
 
     skip = {"algo", "config", "func", "command"}
@@ -150,7 +151,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = resolve_config(
         args.config, algorithm=args.algo, overrides=flags, where="the command line"
     )
-    result = Trainer(config).train()
+    try:
+        result = Trainer(config).train()
+    except RunInterrupted as e:  # Ctrl-C: say how to resume instead of a traceback
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     if result.final_model_dir is None:
         return 0  # not the main process of a multi-process run: it reports
     last_eval = result.evals[-1] if result.evals else {}

@@ -30,9 +30,16 @@ sub-batches cut by length to waste little padding; log-probs go through the LM h
 chunk (``logit_chunk_size``). Objectives that score other prompts (a teacher's) do the same.
 
 Resuming (``resume=True``) restores model, optimizer, scheduler, the objective's state, RNG
-states and the task sampler's position from the newest complete checkpoint, and truncates
-``metrics.jsonl`` and ``trajectories.jsonl`` to that step, so a run killed with SIGKILL and
-resumed ends bit-identical on CPU to an uninterrupted one (tested).
+states and the task sampler's position from the newest checkpoint that loads (an unreadable
+newer one is named in a warning and skipped), says from which step it continues, and cuts
+``metrics.jsonl`` and ``trajectories.jsonl`` back to the byte length they had when that
+checkpoint was written (so a line torn by a crash at any byte goes, and nothing is logged
+twice), so a run killed with SIGKILL and resumed ends bit-identical on CPU to an
+uninterrupted one (tested). ``resume=True`` without a checkpoint is an error, never a silent
+restart. Ctrl-C lets a checkpoint being written finish, then stops with
+:class:`~algorithms.checkpoint.RunInterrupted`, whose message says how to resume.
+Checkpoints are written every ``checkpoint_every`` steps and at the last step;
+``checkpoint_every: 0`` writes none, only ``final/`` (the trained model and tokenizer).
 
 Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for example
 ``accelerate launch --multi_gpu --num_processes 4 -m algorithms.sdpo --env ... --model ...``;
@@ -56,6 +63,8 @@ import contextlib
 import dataclasses
 import math
 import random
+import shutil
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -69,15 +78,20 @@ import torch
 import rlrf
 from algorithms.batching import Batch, Row, collate, split_rows
 from algorithms.checkpoint import (
+    RunInterrupted,
     capture_rng,
+    deferred_sigint,
     latest_checkpoint,
     load_checkpoint,
+    load_latest,
+    log_size,
     prune_checkpoints,
+    restore_log,
     restore_rng,
     save_checkpoint,
 )
 from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resolve_config
-from algorithms.metrics import MetricsLogger, Timer, truncate_jsonl
+from algorithms.metrics import MetricsLogger, Timer
 from algorithms.objective import Objective, Scorer, TrainingError
 from algorithms.policy import HFPolicy, HiddenStates, SamplingParams
 from algorithms.rollout import RolloutStats, TaskSampler, collect_groups
@@ -566,7 +580,12 @@ class Trainer:
         return self.output_dir / "checkpoints"
 
     def save(self) -> Path | None:
-        """Write a resumable checkpoint of the current state (main process)."""
+        """Write a resumable checkpoint of the current state (main process).
+
+        Raises:
+            CheckpointError: the write failed (a full disk); the previous checkpoint is kept.
+
+        """
         acc = self.accelerator
         acc.wait_for_everyone()
         if not acc.is_main_process:
@@ -583,6 +602,8 @@ class Trainer:
             "rng": capture_rng(),
             "evals": self.evals,
             "config": config_to_dict(self.config),
+            # where the logs end at this step: a resume cuts them back to exactly this
+            "logs": {name: log_size(self.output_dir / name) for name in _LOGS},
         }
         path = save_checkpoint(self.checkpoint_dir, self.step, state)
         prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
@@ -591,7 +612,9 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Restore everything from a checkpoint folder."""
-        state = load_checkpoint(path)
+        self._restore(path, load_checkpoint(path))
+
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
         self.unwrapped.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -620,11 +643,10 @@ class Trainer:
         acc = self.accelerator
         main = acc.is_main_process
         resumed = False
+        logs: dict[str, int | None] = {}
         if cfg.resume:
-            latest = latest_checkpoint(self.checkpoint_dir)
-            if latest is not None:
-                self.load(latest)
-                resumed = True
+            logs = self._resume()
+            resumed = True
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(
@@ -633,8 +655,9 @@ class Trainer:
             metrics_path = self.output_dir / "metrics.jsonl"
             traj_path = self.output_dir / "trajectories.jsonl"
             if resumed:
-                truncate_jsonl(metrics_path, lambda r: r.get("step", 0) <= self.step)
-                truncate_jsonl(traj_path, lambda r: r.get("policy_version", 0) < self.step)
+                # checkpoints from before the "logs" key: keep records by their step
+                restore_log(metrics_path, logs.get(_LOGS[0]), lambda r: r["step"] <= self.step)
+                restore_log(traj_path, logs.get(_LOGS[1]), lambda r: _version(r) < self.step)
             self._logger = MetricsLogger(metrics_path, acc, append=resumed)
             self._trajectory_writer = TrajectoryWriter(traj_path, append=resumed)
             if cfg.trackers:
@@ -667,11 +690,14 @@ class Trainer:
                 if main:
                     self._logger.log(self.step, metrics)
                 last = metrics
-                due_ckpt = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if due_ckpt or self.step == cfg.steps:
+                # checkpoint_every: 0 writes no resumable state at all, only final/
+                every = cfg.checkpoint_every
+                if every and (self.step % every == 0 or self.step == cfg.steps):
                     self.save()
                 bar.update(1)
                 bar.set_postfix(_postfix(metrics, self.objective.metric_names[:1]))
+        except KeyboardInterrupt:
+            raise RunInterrupted(self._interrupted_message()) from None
         finally:
             bar.close()
             if main:
@@ -683,8 +709,7 @@ class Trainer:
         final_dir = None
         if main:
             final_dir = self.output_dir / "final"
-            self.unwrapped.save_pretrained(final_dir)
-            self.tokenizer.save_pretrained(final_dir)
+            self._save_final(final_dir)
         return RunResult(
             output_dir=self.output_dir,
             final_model_dir=final_dir,
@@ -693,6 +718,57 @@ class Trainer:
             metrics=last,
             evals=list(self.evals),
         )
+
+    def _resume(self) -> dict[str, int | None]:
+        """Restore the newest readable checkpoint; return the log sizes it recorded."""
+        found = load_latest(self.checkpoint_dir)
+        if found is None:
+            raise ConfigError(
+                f"resume=True but {self.checkpoint_dir} holds no complete checkpoint (was "
+                f"output_dir={str(self.output_dir)!r} the folder of the run to continue? Was "
+                "it run with checkpoint_every: 0?). Point output_dir at the run's folder, or "
+                "set resume: false to start a new run there (its metrics.jsonl and "
+                "trajectories.jsonl are then overwritten)"
+            )
+        path, state = found
+        self._restore(path, state)
+        if self.accelerator.is_main_process:
+            print(
+                f"rlrf: resuming from step {self.step} of {self.config.steps} ({path})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return dict(state.get("logs") or {})
+
+    def _interrupted_message(self) -> str:
+        # from the disk: a save that Ctrl-C let finish never returned its folder
+        ckpt = latest_checkpoint(self.checkpoint_dir)
+        config = self.output_dir / "config.yaml"
+        if ckpt is None:
+            return (
+                f"interrupted at step {self.step}; no checkpoint was written "
+                f"(checkpoint_every={self.config.checkpoint_every}), so the run cannot be "
+                "resumed: start it again"
+            )
+        return (
+            f"interrupted at step {self.step}; the newest complete checkpoint is {ckpt}. "
+            f"Resume with: rlrf train --config {config} --resume true (or resume=True with "
+            f"output_dir={str(self.output_dir)!r} in Python)"
+        )
+
+    def _save_final(self, final_dir: Path) -> None:
+        """``save_pretrained`` the model and tokenizer into ``final_dir``, atomically."""
+        tmp = final_dir.with_name(f".{final_dir.name}.tmp")
+        old = final_dir.with_name(f".{final_dir.name}.old")
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        with deferred_sigint("writing the final model"):
+            self.unwrapped.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if final_dir.exists():
+                final_dir.rename(old)
+            tmp.rename(final_dir)
+            shutil.rmtree(old, ignore_errors=True)
 
     def _record_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.evals.append({"step": step, "generations": self.generations, **metrics})
@@ -707,6 +783,15 @@ _OBJECTIVE_METHODS = (
     "state_dict",
     "load_state_dict",
 )
+
+
+_LOGS = ("metrics.jsonl", "trajectories.jsonl")
+
+
+def _version(record: dict[str, Any]) -> int:
+    """The policy version of a trajectories.jsonl record (a group's is its rollouts')."""
+    trajectories = record.get("trajectories") or [record]
+    return int(trajectories[0].get("policy_version", 0))
 
 
 def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:

@@ -6,7 +6,8 @@ messages the env appended). A :class:`Group` holds the G trajectories sampled fo
 
 Files are JSON Lines, one record per line, each carrying ``"schema_version"``; writes
 stream (:class:`TrajectoryWriter` flushes every record), so a run never holds its whole
-history in memory and a crash loses at most the line being written.
+history in memory and a crash loses at most the line being written: readers skip a torn last
+line (even one ending inside a UTF-8 character) with a warning, and appending removes it.
 
 >>> import tempfile, os
 >>> t = Trajectory("rlrf/Echo-v0", "a", ({"role": "user", "content": "Say a."},),
@@ -326,11 +327,18 @@ class TrajectoryWriter:
     def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append:
+            _drop_torn_tail(self.path)
         self._file: IO[str] | None = self.path.open("a" if append else "w", encoding="utf-8")
         self.count = 0
 
     def write(self, record: Group | Trajectory) -> None:
-        """Append one record and flush it to the OS."""
+        """Append one record and flush it to the OS.
+
+        The line is encoded completely before any byte is written, so a record that cannot
+        be serialized leaves the file as it was; a crash mid-write leaves at most one torn
+        last line, which readers skip and ``append=True`` removes.
+        """
         if self._file is None:
             raise ValueError(f"TrajectoryWriter for {self.path} is closed")
         self._file.write(_encode(record) + "\n")
@@ -350,6 +358,39 @@ class TrajectoryWriter:
         self.close()
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line (no trailing newline) off ``path``, so appends start clean."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # find the last newline, reading backwards in blocks
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        warnings.warn(
+            f"{path}: its last line was incomplete (the writer was killed mid-line); removed "
+            f"its {size - keep} byte(s) before appending",
+            TruncatedFileWarning,
+            stacklevel=3,
+        )
+        f.truncate(keep)
+
+
 def write_trajectories(path: str | os.PathLike[str], records: Sequence[Group | Trajectory]) -> None:
     """Write ``records`` to ``path`` (overwriting it)."""
     with TrajectoryWriter(path) as w:
@@ -360,20 +401,21 @@ def write_trajectories(path: str | os.PathLike[str], records: Sequence[Group | T
 def read_trajectories(path: str | os.PathLike[str]) -> Iterator[Group | Trajectory]:
     """Stream the records of a trajectory file.
 
-    A partial last line (the writer crashed mid-line) is reported with a
-    :class:`TruncatedFileWarning` and skipped; every complete line before it is returned.
-    Any other malformed line raises :class:`~rlrf.errors.TrajectoryFormatError` naming it.
+    A partial last line (the writer crashed mid-line, possibly inside a multi-byte UTF-8
+    character) is reported with a :class:`TruncatedFileWarning` and skipped; every complete
+    line before it is returned. Any other malformed line (bad JSON, bad UTF-8, a bad record)
+    raises :class:`~rlrf.errors.TrajectoryFormatError` naming ``file:line``.
     """
-    with Path(path).open("r", encoding="utf-8") as f:
+    with Path(path).open("rb") as f:
         lineno = 0
         for raw in f:
             lineno += 1
             if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
-            if not raw.endswith("\n"):
+            if not raw.endswith(b"\n"):
                 try:
-                    record = _decode(raw, where)
+                    record = _decode(_utf8(raw, where), where)
                 except TrajectoryFormatError:
                     warnings.warn(
                         f"{where}: last line is incomplete (was the writer killed?); "
@@ -384,4 +426,11 @@ def read_trajectories(path: str | os.PathLike[str]) -> Iterator[Group | Trajecto
                     return
                 yield record
                 return
-            yield _decode(raw, where)
+            yield _decode(_utf8(raw, where), where)
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TrajectoryFormatError(f"{where}: not valid UTF-8 ({e})") from e

@@ -1,22 +1,43 @@
-"""A run killed with SIGKILL and resumed ends bit-identical (CPU) to an uninterrupted one."""
+"""Runs lose nothing: killed (SIGKILL, Ctrl-C, a full disk, a torn file) and resumed, a run
+ends bit-identical (CPU) to an uninterrupted one, with every log line exactly once."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
+
+from algorithms.checkpoint import (
+    CheckpointError,
+    CheckpointWarning,
+    RunInterrupted,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_log,
+    save_checkpoint,
+)
+from algorithms.config import GRPOTrainConfig
+from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
+from algorithms.trainer import Trainer
+from rlrf.errors import ConfigError
+from rlrf.trajectory import Group, Trajectory, TrajectoryWriter, Turn, read_trajectories
 
 SCRIPT = textwrap.dedent(
     """
     import sys, time
+    import safetensors.torch
     from algorithms.config import SDPOTrainConfig
     from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
     from algorithms.trainer import Trainer
@@ -30,11 +51,6 @@ SCRIPT = textwrap.dedent(
     )
     trainer = Trainer(cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(3),
                       tokenizer=tiny_tokenizer())
-    load = trainer.load
-    def reporting_load(path):
-        load(path)
-        print(f"RESUMED-AT-STEP {trainer.step}", flush=True)
-    trainer.load = reporting_load
     if slow:
         original = trainer.train_step
         def paced():
@@ -42,6 +58,11 @@ SCRIPT = textwrap.dedent(
             time.sleep(slow)
             return metrics
         trainer.train_step = paced
+        save_file = safetensors.torch.save_file
+        def slow_save(*args, **kwargs):  # widen the window in which a save can be killed
+            save_file(*args, **kwargs)
+            time.sleep(slow / 2)
+        safetensors.torch.save_file = slow_save
     trainer.train()
     """
 )
@@ -58,34 +79,66 @@ def _run(script: Path, out: Path, resume: bool, slow: float = 0.0) -> subprocess
 
 
 def _final_state(out: Path) -> dict:
-    ckpts = sorted((out / "checkpoints").glob("step_*"))
-    return torch.load(ckpts[-1] / "state.pt", weights_only=False)
+    return load_checkpoint(latest_checkpoint(out / "checkpoints"))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    script = tmp / "run.py"
+    script.write_text(SCRIPT)
+    ref = _run(script, tmp / "ref", resume=False)
+    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
+    return script, tmp / "ref"
+
+
+def _groups_logged(out: Path) -> int:
+    path = out / "trajectories.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+# when to kill the run: after a checkpoint, in the middle of writing one, and in the middle
+# of a step (its trajectories logged, its metrics and checkpoint not yet)
+KILL_POINTS = {
+    "after_checkpoint": lambda out: (out / "checkpoints" / "step_000003" / "DONE").exists(),
+    "mid_save": lambda out: (
+        (out / "checkpoints" / "step_000002").exists()
+        and any((out / "checkpoints").glob(".tmp_step_*"))
+    ),
+    "mid_step": lambda out: (
+        (out / "checkpoints" / "step_000003").exists() and _groups_logged(out) >= 8
+    ),
+}
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_is_bit_identical(tmp_path):
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    ref = _run(script, tmp_path / "ref", resume=False)
-    assert ref.wait(timeout=300) == 0, ref.stdout.read().decode()
-
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_and_resume_is_bit_identical(reference, tmp_path, point):
+    script, ref_out = reference
     out = tmp_path / "killed"
     victim = _run(script, out, resume=False, slow=1.0)
     deadline = time.time() + 240
-    while not (out / "checkpoints" / "step_000003" / "DONE").exists():
+    while not KILL_POINTS[point](out):
         assert victim.poll() is None, victim.stdout.read().decode()
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
+        assert time.time() < deadline, f"the run never reached {point}"
+        time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not (out / "checkpoints" / "step_000006").exists()
+    if point == "mid_step":  # as if killed while writing a line: a torn UTF-8 character too
+        with (out / "trajectories.jsonl").open("ab") as f:
+            f.write('{"schema_version": 1, "type": "group", "task_id": "\u00e9'.encode()[:-1])
     resumed = _run(script, out, resume=True)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read().decode()
     log = resumed.stdout.read().decode()
-    # it continued from the killed run's checkpoint (step 3 or later), not from scratch
-    assert int(log.split("RESUMED-AT-STEP ")[1].split()[0]) >= 3, log
+    # it continued from the killed run's checkpoint, not from scratch, and said so
+    assert int(log.split("resuming from step ")[1].split()[0]) >= 2, log
 
-    a, b = _final_state(tmp_path / "ref"), _final_state(out)
+    a, b = _final_state(ref_out), _final_state(out)
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -97,13 +150,238 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     for i in sa:
         assert torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"])
     assert a["sampler"] == b["sampler"]
-    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    out_lines = (out / "metrics.jsonl").read_text().splitlines()
+    ref_lines = _lines(ref_out / "metrics.jsonl")
+    out_lines = _lines(out / "metrics.jsonl")
     assert len(ref_lines) == len(out_lines) == 7
 
     def strip(line):
         return {k: v for k, v in json.loads(line).items() if "timing" not in k}
 
     assert [strip(x) for x in ref_lines] == [strip(x) for x in out_lines]
-    n_ref = len((tmp_path / "ref" / "trajectories.jsonl").read_text().splitlines())
-    assert n_ref == len((out / "trajectories.jsonl").read_text().splitlines()) == 12
+    # every group exactly once, the same as the uninterrupted run's
+    ref_groups = [g.to_dict() for g in read_trajectories(ref_out / "trajectories.jsonl")]
+    out_groups = [g.to_dict() for g in read_trajectories(out / "trajectories.jsonl")]
+    for g in ref_groups + out_groups:
+        for t in g["trajectories"]:
+            t.pop("timings")
+    assert len(ref_groups) == 12 and out_groups == ref_groups
+
+
+# --- in-process runs ------------------------------------------------------------------
+
+SMALL = dict(
+    questions_per_step=2, rollouts_per_question=2, max_new_tokens=6, micro_batch_size=4,
+    eval_every=0, progress=False, lr=1e-3, seed=1,
+)  # fmt: skip
+
+
+def _trainer(out: Path, **kw) -> Trainer:
+    cfg = GRPOTrainConfig(output_dir=str(out), **{**SMALL, **kw})
+    return Trainer(cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(2),
+                   tokenizer=tiny_tokenizer())  # fmt: skip
+
+
+@pytest.mark.slow
+def test_resume_after_a_lost_checkpoint_logs_each_group_once(tmp_path, capsys):
+    _trainer(tmp_path, steps=3, checkpoint_every=1, keep_checkpoints=3).train()
+    # killed after step 3 was logged but before its checkpoint was complete
+    (tmp_path / "checkpoints" / "step_000003" / "DONE").unlink()
+    _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
+    assert "resuming from step 2 of 3" in capsys.readouterr().err
+    steps = [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+    groups = list(read_trajectories(tmp_path / "trajectories.jsonl"))
+    versions = [g.trajectories[0].policy_version for g in groups]
+    assert versions == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.slow
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
+    _trainer(tmp_path, steps=2, checkpoint_every=1).train()
+    broken = tmp_path / "checkpoints" / "step_000002" / "model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated (a full disk, a bad copy)
+    with pytest.warns(CheckpointWarning, match=rf"{re.escape(str(broken))}.*falling back"):
+        _trainer(tmp_path, steps=2, checkpoint_every=1, resume=True).train()
+    assert "resuming from step 1 of 2" in capsys.readouterr().err
+    assert [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")] == [1, 2]
+    # an empty state.pt, a truncated state.safetensors: both named, no raw EOFError
+    (tmp_path / "checkpoints" / "step_000002" / "state.pt").write_bytes(b"")
+    torn = tmp_path / "checkpoints" / "step_000001" / "state.safetensors"
+    torn.write_bytes(torn.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"no checkpoint .* readable") as info:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CheckpointWarning)
+            _trainer(tmp_path, steps=2, resume=True).train()
+    assert "step_000002/state.pt is unreadable (EOFError" in str(info.value)
+    assert "step_000001/state.safetensors is unreadable" in str(info.value)
+
+
+def test_resume_without_a_checkpoint_is_an_error_and_touches_nothing(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "trajectories.jsonl").write_text("precious\n")
+    folder = re.escape(str(tmp_path / "checkpoints"))
+    with pytest.raises(ConfigError, match=rf"{folder} holds no complete.*resume: false"):
+        _trainer(tmp_path, steps=1, resume=True).train()
+    assert (tmp_path / "trajectories.jsonl").read_text() == "precious\n"
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_save_finishes_it_then_says_how_to_resume(tmp_path, monkeypatch):
+    save_file = safetensors.torch.save_file
+    calls = []
+
+    def interrupted_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the model file of the second checkpoint
+            os.kill(os.getpid(), signal.SIGINT)
+        save_file(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted_save)
+    with pytest.raises(RunInterrupted) as info:
+        _trainer(tmp_path, steps=4, checkpoint_every=1).train()
+    ckpt = tmp_path / "checkpoints" / "step_000002"
+    message = str(info.value)
+    assert f"interrupted at step 2; the newest complete checkpoint is {ckpt}" in message
+    assert f"rlrf train --config {tmp_path / 'config.yaml'} --resume true" in message
+    assert load_checkpoint(ckpt)["step"] == 2  # finished, not half-written
+    assert not list((tmp_path / "checkpoints").glob(".*"))
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    result = _trainer(tmp_path, steps=4, checkpoint_every=1, resume=True).train()
+    assert result.steps == 4
+    assert len(list(read_trajectories(tmp_path / "trajectories.jsonl"))) == 8
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    save_file = safetensors.torch.save_file
+    calls = []
+
+    def failing_save(tensors, filename, metadata=None):
+        calls.append(1)
+        if len(calls) == 4:  # the second checkpoint's optimizer state: half, then ENOSPC
+            Path(filename).write_bytes(b"\0" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    with pytest.raises(CheckpointError, match=r"step 2 .*No space left.*step_000001"):
+        _trainer(tmp_path, steps=3, checkpoint_every=1).train()
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000001"]  # no partial folder
+    assert load_checkpoint(latest_checkpoint(ckpts))["step"] == 1
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
+    assert [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_checkpoints_store_tensors_once_in_safetensors(tmp_path):
+    trainer = _trainer(tmp_path, steps=1, checkpoint_every=1)
+    model = trainer.unwrapped
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied, as in SmolLM2
+    path = trainer.save()
+    assert sorted(p.name for p in path.iterdir()) == [
+        "DONE",
+        "model.safetensors",
+        "state.pt",
+        "state.safetensors",
+    ]
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    on_disk = (path / "model.safetensors").stat().st_size
+    assert model_bytes <= on_disk < model_bytes + 20_000  # the tied matrix once
+    assert (path / "state.pt").stat().st_size < 20_000  # no tensors in the pickle
+    state = load_checkpoint(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(state["model"][key], value), key
+    fresh = _trainer(tmp_path / "b", steps=1)
+    fresh.unwrapped.lm_head.weight = fresh.unwrapped.get_input_embeddings().weight
+    fresh.load(path)
+    for a, b in zip(fresh.unwrapped.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_every_zero_writes_only_the_final_model(tmp_path):
+    result = _trainer(tmp_path, steps=2, checkpoint_every=0).train()
+    assert not (tmp_path / "checkpoints").exists()
+    tokenizer = ("token", "chat_template", "vocab", "merges")
+    names = {p.name for p in result.final_model_dir.iterdir()}
+    model_files = {n for n in names if not any(t in n for t in tokenizer)}
+    assert model_files == {"config.json", "generation_config.json", "model.safetensors"}
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
+
+
+def test_old_single_file_checkpoints_still_load(tmp_path):
+    state = {"step": 3, "model": {"w": torch.ones(2)}, "rng": [torch.zeros(1)]}
+    folder = tmp_path / "step_000003"
+    folder.mkdir()
+    torch.save(state, folder / "state.pt")
+    (folder / "DONE").write_text("3")
+    loaded = load_checkpoint(folder)
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
+    again = load_checkpoint(save_checkpoint(tmp_path / "new", 3, loaded))
+    assert torch.equal(again["rng"][0], torch.zeros(1))
+
+
+# --- logs cut at every byte ---------------------------------------------------------------
+
+
+def _group(i: int) -> Group:
+    t = Trajectory("env", f"t{i}", ({"role": "user", "content": "é → 日本"},),
+                   [Turn(f"réponse {i} ✓", reward=1.0)], policy_version=i)  # fmt: skip
+    return Group("env", f"t{i}", [t])
+
+
+@pytest.mark.slow
+def test_logs_cut_at_any_byte_resume_without_duplicates(tmp_path):
+    path = tmp_path / "trajectories.jsonl"
+    with TrajectoryWriter(path) as w:
+        for i in range(3):
+            w.write(_group(i))
+    checkpointed = path.stat().st_size  # what a checkpoint at step 3 records
+    with TrajectoryWriter(path, append=True) as w:
+        for i in range(3, 5):
+            w.write(_group(i))
+    full = path.read_bytes()
+    expected = [_group(i).to_dict() for i in range(5)]
+    for cut in range(len(full) + 1):
+        path.write_bytes(full[:cut])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            read = [g.to_dict() for g in read_trajectories(path)]  # never raises
+        # every complete line (a last one missing only its newline counts), nothing else
+        assert read == expected[: len(read)]
+        assert len(read) - full[:cut].count(b"\n") == (full[cut : cut + 1] == b"\n")
+        if cut < checkpointed:
+            continue  # a checkpoint's logs are fsynced before it completes
+        if cut % 5 and b"\n" not in full[cut - 4 : cut + 4]:
+            continue  # resume (an fsync each) at every 5th byte and around every line end
+        restore_log(path, checkpointed)
+        assert path.read_bytes() == full[:checkpointed]
+        with TrajectoryWriter(path, append=True) as w:  # the resumed run re-logs steps 4, 5
+            for i in range(3, 5):
+                w.write(_group(i))
+        assert [g.to_dict() for g in read_trajectories(path)] == expected, cut
+
+
+def test_logs_without_a_recorded_size_are_cut_by_step(tmp_path):
+    path = tmp_path / "trajectories.jsonl"
+    with TrajectoryWriter(path) as w:
+        for i in range(4):
+            w.write(_group(i))
+    full = path.read_bytes()
+    keep = [n for n in range(1, len(full)) if not full[:n].endswith(b"\n")]
+    for cut in keep[::7]:
+        path.write_bytes(full[:cut])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CheckpointWarning)
+            restore_log(path, None, lambda r: r["trajectories"][0]["policy_version"] < 2)
+        versions = [g.trajectories[0].policy_version for g in read_trajectories(path)]
+        assert versions == [0, 1][: full[:cut].count(b"\n")]
+
+
+def test_a_corrupted_middle_line_is_dropped_with_a_warning_naming_it(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"step": 2, "x": \xff\n{"step": 3}\n{"step": 4}\n')
+    with pytest.warns(CheckpointWarning, match=rf"{re.escape(str(path))}:2: corrupted line"):
+        assert restore_log(path, None, lambda r: r["step"] <= 3) == 2
+    assert path.read_text() == '{"step": 1}\n{"step": 3}\n'
