@@ -28,6 +28,7 @@ from rlrf.errors import (
     EnvError,
     EnvNotFoundError,
     RLRFError,
+    RLRFWarning,
 )
 from rlrf.feedback import (
     ErrorDetails,
@@ -42,6 +43,7 @@ from rlrf.feedback import (
     truncate_text,
 )
 from rlrf.registration import (
+    BuiltinOverrideWarning,
     EnvSpec,
     load_plugins,
     make,
@@ -64,6 +66,7 @@ from rlrf.wrappers import CapFeedback, DropFeedback, FeedbackWrapper, RedactFeed
 __version__ = "0.1.0"
 
 __all__ = [
+    "BuiltinOverrideWarning",
     "CapFeedback",
     "ChatSpace",
     "ConfigError",
@@ -83,6 +86,7 @@ __all__ = [
     "Outcome",
     "RLRFEnv",
     "RLRFError",
+    "RLRFWarning",
     "RedactFeedback",
     "ResponseSpace",
     "Sample",

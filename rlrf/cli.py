@@ -86,6 +86,8 @@ def parse_key_values(pairs: Sequence[str], flag: str = "--kwarg") -> dict[str, o
             out[key.replace("-", "_")] = json.loads(value)
         except json.JSONDecodeError:
             out[key.replace("-", "_")] = value
+        except (ValueError, RecursionError) as e:  # integers past Python's digit limit, nesting
+            raise ConfigError(f"{flag} {key}: the value cannot be read as JSON ({e})") from e
     return out
 
 

@@ -90,3 +90,11 @@ def test_sample_and_check_name_the_failing_env_method_and_turn(guess_ids, capsys
 def test_check_passes_a_shipped_gymnasium_style_env(capsys):
     assert main(["check", "rlrf/CodeRepair-v0"]) == 0
     assert "rlrf/CodeRepair-v0: all checks passed" in capsys.readouterr().out
+
+
+def test_kwarg_values_past_the_integer_digit_limit_are_a_config_error():
+    from rlrf.cli import parse_key_values
+    from rlrf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--kwarg n: the value cannot be read as JSON"):
+        parse_key_values(["n=" + "9" * 5000])
