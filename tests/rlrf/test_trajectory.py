@@ -146,3 +146,44 @@ def test_writer_streams_and_appends(tmp_path):
     with TrajectoryWriter(path, append=True) as w2:
         w2.write(_traj(1))
     assert [r.task_id for r in read_trajectories(path)] == ["task0", "task1"]
+
+
+def test_a_utf8_character_torn_at_the_end_is_a_truncated_line_not_an_error(tmp_path):
+    path = tmp_path / "t.jsonl"
+    t = _traj(0)
+    t.info["note"] = "é日本"
+    with TrajectoryWriter(path) as w:
+        w.write(t)
+        w.write(_traj(1))
+    full = path.read_bytes()
+    first_end = full.index(b"\n") + 1
+    torn = full[: full.index("日".encode()) + 1]  # inside the 3-byte character
+    # every cut of the first line's multi-byte characters, after one complete line
+    for cut in range(len(torn) - 4, len(torn) + 4):
+        path.write_bytes(full[first_end:] + full[:cut])
+        with pytest.warns(TruncatedFileWarning, match=r"t.jsonl:2: last line is incomplete"):
+            assert [r.task_id for r in read_trajectories(path)] == ["task1"]
+
+
+def test_invalid_utf8_in_a_middle_line_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    with TrajectoryWriter(path) as w:
+        w.write(_traj(0))
+    line = path.read_bytes()
+    path.write_bytes(line + line.replace(b"task0", b"task\xff") + line)
+    with pytest.raises(TrajectoryFormatError, match=r"t.jsonl:2: not valid UTF-8"):
+        list(read_trajectories(path))
+
+
+def test_appending_removes_a_torn_last_line_first(tmp_path):
+    path = tmp_path / "t.jsonl"
+    t = _traj(0)
+    t.info["note"] = "日本"
+    with TrajectoryWriter(path) as w:
+        w.write(t)
+    full = path.read_bytes()
+    path.write_bytes(full + full[: full.index("本".encode()) + 2])  # killed mid-character
+    with pytest.warns(TruncatedFileWarning, match=r"removed its \d+ byte"):
+        with TrajectoryWriter(path, append=True) as w:
+            w.write(_traj(1))
+    assert [r.task_id for r in read_trajectories(path)] == ["task0", "task1"]
