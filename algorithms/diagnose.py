@@ -1,0 +1,881 @@
+"""Will SDPO help here? ``rlrf diagnose --env ID --model M`` measures it before training.
+
+SDPO distills the model toward itself re-asked with a teacher context (a successful
+sibling's answer and/or the env's feedback on its own attempt). That can only teach what the
+self-teacher knows better than the student, so this command measures that gap on a sample
+of train tasks, through the same functions training uses:
+
+1. Student rollouts: ``--tasks`` train tasks (the trainer's seeded task sampler), G =
+   ``--group-size`` rollouts each, played by :func:`algorithms.rollout.collect_groups`.
+2. Teacher contexts: :func:`algorithms.sdpo.teacher_contexts_for_group` with the SDPO
+   options of the preset (``--algo sdpo``: feedback and a successful sibling; ``--algo
+   sdpo-srf``: sibling only), ``--set KEY=VALUE`` overriding any of them (e.g.
+   ``use_feedback=false``, ``feedback_only_without_solution=true``, ``alpha=0.5``).
+
+It then measures:
+
+(a) ``teacher_signal_frac``: the share of graded rollouts that get a teacher context (the
+    others get no distillation loss), split by what the context holds.
+(b) The teacher's answers: for every rollout with a context, ``--teacher-samples`` fresh
+    answers are sampled from its teacher prompt (tokenized by
+    :func:`algorithms.sdpo.encode_teacher_prompt`, as the trainer does, for a local model)
+    and graded by the env on the same task (multi-turn envs are played whole). The student's
+    comparison is the success rate (and mean reward) of that task's G rollouts from the plain
+    prompt, weighted the same way (one entry per rollout with a context), so both answer the
+    same questions at the same temperature. ``delta_success`` = teacher − student, with a
+    percentile bootstrap confidence interval over tasks (tasks resampled with replacement,
+    ``--bootstrap`` resamples, seeded by ``--seed``; rollouts of one task are not
+    independent). The same for the mean reward.
+(c) Divergence (local models only; an endpoint gives no logits): on the student's own first
+    response of every rollout with a context, the per-token divergence between the teacher
+    (the model given the teacher prompt) and the student (given the plain prompt), exactly
+    the loss's: top-K of the student's logits plus a tail bucket, α of the config
+    (:func:`algorithms.sdpo.distillation_loss`, logits divided by the sampling temperature
+    as the trainer does); its token mean, the share of tokens whose top-1 token differs, and
+    the mean log q(y_t) − log p(y_t) of the sampled tokens on failed and on successful
+    rollouts (a teacher that helps puts less mass than the student on failed answers). At
+    step 0 every teacher mode (EMA, frozen, trust region, live) is the model itself.
+
+The decision rule (constants below), checked in this order:
+
+- ``no_signal``: ``teacher_signal_frac`` < :data:`MIN_SIGNAL_FRAC` (0.25): most rollouts
+  get no distillation loss, so SDPO has little to learn from whatever the teacher knows.
+- ``helps``: the lower end of the CI of ``delta_success`` > 0 AND ``delta_success`` >=
+  :data:`MIN_GAIN` (0.10, ten percentage points): the self-teacher answers clearly better.
+- ``not_better``: the upper end of the CI of ``delta_success`` < :data:`MIN_GAIN`: the
+  self-teacher is, with this confidence, not clearly better than the student; expect GRPO
+  to win; consider λ-mixing (``grpo_mix``, the ``sdpo`` preset's 0.9) or a larger model.
+- ``inconclusive``: otherwise (the CI spans the threshold): sample more tasks or rollouts.
+
+Why a minimum gain and not just "above 0": on one-digit addition the embedded model answers
+20/64 right when shown the gold answer against 14/64 without (``benchmarks/base_rates.py``),
+a gain of about 9 points, and pure SDPO did not learn there (held-out 0.266 -> 0.234) while
+GRPO mixed in did. Divergence (c) is reported but not in the rule: a large divergence says
+the teacher differs, not that it is right.
+
+Output (``--out``, default ``diagnoses/<env>--<model>``): ``diagnose.json`` (the settings,
+every number above, the verdict and its rule, per-task results and a few examples) and
+``rollouts.jsonl`` (the student groups, each rollout's teacher context in its info, then
+the teacher's answers as groups whose task ids name the rollout they re-ask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rlrf
+from algorithms.config import PRESETS, SDPOConfig, SDPOTrainConfig, resolve_config
+from algorithms.evaluate import EvalConfig, _write_atomic, build_backend
+from algorithms.rollout import collect_groups, task_sampler
+from algorithms.sdpo.contexts import (
+    FEEDBACK_HEADER,
+    SOLUTION_HEADER,
+    TEACHER_INSTRUCTION,
+    encode_teacher_prompt,
+    teacher_contexts_for_group,
+)
+from rlrf.env import RLRFEnv, env_style
+from rlrf.errors import ConfigError, RLRFError
+from rlrf.sampling import SamplingBackend, SamplingParams
+from rlrf.trajectory import Group, TrajectoryWriter
+
+if TYPE_CHECKING:
+    from rlrf.env import Message, Outcome
+    from rlrf.sampling import Sample
+    from rlrf.wrappers import Wrapper
+
+__all__ = [
+    "MIN_GAIN",
+    "MIN_SIGNAL_FRAC",
+    "DiagnoseConfig",
+    "DiagnoseResult",
+    "bootstrap_ci",
+    "diagnose",
+    "main",
+    "verdict",
+    "wilson_interval",
+]
+
+COMMAND_HELP = "measure before training whether SDPO's self-teacher is better than the student"
+"""The help line of this ``rlrf`` subcommand."""
+
+MIN_SIGNAL_FRAC = 0.25
+"""Below this share of rollouts with a teacher context, SDPO has too little to distill."""
+
+MIN_GAIN = 0.10
+"""The teacher-minus-student success difference (absolute) that counts as clearly better."""
+
+OUTPUT = "diagnose.json"
+ROLLOUTS = "rollouts.jsonl"
+
+_ALGOS = sorted(n for n, p in PRESETS.items() if p.config_class is SDPOTrainConfig)
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """What to diagnose and how.
+
+    Attributes:
+        env: Registered env id, e.g. ``rlrf/Arithmetic-v0``.
+        model: ``smollm2-135m``, a local model folder, a run folder or its ``final/``; with
+            ``base_url``, the model name the endpoint serves (then (c) is not measured).
+        base_url: OpenAI-compatible endpoint (see :class:`algorithms.evaluate.EvalConfig`).
+        api_key_env: Environment variable holding the endpoint's API key.
+        algo: The SDPO preset whose teacher-context and loss options are used.
+        sdpo: SDPO option overrides by field name (``{"use_feedback": False}``).
+        tasks: Train tasks sampled (the trainer's seeded sampler).
+        group_size: G, student rollouts per task (siblings for the solution context).
+        teacher_samples: Fresh answers sampled from each teacher prompt.
+        temperature: Sampling temperature (student and teacher; the trainer's is 1).
+        top_p: Nucleus sampling mass.
+        max_tokens: Token budget per response.
+        seed: Task sampling, sampling and bootstrap seed.
+        bootstrap: Bootstrap resamples for the confidence intervals.
+        confidence: Two-sided confidence level of the intervals.
+        batch_tasks: Tasks per step (a sampling call, the teacher answers, the scoring).
+        score_batch: Rows per forward pass when computing the divergence.
+        env_workers: Threads grading envs.
+        concurrency: Endpoint requests in flight.
+        env_kwargs: Keyword arguments for ``rlrf.make``.
+        device: Device of a local model (default: ``cuda`` when available, else ``cpu``).
+        out: Output folder (default ``diagnoses/<env>--<model>``).
+
+    """
+
+    env: str
+    model: str = "smollm2-135m"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    algo: str = "sdpo"
+    sdpo: dict[str, Any] = field(default_factory=dict)
+    tasks: int = 16
+    group_size: int = 8
+    teacher_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    batch_tasks: int = 4
+    score_batch: int = 8
+    env_workers: int = 1
+    concurrency: int = 8
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "group_size", "teacher_samples", "max_tokens", "bootstrap",
+                     "batch_tasks", "score_batch", "env_workers", "concurrency"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"--confidence must be in (0, 1), got {self.confidence}")
+        if self.algo not in _ALGOS:
+            raise ConfigError(f"--algo {self.algo!r} is not an SDPO preset; use one of {_ALGOS}")
+        SamplingParams(self.temperature, self.top_p, self.max_tokens)  # range checks
+        self.sdpo_config()  # unknown or invalid overrides fail here
+
+    def sdpo_config(self) -> SDPOConfig:
+        """The preset's SDPO options with :attr:`sdpo` applied, as training would resolve them."""
+        names = {f.name for f in dataclasses.fields(SDPOConfig)}
+        unknown = sorted(set(self.sdpo) - names)
+        if unknown:
+            raise ConfigError(
+                f"--set {unknown[0]}: not an SDPO option; the options are {sorted(names)}"
+            )
+        config = resolve_config(algorithm=self.algo, overrides=self.sdpo, where="--set")
+        return config.sdpo  # type: ignore[attr-defined]
+
+    def eval_config(self) -> EvalConfig:
+        """The :class:`EvalConfig` whose backend and output naming this diagnosis reuses."""
+        return EvalConfig(
+            env=self.env, model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
+            split="train", k=self.group_size, temperature=self.temperature, top_p=self.top_p,
+            max_tokens=self.max_tokens, seed=self.seed, concurrency=self.concurrency,
+            batch_tasks=self.batch_tasks, env_workers=self.env_workers,
+            env_kwargs=self.env_kwargs, device=self.device,
+        )  # fmt: skip
+
+    @property
+    def output_dir(self) -> Path:
+        """``out``, or ``diagnoses/<env>--<model>`` (named as ``rlrf eval`` names its folder)."""
+        if self.out:
+            return Path(self.out).expanduser()
+        return Path("diagnoses") / self.eval_config().output_dir.name
+
+
+@dataclass
+class DiagnoseResult:
+    """What :func:`diagnose` returns.
+
+    Attributes:
+        report: Everything written to ``diagnose.json``.
+        verdict: ``helps``, ``not_better``, ``no_signal`` or ``inconclusive``.
+        message: The verdict in words, with the numbers behind it.
+        out: The output folder.
+
+    """
+
+    report: dict[str, Any]
+    verdict: str
+    message: str
+    out: Path
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``(0, 1)`` when ``n`` is 0).
+
+    >>> [round(x, 3) for x in wilson_interval(14, 64)]
+    [0.135, 0.334]
+    """
+    if n == 0:
+        return 0.0, 1.0
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ci(
+    clusters: Sequence[Sequence[float]],
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of values grouped in clusters (tasks).
+
+    Clusters are resampled with replacement and the mean is taken over all values of the
+    resample (the statistic's own weighting). None when there are no values.
+
+    >>> bootstrap_ci([[1.0, 1.0], [1.0]])
+    (1.0, 1.0)
+    """
+    import numpy as np
+
+    clusters = [list(c) for c in clusters if len(c)]
+    if not clusters:
+        return None
+    sums = np.array([sum(c) for c in clusters], dtype=np.float64)
+    counts = np.array([len(c) for c in clusters], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(clusters), size=(resamples, len(clusters)))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def verdict(
+    signal_frac: float,
+    delta: float | None,
+    ci: tuple[float, float] | None,
+    *,
+    min_signal: float = MIN_SIGNAL_FRAC,
+    min_gain: float = MIN_GAIN,
+) -> str:
+    """Apply the module's decision rule: ``no_signal``, ``helps``, ``not_better``, ``inconclusive``.
+
+    >>> verdict(0.9, 0.6, (0.4, 0.8)), verdict(0.9, 0.05, (-0.05, 0.08))
+    ('helps', 'not_better')
+    >>> verdict(0.1, 0.6, (0.4, 0.8)), verdict(0.9, 0.1, (-0.05, 0.3))
+    ('no_signal', 'inconclusive')
+    """
+    if signal_frac < min_signal:
+        return "no_signal"
+    if delta is None or ci is None:
+        return "inconclusive"
+    if ci[0] > 0 and delta >= min_gain:
+        return "helps"
+    if ci[1] < min_gain:
+        return "not_better"
+    return "inconclusive"
+
+
+# ---- the teacher's answers ------------------------------------------------------------------
+
+
+class _ReAsked(RLRFEnv):
+    """The env's tasks re-asked with teacher prompts: key ``k`` is (task id, teacher chat).
+
+    Grading goes to the real env (its wrappers included) on the real task, so teacher
+    answers are scored exactly as the student's are; later turns of a multi-turn env are
+    played through its ``evaluate`` with the chat so far.
+    """
+
+    def __init__(self, env: RLRFEnv | Wrapper, asks: dict[str, tuple[str, list[Message]]]) -> None:
+        super().__init__()
+        self.env, self.asks = env, asks
+        self.max_turns = int(getattr(env, "max_turns", 1) or 1)
+
+    @property
+    def thread_safe(self) -> bool:  # type: ignore[override]
+        """As the real env."""
+        return bool(getattr(self.env, "thread_safe", True))
+
+    def task_ids(self, split: str = "train") -> list[str]:
+        """The keys of the teacher prompts."""
+        return list(self.asks)
+
+    def prompt(self, task_id: str) -> list[Message]:
+        """The teacher prompt of key ``task_id``."""
+        return [dict(m) for m in self.asks[task_id][1]]  # type: ignore[misc]
+
+    def evaluate(self, task_id: str, response: str, history: Sequence[Message] = ()) -> Outcome:
+        """Grade on the real task."""
+        return self.env.evaluate(self.asks[task_id][0], response, history)
+
+    def evaluate_many(self, task_id: str, responses: Sequence[str]) -> list[Outcome]:
+        """Grade first-turn answers on the real task (the env's concurrent hook)."""
+        return list(self.env.evaluate_many(self.asks[task_id][0], responses))
+
+
+class _TeacherTokens:
+    """A local policy that tokenizes teacher chats as the trainer does (left-capped).
+
+    Chats whose last user message ends with the teacher instruction go through
+    :func:`encode_teacher_prompt` (``teacher_max_prompt_tokens``, thinking disabled); later
+    turns of a multi-turn episode through the policy's own chat encoding.
+    """
+
+    def __init__(self, policy: Any, config: SDPOConfig) -> None:
+        self.policy, self.config = policy, config
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        last = messages[-1] if messages else None
+        if last and last["role"] == "user" and last["content"].endswith(TEACHER_INSTRUCTION):
+            return _teacher_ids(self.policy, messages, self.config)
+        return list(self.policy.encode(messages))
+
+    def sample(
+        self, prompts: Sequence[Sequence[Message]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        return self.policy.sample_ids([self.encode(p) for p in prompts], n, params)
+
+
+def _is_local(backend: Any) -> bool:
+    return hasattr(backend, "sample_ids") and hasattr(backend, "model")
+
+
+def _template_kwargs(policy: Any) -> dict[str, Any]:
+    from algorithms.policy import CHATML_TEMPLATE
+
+    template = getattr(policy, "chat_template", None)
+    if template is None:
+        return {}
+    return {"chat_template": CHATML_TEMPLATE if template == "chatml" else template}
+
+
+def _teacher_ids(policy: Any, messages: Sequence[Message], config: SDPOConfig) -> list[int]:
+    return encode_teacher_prompt(
+        policy.tokenizer, messages, max_tokens=config.teacher_max_prompt_tokens,
+        enable_thinking=False, **_template_kwargs(policy),
+    )  # fmt: skip
+
+
+# ---- (c) divergence -------------------------------------------------------------------------
+
+
+def _divergences(
+    policy: Any, rows: list[tuple[list[int], list[int], list[int]]], config: SDPOConfig,
+    temperature: float, batch: int,
+) -> list[dict[str, float]]:  # fmt: skip
+    """Score rows (student prompt, teacher prompt, response) with the loss's own functions.
+
+    Per row: tokens, the divergence summed over them, top-1 disagreements, and the summed
+    log q(y_t) − log p(y_t) of the sampled tokens.
+    """
+    import torch
+
+    from algorithms.policy import lm_head_logits, response_hidden_states
+    from algorithms.sdpo.loss import distillation_loss
+
+    model = policy.model
+    pad = int(policy.tokenizer.pad_token_id or 0)
+    scale = temperature if temperature > 0 else 1.0
+    k = min(config.top_k, model.config.vocab_size)
+    out: list[dict[str, float]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(rows), batch):
+                chunk = rows[start : start + batch]
+                responses = [r for _, _, r in chunk]
+                hs, mask = response_hidden_states(
+                    model, [s for s, _, _ in chunk], responses, pad=pad
+                )
+                ht, _ = response_hidden_states(model, [t for _, t, _ in chunk], responses, pad=pad)
+                for i, response in enumerate(responses):
+                    n = len(response)
+                    s_logits = lm_head_logits(model, hs[i : i + 1, :n]).float() / scale
+                    t_logits = lm_head_logits(model, ht[i : i + 1, :n]).float() / scale
+                    ids = torch.tensor([response], device=s_logits.device)
+                    _, stats = distillation_loss(
+                        s_logits, t_logits, mask[i : i + 1, :n], None, ids,
+                        top_k=k, alpha=config.alpha, is_clip=config.is_clip,
+                    )  # fmt: skip
+                    differ = s_logits.argmax(-1) != t_logits.argmax(-1)
+                    out.append({
+                        "tokens": float(n),
+                        "divergence_sum": float(stats["divergence"]) * n,
+                        "top1_disagree": float(differ.sum()),
+                        "logprob_gap_sum": float(stats["logprob_gap"]) * n,
+                    })  # fmt: skip
+    finally:
+        model.train(was_training)
+    return out
+
+
+# ---- the diagnosis --------------------------------------------------------------------------
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _context_kind(prompt: Sequence[Message], context: Sequence[Message]) -> str:
+    """``solution``, ``feedback`` or ``both``: what the teacher chat adds to the prompt."""
+    original = [m for m in prompt if m["role"] == "user"][-1]["content"]
+    added = [m for m in context if m["role"] == "user"][-1]["content"][len(original) :]
+    sol, fb = f"\n\n{SOLUTION_HEADER}\n\n" in added, f"\n\n{FEEDBACK_HEADER}\n\n" in added
+    return "both" if sol and fb else "solution" if sol else "feedback"
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def diagnose(
+    config: DiagnoseConfig,
+    *,
+    env: RLRFEnv | Wrapper | None = None,
+    backend: SamplingBackend | None = None,
+    progress: bool = True,
+) -> DiagnoseResult:
+    """Run the diagnosis ``config`` describes and write ``diagnose.json`` (see the module).
+
+    Args:
+        config: What to diagnose.
+        env: An env instance (default ``rlrf.make(config.env, **config.env_kwargs)``).
+        backend: A sampling backend (default built from ``config`` as ``rlrf eval`` builds
+            it); an :class:`algorithms.policy.HFPolicy` also gives the divergence (c).
+        progress: Show a progress bar (tqdm, on stderr).
+
+    Raises:
+        RLRFError: a bad env id, model, endpoint or setting; the message says which.
+
+    """
+    t0 = time.perf_counter()
+    cfg = config.sdpo_config()
+    env = env if env is not None else rlrf.make(config.env, **config.env_kwargs)
+    tasks = task_sampler(env, seed=config.seed).next(config.tasks)
+    backend = backend if backend is not None else build_backend(config.eval_config())
+    local = _is_local(backend)
+    # the teacher's answers need a task-style env: its tasks can be re-asked with another prompt
+    reask = env_style(env) == "task"
+    teacher_backend: Any = _TeacherTokens(backend, cfg) if local else backend
+
+    from tqdm import tqdm
+
+    per_task: list[dict[str, Any]] = []
+    student_groups: list[Group] = []
+    teacher_groups: list[Group] = []
+    rows_scored: list[dict[str, float]] = []
+    score_success: list[bool] = []
+    bar = tqdm(
+        total=len(tasks), desc=f"diagnose {config.env}", unit="task", disable=not progress,
+        dynamic_ncols=True,
+    )  # fmt: skip
+    try:
+        for c, chunk in enumerate(_chunks(tasks, config.batch_tasks)):
+            seed = (config.seed * 1_000_003 + c) % 2**31
+            params = SamplingParams(config.temperature, config.top_p, config.max_tokens, seed=seed)
+            groups, _ = collect_groups(
+                env, backend, chunk, config.group_size, params, env_id=config.env,
+                split="train", env_workers=config.env_workers,
+            )  # fmt: skip
+            asks: dict[str, tuple[str, list[Message]]] = {}
+            owner: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (task record, kind)
+            score_rows: list[tuple[list[int], list[int], list[int]]] = []
+            for gi, g in enumerate(groups):
+                contexts = teacher_contexts_for_group(g, cfg)
+                rewards = g.rewards
+                graded = [i for i, r in enumerate(rewards) if r is not None]
+                record: dict[str, Any] = {
+                    "task_id": g.task_id,
+                    "rollouts": len(g.trajectories),
+                    "graded": len(graded),
+                    "student_successes": sum(bool(g.trajectories[i].success) for i in graded),
+                    "student_rewards": rewards,
+                    "contexts": {"solution": 0, "feedback": 0, "both": 0},
+                    "teacher": [],  # one entry per rollout with a context
+                }
+                for ti, (traj, ctx) in enumerate(zip(g.trajectories, contexts, strict=True)):
+                    traj.info["teacher_context"] = ctx
+                    if ctx is None:
+                        continue
+                    kind = _context_kind(traj.prompt, ctx)
+                    record["contexts"][kind] += 1
+                    key = f"{len(per_task) + gi}:{ti}"
+                    traj.info["teacher_key"] = key
+                    asks[key] = (g.task_id, ctx)
+                    owner[key] = (record, kind)
+                    response = traj.turns[0].response_token_ids if traj.turns else None
+                    if local and response:
+                        student_ids = list(backend.encode(traj.prompt))  # type: ignore[attr-defined]
+                        teacher_ids = _teacher_ids(backend, ctx, cfg)
+                        score_rows.append((student_ids, teacher_ids, list(response)))
+                        score_success.append(bool(traj.success))
+                per_task.append(record)
+            if reask and asks:
+                t_params = dataclasses.replace(params, seed=(seed + 7_919) % 2**31)
+                answered, _ = collect_groups(
+                    _ReAsked(env, asks), teacher_backend, list(asks), config.teacher_samples,
+                    t_params, env_id=config.env, split="train", env_workers=config.env_workers,
+                )  # fmt: skip
+                for key, tg in zip(asks, answered, strict=True):
+                    record, kind = owner[key]
+                    record["teacher"].append({
+                        "rollout": key,
+                        "kind": kind,
+                        "successes": sum(bool(t.success) for t in tg.trajectories),
+                        "samples": len(tg.trajectories),
+                        "rewards": tg.rewards,
+                    })  # fmt: skip
+                teacher_groups.extend(answered)
+            if local and score_rows:
+                rows_scored.extend(
+                    _divergences(backend, score_rows, cfg, config.temperature, config.score_batch)
+                )
+            student_groups.extend(groups)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+    report = _report(config, cfg, per_task, rows_scored, score_success, reask, local)
+    report["elapsed_s"] = round(time.perf_counter() - t0, 3)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{ROLLOUTS}.tmp"
+    with TrajectoryWriter(tmp) as writer:
+        for g in [*student_groups, *teacher_groups]:
+            writer.write(g)
+    tmp.replace(out / ROLLOUTS)
+    _write_atomic(out / OUTPUT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return DiagnoseResult(report, report["verdict"], report["message"], out)
+
+
+def _report(
+    config: DiagnoseConfig, cfg: SDPOConfig, per_task: list[dict[str, Any]],
+    rows: list[dict[str, float]], row_success: list[bool], reask: bool, local: bool,
+) -> dict[str, Any]:  # fmt: skip
+    graded = sum(r["graded"] for r in per_task)
+    kinds = {k: sum(r["contexts"][k] for r in per_task) for k in ("solution", "feedback", "both")}
+    with_ctx = sum(kinds.values())
+    signal = with_ctx / graded if graded else 0.0
+    successes = sum(r["student_successes"] for r in per_task)
+
+    # (b): per task, one (teacher, student) pair per rollout with a context
+    succ_t, succ_s, succ_d, rew_t, rew_s, rew_d = ([] for _ in range(6))
+    for r in per_task:
+        ok = [x for x in r["student_rewards"] if x is not None]
+        if not r["teacher"] or not ok:
+            continue
+        s_rate = r["student_successes"] / r["graded"]
+        s_rew = sum(ok) / len(ok)
+        ts, tr = [], []
+        for t in r["teacher"]:
+            got = [x for x in t["rewards"] if x is not None]
+            if not got:  # a teacher answer the env could not grade: left out, not scored 0
+                continue
+            ts.append(t["successes"] / t["samples"])
+            tr.append(sum(got) / len(got))
+        succ_t.append(ts)
+        succ_s.append([s_rate] * len(ts))
+        succ_d.append([x - s_rate for x in ts])
+        rew_t.append(tr)
+        rew_s.append([s_rew] * len(tr))
+        rew_d.append([x - s_rew for x in tr])
+
+    def flat_mean(clusters: list[list[float]]) -> float | None:
+        return _mean([x for c in clusters for x in c])
+
+    def ci(clusters: list[list[float]]) -> list[float] | None:
+        b = bootstrap_ci(
+            clusters, resamples=config.bootstrap, confidence=config.confidence, seed=config.seed
+        )
+        return None if b is None else [round(b[0], 4), round(b[1], 4)]
+
+    teacher_answers = sum(len(r["teacher"]) * config.teacher_samples for r in per_task)
+    teacher_succ = sum(t["successes"] for r in per_task for t in r["teacher"])
+    delta = flat_mean(succ_d)
+    delta_ci = ci(succ_d)
+    answers: dict[str, Any] = {
+        "measured": reask,
+        "why_not": None if reask else "the env is Gymnasium style: its tasks cannot be re-asked "
+        "with another prompt",
+        "compared_rollouts": sum(len(c) for c in succ_d),
+        "teacher_answers": teacher_answers,
+        "teacher_success": flat_mean(succ_t),
+        "teacher_success_ci": ci(succ_t),
+        "teacher_success_wilson": list(
+            wilson_interval(teacher_succ, teacher_answers, config.confidence)
+        ),
+        "student_success": flat_mean(succ_s),
+        "student_success_ci": ci(succ_s),
+        "delta_success": delta,
+        "delta_success_ci": delta_ci,
+        "teacher_reward": flat_mean(rew_t),
+        "teacher_reward_ci": ci(rew_t),
+        "student_reward": flat_mean(rew_s),
+        "student_reward_ci": ci(rew_s),
+        "delta_reward": flat_mean(rew_d),
+        "delta_reward_ci": ci(rew_d),
+    }  # fmt: skip
+
+    tokens = sum(r["tokens"] for r in rows)
+
+    def gap(success: bool) -> float | None:
+        picked = [r for r, s in zip(rows, row_success, strict=True) if s == success]
+        n = sum(r["tokens"] for r in picked)
+        return sum(r["logprob_gap_sum"] for r in picked) / n if n else None
+
+    divergence: dict[str, Any] = {
+        "measured": local and bool(rows),
+        "why_not": None if local else "an endpoint gives no logits; pass a local model",
+        "rollouts": len(rows),
+        "tokens": int(tokens),
+        "alpha": cfg.alpha,
+        "top_k": cfg.top_k,
+        "divergence_mean": sum(r["divergence_sum"] for r in rows) / tokens if tokens else None,
+        "top1_disagreement": sum(r["top1_disagree"] for r in rows) / tokens if tokens else None,
+        "logprob_gap_failed": gap(False),
+        "logprob_gap_successful": gap(True),
+    }
+
+    v = verdict(signal, delta, None if delta_ci is None else (delta_ci[0], delta_ci[1]))
+    report: dict[str, Any] = {
+        "env": config.env,
+        "model": config.model,
+        "base_url": config.base_url,
+        "algo": config.algo,
+        "sdpo": dataclasses.asdict(cfg),
+        "tasks": len(per_task),
+        "group_size": config.group_size,
+        "teacher_samples": config.teacher_samples,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "seed": config.seed,
+        "confidence": config.confidence,
+        "student": {
+            "rollouts": sum(r["rollouts"] for r in per_task),
+            "graded": graded,
+            "success": successes / graded if graded else None,
+            "success_wilson": list(wilson_interval(successes, graded, config.confidence)),
+            "tasks_with_success": sum(r["student_successes"] > 0 for r in per_task),
+        },
+        "teacher_signal": {"frac": signal, "rollouts": with_ctx, "graded": graded, **kinds},
+        "teacher_answers": answers,
+        "divergence": divergence,
+        "verdict": v,
+        "rule": {
+            "min_signal_frac": MIN_SIGNAL_FRAC,
+            "min_gain": MIN_GAIN,
+            "text": "no_signal if teacher_signal.frac < min_signal_frac; helps if the CI of "
+            "delta_success is above 0 and delta_success >= min_gain; not_better if the CI's "
+            "upper end < min_gain; else inconclusive",
+        },
+        "per_task": per_task,
+    }
+    report["message"] = _message(report)
+    return report
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _message(r: dict[str, Any]) -> str:
+    """The verdict in plain words, with the numbers behind it."""
+    sig, ans = r["teacher_signal"], r["teacher_answers"]
+    ci = ans["delta_success_ci"]
+    level = f"{100 * r['confidence']:.0f}%"
+    numbers = (
+        f"teacher {_pct(ans['teacher_success'])} vs student {_pct(ans['student_success'])} "
+        f"success on the same questions, difference {_pct(ans['delta_success'])} "
+        f"({level} CI {_pct(ci[0]) if ci else 'n/a'} to {_pct(ci[1]) if ci else 'n/a'}); "
+        f"{_pct(sig['frac'])} of rollouts get a teacher signal"
+    )
+    v = r["verdict"]
+    if v == "no_signal":
+        return (
+            f"only {_pct(sig['frac'])} of rollouts would get a teacher signal (no successful "
+            "sibling and no feedback for the rest): SDPO has little to learn from; expect GRPO "
+            "to do as well; raise --group-size, enable feedback, or use an easier setting"
+        )
+    if v == "helps":
+        gain = f"{100 * ans['delta_success']:.0f} percentage points"
+        return f"the self-teacher answers right {gain} more often: SDPO should help ({numbers})"
+    if v == "not_better":
+        return (
+            "the self-teacher is not clearly better than the student here: expect GRPO to win; "
+            f"consider λ-mixing (grpo_mix, the sdpo preset's 0.9) or a larger model ({numbers})"
+        )
+    if not ans["measured"]:
+        return f"inconclusive: the teacher's answers were not measured ({ans['why_not']})"
+    return (
+        "inconclusive: the teacher may be better, but not clearly at this sample size; raise "
+        f"--tasks or --group-size ({numbers})"
+    )
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+def build_parser(prog: str = "rlrf diagnose") -> argparse.ArgumentParser:
+    """The ``rlrf diagnose`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="smollm2-135m, a local model folder, a run folder or its final/; with --base-url, "
+        "the served model name (the divergence then is not measured)",
+    )
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the key")
+    p.add_argument("--algo", default="sdpo", choices=_ALGOS, help="SDPO preset (its options)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an SDPO option, e.g. use_feedback=false, alpha=0.5 (repeatable)",
+    )
+    p.add_argument("--tasks", type=int, default=16, help="train tasks sampled")
+    p.add_argument("--group-size", type=int, default=8, help="G: student rollouts per task")
+    p.add_argument("--teacher-samples", type=int, default=1, help="answers per teacher prompt")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    p.add_argument("--max-tokens", type=int, default=256, help="token budget per response")
+    p.add_argument("--seed", type=int, default=0, help="task, sampling and bootstrap seed")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level")
+    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per step")
+    p.add_argument("--score-batch", type=int, default=8, help="rows per divergence forward pass")
+    p.add_argument("--env-workers", type=int, default=1, help="threads grading envs")
+    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
+    p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
+    p.add_argument(
+        "--kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="env constructor keyword argument (VALUE parsed as JSON when possible)",
+    )
+    p.add_argument("--out", help="output folder (default diagnoses/<env>--<model>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "rlrf diagnose") -> int:
+    """Run ``rlrf diagnose``; return the process exit status."""
+    from rlrf.cli import parse_key_values
+
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = DiagnoseConfig(
+            env=args.env, model=args.model, base_url=args.base_url,
+            api_key_env=args.api_key_env, algo=args.algo,
+            sdpo=parse_key_values(args.set, "--set"), tasks=args.tasks,
+            group_size=args.group_size, teacher_samples=args.teacher_samples,
+            temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+            seed=args.seed, bootstrap=args.bootstrap, confidence=args.confidence,
+            batch_tasks=args.batch_tasks, score_batch=args.score_batch,
+            env_workers=args.env_workers, concurrency=args.concurrency,
+            env_kwargs=parse_key_values(args.kwarg), device=args.device, out=args.out,
+        )  # fmt: skip
+        result = diagnose(config, progress=not args.no_progress)
+    except RLRFError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(format_summary(result.report))
+    print(f"wrote {result.out / OUTPUT}")
+    return 0
+
+
+def format_summary(r: dict[str, Any]) -> str:
+    """The numbers and the verdict, as ``rlrf diagnose`` prints them."""
+    st, sig, ans, div = r["student"], r["teacher_signal"], r["teacher_answers"], r["divergence"]
+
+    def ci(x: list[float] | None) -> str:
+        return "n/a" if x is None else f"[{x[0]:.3f}, {x[1]:.3f}]"
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = [
+        f"{r['env']} | {r['model']} | --algo {r['algo']}: {r['tasks']} train tasks x "
+        f"G={r['group_size']}, temperature {r['temperature']}, {r['max_tokens']} tokens",
+        f"student success {f(st['success'])} (Wilson {ci(st['success_wilson'])}), "
+        f"{st['tasks_with_success']}/{r['tasks']} tasks with a success",
+        f"(a) teacher signal: {f(sig['frac'])} of {sig['graded']} rollouts (solution "
+        f"{sig['solution']}, feedback {sig['feedback']}, both {sig['both']})",
+    ]
+    if ans["measured"]:
+        lines += [
+            f"(b) success: teacher {f(ans['teacher_success'])} {ci(ans['teacher_success_ci'])} "
+            f"vs student {f(ans['student_success'])} {ci(ans['student_success_ci'])}; "
+            f"difference {f(ans['delta_success'])} {ci(ans['delta_success_ci'])} "
+            f"({ans['compared_rollouts']} rollouts)",
+            f"    reward:  teacher {f(ans['teacher_reward'])} vs student "
+            f"{f(ans['student_reward'])}; difference {f(ans['delta_reward'])} "
+            f"{ci(ans['delta_reward_ci'])}",
+        ]
+    else:
+        lines.append(f"(b) not measured: {ans['why_not']}")
+    if div["measured"]:
+        lines.append(
+            f"(c) divergence (alpha {div['alpha']}, top-{div['top_k']}) {f(div['divergence_mean'])}"
+            f" per token, top-1 disagreement {f(div['top1_disagreement'])} over "
+            f"{div['tokens']} tokens; log q - log p of the sampled tokens: failed "
+            f"{f(div['logprob_gap_failed'])}, successful {f(div['logprob_gap_successful'])}"
+        )
+    else:
+        lines.append(f"(c) not measured: {div['why_not'] or 'no response tokens'}")
+    lines.append(f"verdict: {r['verdict']}: {r['message']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main(sys.argv[1:], prog="python -m algorithms.diagnose"))
