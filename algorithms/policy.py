@@ -37,6 +37,7 @@ This module imports torch; it lives with its users, the trainer and the benchmar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from rlrf.errors import RLRFError
+from rlrf.errors import ConfigError, RLRFError
 from rlrf.sampling import FinishReason, Sample, SamplingBackend, SamplingParams
 
 if TYPE_CHECKING:
@@ -443,6 +444,7 @@ class HFPolicy:
         self.max_batch_size = max_batch_size
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self._copy_cache_rows = True  # False once the model's cache proved not copyable
+        self._generation_dtype: torch.dtype | None = None
 
     @classmethod
     def from_pretrained(
@@ -458,6 +460,32 @@ class HFPolicy:
 
         model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
         return cls(model, tokenizer, **kwargs)
+
+    @property
+    def generation_dtype(self) -> torch.dtype | None:
+        """Opt-in lower precision for sampling: ``torch.bfloat16`` (or ``float16`` on CUDA).
+
+        None (the default) samples with the model's own weights. With ``torch.bfloat16`` the
+        sampling forwards run under ``torch.autocast`` (each weight cast once per call where
+        it requires grad, every forward otherwise): about 1.5x the tokens/s of fp32 measured
+        on a 2-core AVX-512-BF16 CPU, but DIFFERENT samples, and log-probs that are the bf16
+        model's, up to ~0.25 nats away from the fp32 model's on SmolLM2-135M, which a
+        trainer using them as the old policy's log-probs sees as off-policy noise.
+        """
+        return self._generation_dtype
+
+    @generation_dtype.setter
+    def generation_dtype(self, dtype: torch.dtype | None) -> None:
+        allowed = {None, torch.bfloat16} | (
+            {torch.float16} if self.device.type == "cuda" else set()
+        )
+        if dtype not in allowed:
+            names = ", ".join(sorted(str(d) for d in allowed))
+            raise ConfigError(
+                f"generation_dtype {dtype} is not supported on {self.device.type}; use one of "
+                f"{names}"
+            )
+        self._generation_dtype = dtype
 
     @property
     def device(self) -> torch.device:
@@ -531,24 +559,29 @@ class HFPolicy:
         logps = torch.zeros((len(rows), steps), dtype=torch.float32, device=device)
         draws = _ExponentialDraws(generator, device) if params.temperature > 0 else None
         done = 0
+        low = self._generation_dtype
+        precision = (
+            torch.autocast(device.type, dtype=low) if low is not None else contextlib.nullcontext()
+        )
         try:
-            last, cache = self._prefill(rows, ids, attn, positions)
-            _preallocate(cache, width + steps)
-            for step in range(steps):
-                token, logp = _next_token(last, params, draws)
-                token.masked_fill_(finished, pad)
-                tokens[:, step] = token
-                logps[:, step] = logp.gather(-1, token[:, None])[:, 0]
-                done = step + 1
-                finished |= torch.isin(token, eos)
-                if bool(finished.all()):
-                    break
-                positions = positions[:, -1:] + 1
-                out = model(
-                    input_ids=token[:, None], attention_mask=mask[:, : width + done],
-                    position_ids=positions, use_cache=True, **{cache_kw: cache},
-                )  # fmt: skip
-                last, cache = out.logits[:, -1], _output_cache(out)
+            with precision:
+                last, cache = self._prefill(rows, ids, attn, positions)
+                _preallocate(cache, width + steps)
+                for step in range(steps):
+                    token, logp = _next_token(last, params, draws)
+                    token.masked_fill_(finished, pad)
+                    tokens[:, step] = token
+                    logps[:, step] = logp.gather(-1, token[:, None])[:, 0]
+                    done = step + 1
+                    finished |= torch.isin(token, eos)
+                    if bool(finished.all()):
+                        break
+                    positions = positions[:, -1:] + 1
+                    out = model(
+                        input_ids=token[:, None], attention_mask=mask[:, : width + done],
+                        position_ids=positions, use_cache=True, **{cache_kw: cache},
+                    )  # fmt: skip
+                    last, cache = out.logits[:, -1], _output_cache(out)
         finally:
             if draws is not None:
                 draws.close()

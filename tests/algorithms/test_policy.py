@@ -16,6 +16,7 @@ from algorithms.policy import (
     token_logprobs,
 )
 from algorithms.testing import tiny_model, tiny_tokenizer
+from rlrf.errors import ConfigError
 
 PROMPTS = [
     [{"role": "user", "content": "hi"}],
@@ -259,7 +260,14 @@ SAME_SAMPLES_PROMPTS = [
 
 @pytest.mark.parametrize(
     "temperature,top_p,seed",
-    [(1.0, 1.0, 0), (1.0, 1.0, 7), (0.7, 1.0, 1), (1.3, 0.9, 2), (1.0, 0.5, 3), (0.0, 1.0, None)],
+    [
+        (1.0, 1.0, 0),
+        (1.3, 0.9, 2),
+        (0.0, 1.0, None),
+        pytest.param(1.0, 1.0, 7, marks=pytest.mark.slow),
+        pytest.param(0.7, 1.0, 1, marks=pytest.mark.slow),
+        pytest.param(1.0, 0.5, 3, marks=pytest.mark.slow),
+    ],
 )
 def test_sampling_equals_the_reference_loop(eos_prone_policy, temperature, top_p, seed):
     pol = eos_prone_policy
@@ -307,3 +315,19 @@ def test_plain_prefill_samples_equal_the_reference(monkeypatch, eos_prone_policy
     assert [s.token_ids for s in got] == [t for t, _ in expected]
     for s, (_, lp) in zip(got, expected, strict=True):
         assert s.logprobs == pytest.approx(lp, abs=1e-6)
+
+
+def test_bf16_generation_is_opt_in_and_close_to_fp32(eos_prone_policy):
+    pol = HFPolicy(eos_prone_policy.model, eos_prone_policy.tokenizer, max_batch_size=6)
+    assert pol.generation_dtype is None
+    with pytest.raises(ConfigError, match="torch.float16 is not supported on cpu"):
+        pol.generation_dtype = torch.float16
+    pol.generation_dtype = torch.bfloat16
+    params = SamplingParams(max_new_tokens=16, seed=0)
+    samples = [s for g in pol.sample(SAME_SAMPLES_PROMPTS, 2, params) for s in g]
+    assert all(len(s.token_ids) == len(s.logprobs) > 0 for s in samples)
+    scored = pol.score([s.prompt_token_ids for s in samples], [s.token_ids for s in samples])
+    for s, lp in zip(samples, scored, strict=True):
+        # the bf16 model's log-probs: near the fp32 model's, not equal
+        torch.testing.assert_close(torch.tensor(s.logprobs), torch.tensor(lp), atol=0.1, rtol=0)
+    assert pol.model.dtype == torch.float32  # the weights themselves stay fp32
