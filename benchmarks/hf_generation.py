@@ -11,6 +11,7 @@ weight read once; ``2 x parameters x rows`` FLOPs).
     python benchmarks/hf_generation.py --threads 1 --repeats 3
     python benchmarks/hf_generation.py --model tiny          # random tiny model (seconds)
     python benchmarks/hf_generation.py --profile             # top ops of one new-loop call
+    python benchmarks/hf_generation.py --generation-dtype bfloat16  # + opt-in bf16 sampling
 """
 
 from __future__ import annotations
@@ -148,6 +149,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="timed calls of each loop")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="print the top ops of the new loop")
+    ap.add_argument(
+        "--generation-dtype",
+        default=None,
+        help="also time the new loop with HFPolicy.generation_dtype set (e.g. bfloat16); "
+        "its samples differ from fp32's by design",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -160,6 +167,11 @@ def main() -> None:
 
         model, tokenizer = load_model(args.model, dtype=torch.float32)
     new, old = HFPolicy(model, tokenizer), OldLoopPolicy(model, tokenizer)
+    contenders: list[tuple[str, HFPolicy]] = [("old", old), ("new", new)]
+    if args.generation_dtype:
+        low = HFPolicy(model, tokenizer)
+        low.generation_dtype = getattr(torch, args.generation_dtype)
+        contenders.append((f"new {args.generation_dtype}", low))
     prompts = [[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}] for i in range(4)]
     prompts = prompts[: args.prompts]
     rows = len(prompts) * args.samples
@@ -170,15 +182,13 @@ def main() -> None:
     bandwidth, flops = memory_bandwidth(), gemm_flops()
     new.sample(prompts[:1], 1, SamplingParams(max_new_tokens=2, seed=0))  # warm-up
 
-    times: dict[str, list[float]] = {"old": [], "new": []}
-    tokens: dict[str, list[int]] = {"old": [], "new": []}
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    tokens: dict[str, list[int]] = {name: [] for name, _ in contenders}
     same = True
     for r in range(args.repeats):
         seeded = dataclasses.replace(params, seed=args.seed + r)
         results = {}
-        for name, policy in (
-            (("old", old), ("new", new)) if r % 2 == 0 else (("new", new), ("old", old))
-        ):
+        for name, policy in contenders if r % 2 == 0 else contenders[::-1]:
             seconds, samples = run(policy, prompts, args.samples, seeded)
             times[name].append(seconds)
             tokens[name].append(sum(len(s.token_ids) for s in samples))
@@ -207,7 +217,7 @@ def main() -> None:
         f"(bandwidth), <= {rows / step_gemm:.0f} tokens/s (GEMM)"
     )
     rates = {}
-    for name in ("old", "new"):
+    for name in times:
         per_call = [t / s for t, s in zip(tokens[name], times[name], strict=True)]
         rates[name] = statistics.median(per_call)
         print(
@@ -217,6 +227,8 @@ def main() -> None:
             f"{rates[name] / limit:.1%} of the tighter limit"
         )
     print(f"new/old tokens/s: {rates['new'] / rates['old']:.2f}x; same samples: {same}")
+    for name in list(times)[2:]:
+        print(f"{name}/old tokens/s: {rates[name] / rates['old']:.2f}x (different samples)")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
