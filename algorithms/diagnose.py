@@ -744,10 +744,10 @@ def _message(r: dict[str, Any]) -> str:
             f"consider λ-mixing (grpo_mix, the sdpo preset's 0.9) or a larger model ({numbers})"
         )
     if not ans["measured"]:
-        return f"inconclusive: the teacher's answers were not measured ({ans['why_not']})"
+        return f"the teacher's answers were not measured ({ans['why_not']})"
     return (
-        "inconclusive: the teacher may be better, but not clearly at this sample size; raise "
-        f"--tasks or --group-size ({numbers})"
+        "the self-teacher may be better, but not clearly at this sample size; raise --tasks "
+        f"or --group-size, or prefer λ-mixing (grpo_mix) meanwhile ({numbers})"
     )
 
 
