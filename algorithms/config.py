@@ -68,6 +68,7 @@ Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_n
 AdvantageScale = Literal["none", "group", "batch"]
 TeacherMode = Literal["ema", "trust_region", "frozen", "live"]
 LossLevel = Literal["logit", "token"]
+Demonstration = Literal["first", "random", "shortest"]
 
 
 def check_choice(name: str, value: object, choices: object) -> None:
@@ -115,6 +116,8 @@ def validate_field_types(config: object) -> None:
     cls = type(config)
     hints = _type_hints(cls)
     for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        if f.name not in hints:
+            continue  # unresolvable annotation (see _type_hints): the class checks it
         tp = hints[f.name]
         value = given = getattr(config, f.name)
         if dataclasses.is_dataclass(tp):
@@ -149,7 +152,14 @@ def validate_field_types(config: object) -> None:
 
 @functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # a user's subclass annotated with names this module cannot resolve
+        hints = {}
+        for klass in reversed(cls.__mro__):
+            if dataclasses.is_dataclass(klass) and klass is not cls:
+                hints.update(_type_hints(klass))
+        return hints
 
 
 # --- the loss options of each algorithm --------------------------------------------------
@@ -211,7 +221,15 @@ class SDPOConfig:
     """A sibling rollout with reward >= this is a correct solution (reference config: 0.5)."""
 
     use_solution: bool = True
-    """Put the first other successful rollout of the group into the teacher context."""
+    """Put another successful rollout of the group (see ``demonstration``) into the teacher
+    context."""
+
+    demonstration: Demonstration = "first"
+    """Which successful sibling (reward >= ``success_threshold``, j ≠ i) is the solution:
+    "first" in group order (the paper's reference code), "random" (uniform, seeded by the
+    rollout's sampling seed, policy version, task and index: reproducible and resumable), or
+    "shortest" (fewest characters after stripping reasoning; ties to the first). Other SDPO
+    users report "shortest" preceding collapse; "first" stays the default until measured."""
 
     use_feedback: bool = True
     """Put the environment's feedback on the student's own attempt into the teacher context."""
@@ -258,6 +276,7 @@ class SDPOConfig:
         validate_field_types(self)
         check_choice("teacher", self.teacher, TeacherMode)
         check_choice("loss_level", self.loss_level, LossLevel)
+        check_choice("demonstration", self.demonstration, Demonstration)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.teacher_tau <= 1.0:

@@ -14,7 +14,8 @@ The algorithm, one step at a time (all math below is pure functions of tensors):
    plus β · k3(π_θ ‖ π_ref) when a frozen reference is given, with
    k3 = exp(log π_ref − log π_θ) − (log π_ref − log π_θ) − 1.
 4. Aggregation over tokens (:func:`aggregate`), named by its normalizer: ``token_mean``,
-   ``seq_mean_token_mean`` (the original GRPO), ``seq_mean_token_sum_norm`` (Dr. GRPO).
+   ``seq_mean_token_mean`` (the original GRPO), ``seq_mean_token_sum_norm`` (Dr. GRPO);
+   :func:`aggregation_weights` gives the same aggregation as per-token weights.
 
 What the trainer calls is :class:`GRPOObjective` (an :class:`algorithms.objective.Objective`):
 rows with their advantages (:func:`rollout_advantages`), the aggregation's normalizer summed
@@ -37,6 +38,14 @@ Departures from the paper (DeepSeekMath GRPO) and why:
   paper) but is off by default (β = 0), as in the SDPO paper's baseline.
 - Masked positions (prompt, padding) are removed with ``torch.where`` before any
   exponentiation, so garbage values there can never produce inf/NaN or gradient.
+- Multi-turn episodes (DeepSeekMath's GRPO is single-turn): every assistant turn is a row
+  trained with its EPISODE's advantage, A_i = R_i − mean_j R_j where R is the return (the
+  sum of the turns' rewards), the same for all of episode i's turns. The group baseline is
+  defined over whole episodes of one task, and turn-level returns would need a value
+  function or per-turn baselines that the G episodes do not give (their turn k are
+  different states). An episode's turns all count in the aggregation (``token_mean``: each
+  token once; ``seq_mean_token_mean``: each turn is one sequence). What the env wrote
+  (observations, tool results) is in the rows' prompts only, never a trained token.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ __all__ = [
     "GRPOConfig",
     "GRPOObjective",
     "aggregate",
+    "aggregation_weights",
     "default_normalizer",
     "group_advantages",
     "groups_with_signal",
@@ -207,6 +217,37 @@ def aggregate(
     return total / normalizer
 
 
+def aggregation_weights(
+    mask: Tensor,
+    aggregation: Aggregation = "token_mean",
+    normalizer: float | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Per-token weights w [B, T] with Σ_bt w ℓ = :func:`aggregate` (ℓ, mask, ...) for any ℓ.
+
+    ``token_mean`` and ``seq_mean_token_sum_norm``: 1 / normalizer on unmasked tokens;
+    ``seq_mean_token_mean``: 1 / (row length · normalizer). 0 on masked tokens (and
+    everywhere when the normalizer is 0). A loss that must share GRPO's normalizer token by
+    token (SDPO's logit-level term in the paper's Eq. 3 mix, computed chunk by chunk on a
+    subset of positions) weights its per-token values with these.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [B, T], got {tuple(mask.shape)}")
+    m = mask.bool()
+    if normalizer is None:
+        normalizer = default_normalizer(m, aggregation)
+    else:
+        check_choice("aggregation", aggregation, Aggregation)
+    ones = m.to(dtype)
+    if normalizer == 0:
+        return ones * 0.0
+    if aggregation == "seq_mean_token_mean":
+        lengths = m.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
+        return ones / (lengths * normalizer)
+    return ones / normalizer
+
+
 # --- 3. the clipped surrogate ----------------------------------------------------------
 
 
@@ -344,8 +385,9 @@ def normalizer_of(rows: Sequence[Row], config: GRPOConfig, max_new_tokens: int) 
 class GRPOObjective:
     """GRPO as an :class:`algorithms.objective.Objective`: clipped surrogate, optional KL.
 
-    Every rollout with a reward trains (every assistant turn of it), with its group-relative
-    advantage; with ``kl_coef > 0`` a frozen copy of the initial model is the reference.
+    Every rollout with a reward trains, every assistant turn of it as one row with the
+    episode's group-relative advantage (the return's, see the module docstring); with
+    ``kl_coef > 0`` a frozen copy of the initial model is the reference.
     """
 
     metric_names = (

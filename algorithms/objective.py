@@ -59,12 +59,16 @@ __all__ = [
     "RolloutKey",
     "Scorer",
     "TrainingError",
+    "TurnKey",
     "rollout_rows",
     "rollouts_with_reward",
 ]
 
 RolloutKey = tuple[int, int]
 """``(group index, trajectory index)`` of a rollout within a step's groups."""
+
+TurnKey = tuple[int, int, int]
+"""``(group index, trajectory index, turn index)`` of one assistant turn."""
 
 Encode = Callable[["Sequence[Message]"], list[int]]
 """The policy's chat encoder: messages -> prompt token ids (chat template applied)."""
@@ -213,33 +217,31 @@ def rollout_rows(
     encode: Encode,
     *,
     advantages: Mapping[RolloutKey, float],
-    teacher_prompts: Mapping[RolloutKey, list[int] | None] | None = None,
-    first_turn_only: bool = False,
+    teacher_prompts: Mapping[TurnKey, list[int] | None] | None = None,
 ) -> list[Row]:
     """One :class:`Row` per assistant turn (with response tokens) of each rollout in ``keys``.
 
     A turn's prompt is the chat before it (:func:`algorithms.rollout.turn_prompts`) through
-    ``encode``; a rollout's advantage goes to each of its rows, its teacher prompt to its
-    first turn's row only. ``first_turn_only`` stops after the first turn.
+    ``encode``: the messages the env wrote (observations, tool results) are prompt tokens
+    there, never response tokens, so no loss trains on them. A rollout's advantage goes to
+    each of its rows; ``teacher_prompts[(group, trajectory, turn)]`` is that turn's teacher
+    prompt (absent: None).
     """
     teacher_prompts = teacher_prompts or {}
     rows: list[Row] = []
     for gi, ti in keys:
         traj = groups[gi].trajectories[ti]
-        teacher_ids = teacher_prompts.get((gi, ti))
         chats = turn_prompts(traj)
         for k, (turn, chat) in enumerate(zip(traj.turns, chats, strict=True)):
             if not turn.response_token_ids:
                 continue
-            if k > 0 and first_turn_only:
-                break
             rows.append(
                 Row(
                     prompt_ids=encode(chat),
                     response_ids=list(turn.response_token_ids),
                     old_logprobs=list(turn.logprobs or ()),
                     advantage=advantages[(gi, ti)],
-                    teacher_prompt_ids=teacher_ids if k == 0 else None,
+                    teacher_prompt_ids=teacher_prompts.get((gi, ti, k)),
                     group=gi,
                     trajectory=ti,
                     turn=k,

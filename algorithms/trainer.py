@@ -5,10 +5,11 @@ The trainer names no algorithm: the config builds its objective
 rollouts train, their loss and what happens after an optimizer step (see
 :mod:`algorithms.objective`). One step:
 
-1. Draw ``questions_per_step`` train tasks (:class:`algorithms.rollout.TaskSampler`, seeded
-   and resumable), sample G rollouts each with the current policy and grade them
-   (:func:`algorithms.rollout.collect_groups`); rollouts with a missing reward are skipped
-   and counted.
+1. Draw ``questions_per_step`` train tasks (:func:`algorithms.rollout.task_sampler`: task
+   ids of a task-style env, reset seeds of a Gymnasium-style one; seeded and resumable),
+   play G episodes each with the current policy (:func:`algorithms.rollout.collect_groups`,
+   every turn of multi-turn envs); rollouts with a missing reward (an env error included)
+   are skipped and counted.
 2. The objective turns the groups into training rows (:mod:`algorithms.batching`) with
    their per-row extras (advantages, teacher prompts), recording what it used in
    ``Trajectory.info``.
@@ -94,7 +95,7 @@ from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resol
 from algorithms.metrics import MetricsLogger, Timer
 from algorithms.objective import Objective, Scorer, TrainingError
 from algorithms.policy import HFPolicy, HiddenStates, SamplingParams
-from algorithms.rollout import RolloutStats, TaskSampler, collect_groups
+from algorithms.rollout import RolloutStats, collect_groups, eval_tasks, task_sampler
 from rlrf.errors import ConfigError
 from rlrf.trajectory import Group, TrajectoryWriter
 
@@ -110,7 +111,8 @@ class RunResult:
         final_model_dir: ``save_pretrained`` folder of the final model (and tokenizer);
             None on the other processes of a multi-process run.
         steps: Training steps completed.
-        generations: Responses sampled for training (the learning-efficiency x-axis).
+        generations: Responses sampled for training, every turn of every episode (the
+            learning-efficiency x-axis; for single-turn envs, the rollouts).
         metrics: The last step's metrics.
         evals: Every evaluation's metrics, with its ``step``.
 
@@ -230,7 +232,7 @@ class Trainer:
             temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
             chunk_size=cfg.logit_chunk_size,
         )
-        self.sampler = TaskSampler(self.env.task_ids("train"), seed=cfg.seed)
+        self.sampler = task_sampler(self.env, seed=cfg.seed)
         self.step = 0
         self.generations = 0
         self.last_groups: list[Group] = []
@@ -475,7 +477,7 @@ class Trainer:
             rstats, row_stats, all_groups = self._gather_step(rstats, row_stats, groups)
         else:
             all_groups = groups
-        self.generations += rstats.rollouts
+        self.generations += rstats.generations  # every sampled turn
         rewards = [r for g in all_groups for r in g.rewards if r is not None]
         successes = [t.success for g in all_groups for t in g.trajectories if t.reward is not None]
         metrics.update(
@@ -487,6 +489,9 @@ class Trainer:
                 "rollout/response_tokens_mean": rstats.response_tokens / max(1, rstats.turns),
                 "rollout/truncated_frac": rstats.truncated / max(1, rstats.turns),
                 "rollout/generations": float(self.generations),
+                "rollout/turns": float(rstats.turns),
+                "rollout/env_errors": float(rstats.env_errors),
+                "rollout/episodes_truncated": float(rstats.episodes_truncated),
                 "rollout/trained_rows": row_stats.get("trained_rows", 0.0),
             }
         )
@@ -509,7 +514,16 @@ class Trainer:
         """
         import torch.distributed as dist
 
-        counts = ("rollouts", "missing_rewards", "response_tokens", "truncated", "turns")
+        counts = (
+            "rollouts",
+            "missing_rewards",
+            "response_tokens",
+            "truncated",
+            "turns",
+            "generations",
+            "env_errors",
+            "episodes_truncated",
+        )
         keys = sorted(row_stats)
         summed = self._sum_over_processes(
             [float(getattr(rstats, c)) for c in counts] + [row_stats[k] for k in keys]
@@ -528,9 +542,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Sample ``eval_k`` responses per held-out task; return ``eval/`` metrics."""
         cfg = self.config
-        if "test" not in getattr(self.env, "splits", ("train", "test")):
-            return {}
-        task_ids = list(self.env.task_ids("test"))[: cfg.eval_tasks]
+        # held-out task ids, or fixed reset seeds played with split="test" (Gymnasium style)
+        task_ids = eval_tasks(self.env, cfg.eval_tasks)
         if not task_ids:
             return {}
         params = SamplingParams(
@@ -545,22 +558,30 @@ class Trainer:
         local = task_ids[accel.process_index :: accel.num_processes]
         succ: list[bool] = []
         rewards: list[float] = []
-        tokens = turns = missing = 0
+        tokens = turns = missing = errors = 0
         if local:
             with accel.autocast():
                 groups, st = collect_groups(
-                    self.env, self.policy, local, cfg.eval_k, params, env_id=self.env_id
+                    self.env,
+                    self.policy,
+                    local,
+                    cfg.eval_k,
+                    params,
+                    env_id=self.env_id,
+                    env_workers=cfg.env_workers,
+                    split="test",
                 )
             succ = [t.success for g in groups for t in g.trajectories if t.reward is not None]
             rewards = [r for g in groups for r in g.rewards if r is not None]
             tokens, turns, missing = st.response_tokens, st.turns, st.missing_rewards
+            errors = st.env_errors
         if accel.num_processes > 1:
             from accelerate.utils import gather_object
 
-            parts = gather_object([(succ, rewards, tokens, turns, missing)])
+            parts = gather_object([(succ, rewards, tokens, turns, missing, errors)])
             succ = [x for p in parts for x in p[0]]
             rewards = [x for p in parts for x in p[1]]
-            tokens, turns, missing = (sum(p[i] for p in parts) for i in (2, 3, 4))
+            tokens, turns, missing, errors = (sum(p[i] for p in parts) for i in (2, 3, 4, 5))
         acc = float(np.mean(succ)) if succ else float("nan")
         return {
             f"eval/avg@{cfg.eval_k}": acc,
@@ -568,6 +589,7 @@ class Trainer:
             "eval/reward_mean": float(np.mean(rewards)) if rewards else float("nan"),
             "eval/response_tokens_mean": tokens / max(1, turns),
             "eval/missing_rewards": float(missing),
+            "eval/env_errors": float(errors),
             "eval/tasks": float(len(task_ids)),
             "timing/eval": time.perf_counter() - t0,
         }

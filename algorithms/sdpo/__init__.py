@@ -21,7 +21,8 @@ sibling's solution and/or the environment's feedback on the student's own attemp
    :mod:`algorithms.sdpo.teacher`.
 4. Top-K distillation (:func:`distillation_loss`): at each response position the indices of
    the K largest STUDENT logits; both distributions are log-softmax over the full vocabulary,
-   gathered at those K indices and completed by one tail bucket log(1 − Σ_k p_k)
+   gathered at those K indices and completed by one tail bucket, the mass outside them,
+   computed as logsumexp of the logits outside the K minus the full normalizer
    (:func:`topk_with_tail`), then compared by :func:`divergence`: α = 0 forward KL(q‖p),
    α = 1 reverse KL(p‖q), else the generalized JSD with M = (1−α)p + αq,
    D = (1−α) KL(p‖M) + α KL(q‖M). Per token, ℓ_t = D_t · w_t with the detached importance
@@ -30,6 +31,10 @@ sibling's solution and/or the environment's feedback on the student's own attemp
    advantage A_t = sg(log q(y_t) − log p(y_t)) (:func:`token_level_advantages`) goes into
    :func:`algorithms.grpo.policy_loss` in place of the GRPO advantage; :func:`mixed_advantages`
    gives the paper's Eq. 3, λ · A_GRPO + (1 − λ) · A_SDPO.
+6. Monitors: every step logs the teacher-student divergence, the student's entropy on the
+   distilled tokens, the share of rollouts with a teacher signal (and the trainer its response
+   length and gradient norm); :mod:`algorithms.monitors` warns once, naming the step, on an
+   entropy collapse, a length blow-up or a divergence spike, and the run report lists them.
 
 Why the logit-level loss is a policy gradient: for reverse KL over a distribution p_θ,
 ∇ KL(p‖q) = Σ_ŷ p(ŷ) ∇log p(ŷ) · (log p(ŷ) − log q(ŷ)) (the Σ_ŷ ∇p(ŷ) term vanishes), so
@@ -48,19 +53,47 @@ Departures from the paper and its reference code, and why:
 - The section headers are "Correct solution:" and "Feedback from your unsuccessful earlier
   attempt:" (the reference code words the second "The following is feedback from ...").
 - The default ``success_threshold`` is 1.0 (pass/fail rewards); the reference config uses 0.5.
+- Multi-turn episodes (the paper defines single-turn SDPO only): every assistant turn is
+  distilled; turn k's teacher context is the chat up to turn k, then the feedback the env
+  returned after turn k and/or a successful sibling episode's FINAL answer (the only one its
+  return certifies); the env's messages are prompt tokens only, never trained. Defined
+  precisely in :mod:`algorithms.sdpo.contexts` (:func:`turn_teacher_contexts`).
+- The feedback on an attempt that succeeded (and still got feedback) is headed "Feedback
+  from your earlier attempt:", not "... unsuccessful earlier attempt:".
+- Which successful sibling is the solution is an option (``demonstration``: "first", the
+  reference code's and the default; "random", seeded; "shortest").
 - A rollout whose reward is missing (None) gets no teacher context (it is skipped, as every
   trainer in rlrf skips missing rewards), and is never chosen as a solution.
 - A solution whose text is empty after stripping reasoning is skipped in favour of the next
   successful sibling. A response that carries only a closing ``</think>`` (templates that open
   the reasoning block in the prompt) loses everything up to it.
-- The tail bucket's log-mass is clamped to at least log(machine-eps) of the dtype, so that
-  K = V (no tail) stays finite; the error is below the dtype's resolution.
+- The tail bucket is exact in float32: logsumexp over the logits outside the top K minus
+  the full normalizer, for the student (with gradient) and the teacher. The formula
+  log(1 − Σ_k p_k) (rlrf's before issue 18) loses a confident student's tail in float32
+  (forward KL was off by up to 16%). With K = V the outside logits are the dtype's most
+  negative finite value, so the tail has mass 0 and a finite gradient. (When the K hold
+  under half the mass, log(1 − Σ_k p_k) is used: there it is the better conditioned.)
+- Each KL is summed as Σ p · φ(log q − log p), φ(x) = eˣ − 1 − x, equal to Σ p log(p/q)
+  for two distributions (value and gradient) but free of cancellation: a student within
+  1e-4 nats of its teacher keeps ~1e-6 relative precision in float32 instead of ~1%.
 - The student log-probs of the K indices are computed as logit − logsumexp(logits) rather
   than through a full [B, T, V] log-softmax, to save memory; the math is identical.
 - Mixed advantages at the logit level: Eq. 3 mixes advantages; since the logit-level
   gradient IS a policy gradient with per-logit advantages, mixing the losses
-  λ · L_GRPO + (1 − λ) · L_SDPO gives the same combination. Rollouts without a teacher
-  signal get only the GRPO part there.
+  λ · L_GRPO + (1 − λ) · L_SDPO gives the same combination PROVIDED both share one per-token
+  normalizer: the distillation term is weighted token by token as GRPO aggregates
+  (:func:`algorithms.grpo.aggregation_weights`, GRPO's normalizer over every trained token),
+  exactly as the token-level path's mixed advantages are. Rollouts without a teacher signal
+  add 0 to the SDPO term but count in its normalizer. (Before issue 18 the logit-level SDPO
+  term was divided by the teacher rows' tokens only, weighting it up by all/teacher tokens.)
+- Token-level SDPO off-policy: the advantage A_t goes through GRPO's clipped surrogate
+  −min(ρ_t A_t, clip(ρ_t, 1 − ε_low, 1 + ε_high) A_t) rather than the plain −A_t log p(y_t) of
+  the method's statement. Decided (issue 18) to keep it: the token-level variant is the
+  paper's "drop-in replacement for GRPO by swapping the advantage", Eq. 3 mixes A_GRPO and
+  A_SDPO inside that one surrogate, and later mini-batches (and epochs) need an importance
+  correction like the logit level's w_t. On-policy (ρ = 1, the first mini-batch) the two
+  coincide; off-policy a token whose ratio left [1 − ε_low, 1 + ε_high] on the side its
+  advantage pushes gets no gradient, and every other token −A_t ρ_t ∇log p(y_t).
 
 The files follow the method: :mod:`~algorithms.sdpo.contexts` (steps 1-2),
 :mod:`~algorithms.sdpo.teacher` (step 3's weights), :mod:`~algorithms.sdpo.loss` (steps 4-5,
@@ -77,6 +110,7 @@ from algorithms.config import LossLevel, SDPOConfig
 from algorithms.sdpo.contexts import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
+    SUCCESS_FEEDBACK_HEADER,
     TEACHER_INSTRUCTION,
     build_teacher_messages,
     encode_teacher_prompt,
@@ -84,6 +118,7 @@ from algorithms.sdpo.contexts import (
     select_solution,
     teacher_contexts_for_group,
     truncate_teacher_prompt,
+    turn_teacher_contexts,
 )
 from algorithms.sdpo.loss import (
     distillation_loss,
@@ -100,6 +135,7 @@ __all__ = [
     "FEEDBACK_HEADER",
     "SOLUTION_HEADER",
     "SRF",
+    "SUCCESS_FEEDBACK_HEADER",
     "TEACHER_INSTRUCTION",
     "LossLevel",
     "SDPOConfig",
@@ -119,6 +155,7 @@ __all__ = [
     "topk_with_tail",
     "train",
     "truncate_teacher_prompt",
+    "turn_teacher_contexts",
 ]
 
 SRF = SDPOConfig.successful_rollout

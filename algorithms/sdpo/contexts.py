@@ -1,23 +1,59 @@
 """SDPO's teacher contexts: who the teacher is told about, and how its prompt is tokenized.
 
 Step 1 and 2 of the method (see :mod:`algorithms.sdpo`). For rollout i of prompt x, the
-solution is the first OTHER rollout j ≠ i of the group with r_j ≥ ``success_threshold``,
-hidden reasoning stripped (:func:`select_solution`); the feedback is the environment's
-feedback on y_i (:func:`rlrf.render_feedback`). :func:`build_teacher_messages` appends a
-"Correct solution:" and a "Feedback from your unsuccessful earlier attempt:" section and the
-instruction to the last user message; :func:`teacher_contexts_for_group` does it for a
-group (None: no teacher signal). :func:`encode_teacher_prompt` applies the chat template and
-caps the prompt in TOKENS from the left of its body (:func:`truncate_teacher_prompt`), never
-losing the instruction or the assistant header.
+solution is another rollout j ≠ i of the group with r_j ≥ ``success_threshold``, hidden
+reasoning stripped, chosen by ``SDPOConfig.demonstration`` (:func:`select_solution`: the
+first in group order by default); the feedback is the environment's feedback on y_i
+(:func:`rlrf.render_feedback`). :func:`build_teacher_messages` appends a "Correct solution:"
+section, a feedback section and the instruction to the last user message;
+:func:`teacher_contexts_for_group` does it for a group (None: no teacher signal).
+:func:`encode_teacher_prompt` applies the chat template and caps the prompt in TOKENS from
+the left of its body (:func:`truncate_teacher_prompt`), never losing the instruction or the
+assistant header.
+
+The feedback section's header says whether the attempt it is about succeeded:
+"Feedback from your unsuccessful earlier attempt:" (:data:`FEEDBACK_HEADER`, the usual case)
+or, for an attempt that ended a successful episode (reward ≥ ``success_threshold`` or the
+env's ``success``) and still got feedback, "Feedback from your earlier attempt:"
+(:data:`SUCCESS_FEEDBACK_HEADER`).
+
+Multi-turn episodes (rlrf's extension; the paper defines single-turn SDPO only). Episode i
+has assistant turns y_{i,1..T_i}; c_{i,k} is the chat turn k was sampled from (the prompt,
+then every earlier response and the messages the env appended after it:
+:func:`algorithms.rollout.turn_prompts`). EVERY turn is distilled, each with its own
+teacher context (:func:`turn_teacher_contexts`):
+
+- the chat: c_{i,k}, so the teacher sees exactly what the student saw before y_{i,k}
+  (the env's earlier observations included) and never y_{i,k} itself;
+- feedback: the feedback the env returned after turn k (``trajectory.turns[k].feedback``),
+  not the whole episode's; a turn the env said nothing about has none;
+- solution: the FINAL response of a successful sibling episode j ≠ i (the same sibling
+  for every turn of episode i). "Corresponding answer" means the final one, not the
+  sibling's turn k: the return certifies only the answer that ended the sibling's episode
+  successfully, while its earlier turns were attempts the env had not accepted (in a
+  guessing game, wrong guesses); showing one of them under "Correct solution:" would
+  teach a wrong answer. For envs whose right action depends on the turn (a tool call
+  before an answer), the final answer is still what the teacher is told to reach;
+- the sections go into the last message of c_{i,k} when it is a user message (the env's
+  observation after turn k − 1, or the prompt for the first turn); when c_{i,k} ends with
+  another role (a tool result), a new user message holds them. The feedback header is the
+  "unsuccessful" one for every turn but the last of a successful episode.
+
+Turn k with neither a solution nor feedback gets no distillation loss. A single-turn
+episode gets exactly the single-turn context (the first turn's chat is the prompt).
+Only the last user message's body is truncatable, so a long earlier chat cannot be cut: a
+teacher prompt whose chat alone exceeds ``teacher_max_prompt_tokens`` is a ConfigError.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from algorithms.config import SDPOConfig
+from algorithms.rollout import turn_prompts
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
 
@@ -28,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FEEDBACK_HEADER",
     "SOLUTION_HEADER",
+    "SUCCESS_FEEDBACK_HEADER",
     "TEACHER_INSTRUCTION",
     "build_teacher_messages",
     "encode_teacher_prompt",
@@ -35,6 +72,7 @@ __all__ = [
     "select_solution",
     "teacher_contexts_for_group",
     "truncate_teacher_prompt",
+    "turn_teacher_contexts",
 ]
 
 
@@ -42,6 +80,7 @@ __all__ = [
 
 SOLUTION_HEADER = "Correct solution:"
 FEEDBACK_HEADER = "Feedback from your unsuccessful earlier attempt:"
+SUCCESS_FEEDBACK_HEADER = "Feedback from your earlier attempt:"
 TEACHER_INSTRUCTION = "Correctly solve the original question."
 _INSTRUCTION_SUFFIX = "\n\n" + TEACHER_INSTRUCTION
 
@@ -72,27 +111,43 @@ def select_solution(
     threshold: float = 1.0,
     *,
     strip: bool = True,
+    choice: str = "first",
+    rng: random.Random | None = None,
 ) -> str | None:
-    """Return the first OTHER successful response of the group as rollout ``i``'s solution.
+    """Return another successful response of the group as rollout ``i``'s solution.
 
-    A response j ≠ i counts when ``rewards[j] >= threshold`` (None never counts). With
-    ``strip``, reasoning blocks are removed (:func:`remove_reasoning`) and a response that is
-    then empty is skipped. Returns None when no sibling qualifies.
+    A response j ≠ i is a candidate when ``rewards[j] >= threshold`` (None never counts).
+    With ``strip``, reasoning blocks are removed (:func:`remove_reasoning`) and a response
+    that is then empty is not a candidate. ``choice`` picks among the candidates
+    (``SDPOConfig.demonstration``): ``"first"`` in group order, ``"shortest"`` (fewest
+    characters; ties go to the first), ``"random"`` (uniform, drawn from ``rng``; pass a
+    seeded one for reproducibility). Returns None when no sibling qualifies.
 
     Example:
         >>> select_solution(["a", "b", "c"], [1.0, 0.0, 1.0], 0)
         'c'
+        >>> select_solution(["x", "long one", "short"], [0.0, 1.0, 1.0], 0, choice="shortest")
+        'short'
 
     """
     if len(responses) != len(rewards):
         raise ValueError(f"{len(responses)} responses but {len(rewards)} rewards")
+    candidates = []
     for j, (response, reward) in enumerate(zip(responses, rewards, strict=True)):
         if j == i or reward is None or reward < threshold:
             continue
         text = remove_reasoning(response) if strip else response
         if text.strip():
-            return text
-    return None
+            candidates.append(text)
+    if not candidates:
+        return None
+    if choice == "first":
+        return candidates[0]
+    if choice == "shortest":
+        return min(candidates, key=len)  # min keeps the first of equal lengths
+    if choice == "random":
+        return (rng or random.Random(0)).choice(candidates)
+    raise ValueError(f"choice={choice!r} is not one of 'first', 'random', 'shortest'")
 
 
 def build_teacher_messages(
@@ -101,6 +156,7 @@ def build_teacher_messages(
     solution: str | None,
     feedback: str | None,
     config: SDPOConfig | None = None,
+    successful: bool = False,
 ) -> list[Message] | None:
     """Build the teacher's chat: the prompt with solution/feedback sections and the instruction.
 
@@ -120,6 +176,12 @@ def build_teacher_messages(
 
         Correctly solve the original question.
 
+    ``successful`` says the attempt the feedback is about succeeded: its header is then
+    :data:`SUCCESS_FEEDBACK_HEADER` ("Feedback from your earlier attempt:"). When the chat
+    continues after its last user message (a multi-turn chat ending with an assistant
+    turn or a tool result), the sections go into a new user message at the end instead, so
+    the teacher reads them after everything the student saw.
+
     Returns new dicts (the prompt is not modified), or None when neither a solution nor
     feedback is shown: that rollout gets no distillation loss.
     """
@@ -137,47 +199,89 @@ def build_teacher_messages(
             f"the prompt has no user message (roles: {[m['role'] for m in messages]}); the "
             "teacher sections are appended to the last user message"
         )
-    content = messages[users[-1]]["content"]
+    sections = []
     if sol is not None:
-        content += f"\n\n{SOLUTION_HEADER}\n\n{sol}"
+        sections.append(f"{SOLUTION_HEADER}\n\n{sol}")
     if fb is not None:
-        content += f"\n\n{FEEDBACK_HEADER}\n\n{fb}"
-    messages[users[-1]]["content"] = content + _INSTRUCTION_SUFFIX
+        header = SUCCESS_FEEDBACK_HEADER if successful else FEEDBACK_HEADER
+        sections.append(f"{header}\n\n{fb}")
+    body = "\n\n".join(sections)
+    if any(m["role"] == "assistant" for m in messages[users[-1] :]):
+        messages.append({"role": "user", "content": body + _INSTRUCTION_SUFFIX})
+    else:
+        content = messages[users[-1]]["content"] + "\n\n" + body
+        messages[users[-1]]["content"] = content + _INSTRUCTION_SUFFIX
     return messages  # type: ignore[return-value]
+
+
+def turn_teacher_contexts(
+    group: Group, config: SDPOConfig | None = None
+) -> list[list[list[Message] | None]]:
+    """Build the teacher chat of every turn of every rollout of one group (module docstring).
+
+    Returns, per trajectory, one entry per turn: the teacher chat of that turn, or None (no
+    teacher signal: no solution and no feedback after that turn, or the rollout's reward is
+    missing). The solution is a successful sibling's FINAL response, chosen once per
+    rollout by ``config.demonstration``; turn k's feedback is the env's feedback on turn k
+    (:func:`rlrf.render_feedback`, capped at ``feedback_max_chars``); turn k's chat is the
+    chat it was sampled from (:func:`algorithms.rollout.turn_prompts`).
+    """
+    cfg = config or SDPOConfig()
+    responses = [t.response for t in group.trajectories]
+    rewards = group.rewards
+    out: list[list[list[Message] | None]] = []
+    for i, traj in enumerate(group.trajectories):
+        reward = rewards[i]
+        if reward is None:
+            out.append([None] * len(traj.turns))
+            continue
+        solution = None
+        if cfg.use_solution:
+            rng = None
+            if cfg.demonstration == "random":
+                # a fixed function of the run's sampling seed, the step, the task and i:
+                # the same draw after a resume, a different one at every step
+                rng = random.Random(f"{traj.seed}:{traj.policy_version}:{group.task_id}:{i}")
+            solution = select_solution(
+                responses,
+                rewards,
+                i,
+                cfg.success_threshold,
+                strip=cfg.strip_reasoning,
+                choice=cfg.demonstration,
+                rng=rng,
+            )
+        succeeded = traj.success or reward >= cfg.success_threshold
+        last = len(traj.turns) - 1
+        turns: list[list[Message] | None] = []
+        for k, (turn, chat) in enumerate(zip(traj.turns, turn_prompts(traj), strict=True)):
+            feedback = None
+            if cfg.use_feedback:
+                feedback = render_feedback(turn.feedback, max_chars=cfg.feedback_max_chars)
+            turns.append(
+                build_teacher_messages(
+                    chat,
+                    solution=solution,
+                    feedback=feedback,
+                    config=cfg,
+                    successful=succeeded and k == last,
+                )
+            )
+        out.append(turns)
+    return out
 
 
 def teacher_contexts_for_group(
     group: Group, config: SDPOConfig | None = None
 ) -> list[list[Message] | None]:
-    """Build the teacher chat of every rollout of one group (None: no teacher signal).
+    """Build the teacher chat of every rollout's FIRST turn (None: no teacher signal).
 
-    Uses each trajectory's prompt, its final response as a candidate solution for its
-    siblings, and the feedback on its FIRST response rendered by :func:`rlrf.render_feedback`
-    (capped at ``feedback_max_chars``): the trainer distills the first turn, and f_i must be
-    the feedback on the response y_i being distilled. Multi-turn trajectories get the context
-    of their first prompt.
+    For single-turn episodes this is the whole of SDPO's step 1: the prompt, a successful
+    sibling's response as solution, and the feedback on the rollout's response. Multi-turn
+    episodes have one context per turn (:func:`turn_teacher_contexts`, which the trainer
+    uses); this returns the first of them.
     """
-    cfg = config or SDPOConfig()
-    responses = [t.response for t in group.trajectories]
-    rewards = group.rewards
-    contexts: list[list[Message] | None] = []
-    for i, traj in enumerate(group.trajectories):
-        if rewards[i] is None:
-            contexts.append(None)
-            continue
-        solution = None
-        if cfg.use_solution:
-            solution = select_solution(
-                responses, rewards, i, cfg.success_threshold, strip=cfg.strip_reasoning
-            )
-        feedback = None
-        if cfg.use_feedback:
-            first = traj.turns[0].feedback if traj.turns else ()
-            feedback = render_feedback(first, max_chars=cfg.feedback_max_chars)
-        contexts.append(
-            build_teacher_messages(traj.prompt, solution=solution, feedback=feedback, config=cfg)
-        )
-    return contexts
+    return [turns[0] if turns else None for turns in turn_teacher_contexts(group, config)]
 
 
 # --- 2. teacher prompt tokens -----------------------------------------------------------

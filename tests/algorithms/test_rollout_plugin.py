@@ -87,12 +87,6 @@ def test_gymnasium_style_plugin_env_is_checked_and_rolled_out(plugin_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the trainer draws tasks with TaskSampler(env.task_ids('train')), which a "
-    "Gymnasium-style env does not have; it should use algorithms.rollout.task_sampler(env) "
-    "(issue 13). Remove this mark when it does.",
-)
 def test_gymnasium_style_plugin_env_trains_through_rlrf_train(plugin_path, tmp_path):
     from algorithms.testing import save_tiny
 

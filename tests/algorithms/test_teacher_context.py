@@ -8,6 +8,7 @@ from algorithms.sdpo import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
     SRF,
+    SUCCESS_FEEDBACK_HEADER,
     TEACHER_INSTRUCTION,
     SDPOConfig,
     build_teacher_messages,
@@ -198,7 +199,7 @@ def test_encode_teacher_prompt_rejects_messages_without_the_instruction():
         encode_teacher_prompt(tiny_tokenizer(), PROMPT, max_tokens=100)
 
 
-def test_multi_turn_teacher_context_uses_the_first_turns_feedback():
+def test_teacher_contexts_for_group_gives_the_first_turns_context():
     from algorithms import sdpo as _sdpo
     from rlrf import Feedback, FeedbackKind, Group, Trajectory, Turn
 
@@ -209,3 +210,81 @@ def test_multi_turn_teacher_context_uses_the_first_turns_feedback():
     [ctx] = _sdpo.teacher_contexts_for_group(group, _sdpo.SDPOConfig())
     text = ctx[-1]["content"]
     assert "feedback on turn one" in text and "feedback on turn two" not in text
+
+
+# --- the feedback header says whether the attempt succeeded (issue 18 item 4) ----------
+
+
+def test_feedback_on_a_successful_attempt_is_not_called_unsuccessful():
+    g = group_of(("print(a+b)", 1.0, "passed 3 tests in 0.2 s"), ("x", 0.0, "expected 3"))
+    ok, failed = teacher_contexts_for_group(g)
+    assert f"{SUCCESS_FEEDBACK_HEADER}\n\npassed 3 tests" in user_text(ok)
+    assert FEEDBACK_HEADER not in user_text(ok)
+    assert f"{FEEDBACK_HEADER}\n\nexpected 3" in user_text(failed)
+    assert SUCCESS_FEEDBACK_HEADER not in user_text(failed)
+    # the threshold that makes a sibling a "correct solution" makes the attempt successful
+    partial = group_of(("p", 0.6, "2 of 3 tests"), ("q", 0.0, ""))
+    [ctx, _] = teacher_contexts_for_group(partial, SDPOConfig(success_threshold=0.5))
+    assert SUCCESS_FEEDBACK_HEADER in user_text(ctx)
+    [ctx, _] = teacher_contexts_for_group(partial)  # threshold 1.0: 0.6 is unsuccessful
+    assert FEEDBACK_HEADER in user_text(ctx)
+
+
+def test_only_the_last_turn_of_a_successful_episode_gets_the_success_header():
+    from algorithms.sdpo import turn_teacher_contexts
+
+    obs = ({"role": "user", "content": "Try again."},)
+    first = Turn("a", 0.0, (Feedback(FeedbackKind.WRONG_ANSWER, "too low"),), observation=obs)
+    last = Turn("b", 1.0, (Feedback(FeedbackKind.OTHER, "solved in 2 tries"),))
+    traj = Trajectory("e", "t", tuple(PROMPT), [first, last], success=True)
+    [[c0, c1]] = turn_teacher_contexts(Group("e", "t", [traj]))
+    assert f"{FEEDBACK_HEADER}\n\ntoo low" in user_text(c0)
+    assert f"{SUCCESS_FEEDBACK_HEADER}\n\nsolved in 2 tries" in user_text(c1)
+
+
+# --- which successful sibling is the demonstration (issue 18 item 3) -------------------
+
+
+def test_demonstration_first_shortest_random():
+    responses = ["own", "a much longer solution", "short", "mid-length one"]
+    rewards = [0.0, 1.0, 1.0, 1.0]
+    assert select_solution(responses, rewards, 0) == "a much longer solution"
+    assert select_solution(responses, rewards, 0, choice="shortest") == "short"
+    assert select_solution(["x", "ab", "cd"], [0, 1, 1], 0, choice="shortest") == "ab"  # tie
+    import random
+
+    draws = {
+        select_solution(responses, rewards, 0, choice="random", rng=random.Random(s))
+        for s in range(40)
+    }
+    assert draws == set(responses[1:])  # every candidate, never the rollout's own
+    again = [
+        select_solution(responses, rewards, 0, choice="random", rng=random.Random(7))
+        for _ in range(3)
+    ]
+    assert len(set(again)) == 1  # seeded: reproducible
+    with pytest.raises(ValueError, match="choice"):
+        select_solution(responses, rewards, 0, choice="longest")
+
+
+def test_demonstration_random_in_groups_is_seeded_by_the_rollout():
+    def group(seed, version):
+        trajs = [
+            Trajectory("toy", "t0", tuple(PROMPT), [Turn(r, w, ())], seed=seed,
+                       policy_version=version)
+            for r, w in [("fail", 0.0), ("s1", 1.0), ("s2", 1.0), ("s3", 1.0), ("s4", 1.0)]
+        ]  # fmt: skip
+        return Group("toy", "t0", trajs)
+
+    def pick(seed, version):
+        [ctx, *_] = teacher_contexts_for_group(
+            group(seed, version), SDPOConfig(demonstration="random")
+        )
+        return next(s for s in ("s1", "s2", "s3", "s4") if s in user_text(ctx))
+
+    assert pick(3, 1) == pick(3, 1)  # the same rollout draws the same sibling (resumable)
+    assert len({pick(seed, v) for seed in range(6) for v in range(3)}) > 1  # not always one
+    first = teacher_contexts_for_group(group(3, 1))[0]
+    assert "s1" in user_text(first)  # the default stays "first"
+    with pytest.raises(ConfigError, match="demonstration"):
+        SDPOConfig(demonstration="longest")
