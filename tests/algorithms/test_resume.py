@@ -385,3 +385,20 @@ def test_a_corrupted_middle_line_is_dropped_with_a_warning_naming_it(tmp_path):
     with pytest.warns(CheckpointWarning, match=rf"{re.escape(str(path))}:2: corrupted line"):
         assert restore_log(path, None, lambda r: r["step"] <= 3) == 2
     assert path.read_text() == '{"step": 1}\n{"step": 3}\n'
+
+
+def test_the_command_line_turns_ctrl_c_into_a_resume_hint(tmp_path, monkeypatch, capsys):
+    from algorithms import cli
+    from algorithms import trainer as trainer_module
+
+    class Interrupted:
+        def __init__(self, config, **kwargs):
+            pass
+
+        def train(self):
+            raise RunInterrupted("interrupted at step 3; ... Resume with: rlrf train ...")
+
+    monkeypatch.setattr(trainer_module, "Trainer", Interrupted)
+    assert cli.main(["--algo", "grpo", "--output-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "Resume with: rlrf train" in err and "Traceback" not in err
