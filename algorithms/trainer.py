@@ -731,7 +731,13 @@ class Trainer:
         final_dir = None
         if main:
             final_dir = self.output_dir / "final"
-            self._save_final(final_dir)
+            try:
+                self._save_final(final_dir)
+            except KeyboardInterrupt:
+                done = "was written completely" if final_dir.is_dir() else "was not written"
+                raise RunInterrupted(
+                    f"interrupted after the last step while writing {final_dir}, which {done}"
+                ) from None
         return RunResult(
             output_dir=self.output_dir,
             final_model_dir=final_dir,
