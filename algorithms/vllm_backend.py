@@ -410,7 +410,8 @@ class VLLMBackend:
                 requests.append(TokensPrompt(prompt_token_ids=ids))
                 sampling.append(self._params(params, i, j))
         try:
-            outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+            with _keep_process_state():  # vLLM's sampler also draws from torch's global RNG
+                outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         except Exception as e:
             raise VLLMEngineError(
                 f"the vLLM engine failed while sampling ({type(e).__name__}: {e})"
@@ -482,7 +483,8 @@ class VLLMBackend:
         named = list(engine_weights(weights) if full else weights)
 
         try:
-            self._load(named, check=full)
+            with _keep_process_state():
+                self._load(named, check=full)
         except VLLMEngineError:
             raise
         except Exception as e:

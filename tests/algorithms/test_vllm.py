@@ -20,6 +20,8 @@ from algorithms.testing import tiny_model, tiny_tokenizer
 from rlrf.errors import ConfigError
 from rlrf.sampling import SamplingBackend, SamplingParams
 
+SET_NUM_THREADS = torch.set_num_threads  # before any engine starts
+
 PROMPTS = [
     [{"role": "user", "content": "hello"}],
     [{"role": "user", "content": "what is 2+2?"}],
@@ -257,17 +259,16 @@ def test_sleep_is_reported_unsupported_on_cpu(tiny):
 
 @pytest.mark.slow
 @needs_vllm
-def test_engine_start_leaves_the_trainers_rng_and_threads_alone(tiny):
-    # the fixture started an engine; starting one reseeds the global RNGs inside vLLM
-    from algorithms.vllm_backend import _keep_process_state
-
+def test_the_engine_leaves_the_trainers_rng_and_threads_alone(tiny):
+    """vLLM's CPU worker sets torch to one thread and replaces torch.set_num_threads, its
+    engine reseeds the global RNGs, and its sampler draws from torch's global RNG."""
+    assert torch.set_num_threads is SET_NUM_THREADS  # restored after the fixture's start
+    threads = torch.get_num_threads()
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    threads = torch.get_num_threads()
-    with _keep_process_state():
-        torch.manual_seed(0)
-        torch.set_num_threads(1)
+    tiny.backend.sample(PROMPTS[:2], 2, SamplingParams(max_new_tokens=8, seed=1))
+    tiny.backend.sync(tiny.model, version=0)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
 
