@@ -318,8 +318,8 @@ def truncate_teacher_prompt(
     if excess > end - start:
         raise ConfigError(
             f"the teacher prompt has {len(ids) - (end - start)} tokens outside its truncatable "
-            f"body (template, system prompt, instruction), more than teacher_max_prompt_tokens="
-            f"{max_tokens}; raise teacher_max_prompt_tokens"
+            f"body (template, system prompt, earlier turns of a multi-turn chat, instruction), "
+            f"more than teacher_max_prompt_tokens={max_tokens}; raise teacher_max_prompt_tokens"
         )
     return ids[:start] + ids[start + excess :]
 

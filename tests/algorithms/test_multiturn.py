@@ -290,3 +290,17 @@ def test_sdpo_trains_the_shipped_code_repair_env(tmp_path):
         assert metrics["rollout/trained_rows"] == len(rows) == 8
         # every turn of a random model gets format feedback: every turn is distilled
         assert {(r.turn, r.teacher_prompt_ids is not None) for r in rows} == {(0, True), (1, True)}
+
+
+def test_a_long_earlier_chat_is_not_cut_and_the_error_says_so():
+    from algorithms.sdpo import encode_teacher_prompt
+    from rlrf.errors import ConfigError
+
+    tok = tiny_tokenizer()
+    [_, ctx] = turn_teacher_contexts(_group(), SDPOConfig(use_solution=False))[0]
+    full = encode_teacher_prompt(tok, ctx, max_tokens=10_000)
+    # the body (the env's last message and the feedback) goes first, from its left
+    cut = tok.decode(encode_teacher_prompt(tok, ctx, max_tokens=len(full) - len(OBS)))
+    assert "x1" in cut and OBS not in cut and HINT in cut
+    with pytest.raises(ConfigError, match="earlier turns of a multi-turn chat"):
+        encode_teacher_prompt(tok, ctx, max_tokens=40)
