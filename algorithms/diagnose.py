@@ -54,9 +54,9 @@ GRPO mixed in did. Divergence (c) is reported but not in the rule: a large diver
 the teacher differs, not that it is right.
 
 Output (``--out``, default ``diagnoses/<env>--<model>``): ``diagnose.json`` (the settings,
-every number above, the verdict and its rule, per-task results and a few examples) and
-``rollouts.jsonl`` (the student groups, each rollout's teacher context in its info, then
-the teacher's answers as groups whose task ids name the rollout they re-ask).
+every number above, the verdict and its rule, per-task results) and ``rollouts.jsonl``
+(the student groups, each rollout's teacher context and ``teacher_key`` in its info, then
+the teacher's answers as groups whose task id is that key: ``"<task index>:<rollout>"``).
 """
 
 from __future__ import annotations
@@ -519,7 +519,7 @@ def diagnose(
             asks: dict[str, tuple[str, list[Message]]] = {}
             owner: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (task record, kind)
             score_rows: list[tuple[list[int], list[int], list[int]]] = []
-            for gi, g in enumerate(groups):
+            for g in groups:
                 contexts = teacher_contexts_for_group(g, cfg)
                 rewards = g.rewards
                 graded = [i for i, r in enumerate(rewards) if r is not None]
@@ -538,7 +538,7 @@ def diagnose(
                         continue
                     kind = _context_kind(traj.prompt, ctx)
                     record["contexts"][kind] += 1
-                    key = f"{len(per_task) + gi}:{ti}"
+                    key = f"{len(per_task)}:{ti}"  # this task's index in per_task, rollout
                     traj.info["teacher_key"] = key
                     asks[key] = (g.task_id, ctx)
                     owner[key] = (record, kind)

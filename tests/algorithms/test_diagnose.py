@@ -131,6 +131,10 @@ def test_a_teacher_that_reads_its_context_helps(tmp_path):
     assert len(teacher) == 24
     assert all(FEEDBACK_HEADER in p[-1]["content"] for p in teacher)
     assert not r["divergence"]["measured"]  # a scripted backend has no logits
+    # rollouts.jsonl: each teacher group's task id is the key of the rollout it re-asks
+    groups = _groups(tmp_path)
+    keys = [t.info["teacher_key"] for g in groups[:6] for t in g.trajectories]
+    assert [g.task_id for g in groups[6:]] == keys and len(set(keys)) == 24
     on_disk = json.loads((tmp_path / "diagnose.json").read_text())
     assert on_disk["verdict"] == "helps" and on_disk["teacher_answers"] == ans
 
