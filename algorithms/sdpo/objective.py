@@ -5,12 +5,14 @@ variant: logit-level (top-K distillation) or token-level, pure or mixed with GRP
 (``grpo_mix``, the paper's Eq. 3), with environment feedback or only successful siblings
 (the successful-rollout variant is a config, not a class).
 
-Rows: every rollout with a reward gets a teacher context
-(:func:`~algorithms.sdpo.contexts.teacher_contexts_for_group`, recorded in
-``trajectory.info["teacher_context"]``), tokenized and left-truncated by
-:func:`~algorithms.sdpo.contexts.encode_teacher_prompt`. Pure SDPO trains the first turn of
-the rollouts that have one; with ``grpo_mix > 0`` every rollout and turn trains (the GRPO
-part), the teacher prompt on its first turn.
+Rows: one per assistant turn of every rollout with a reward; each turn gets its own
+teacher context (:func:`~algorithms.sdpo.contexts.turn_teacher_contexts`: the chat up to
+that turn, the feedback after it, a successful sibling's final answer; recorded in
+``trajectory.info["teacher_context"]`` for the first turn and ``turn.info`` for every turn of
+a multi-turn episode), tokenized and left-truncated by
+:func:`~algorithms.sdpo.contexts.encode_teacher_prompt`. Pure SDPO trains the turns that
+have one; with ``grpo_mix > 0`` every turn trains (the GRPO part). The env's own messages
+are in the rows' prompts only, never in a trained response.
 
 The logit-level loss runs on hidden states: the student's final hidden states are computed
 once with gradient; per chunk of ``logit_chunk_size`` response positions the student logits
@@ -41,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from algorithms import grpo
 from algorithms.objective import rollout_rows, rollouts_with_reward
 from algorithms.policy import lm_head_logits, shared_prefix_hidden_states
-from algorithms.sdpo.contexts import encode_teacher_prompt, teacher_contexts_for_group
+from algorithms.sdpo.contexts import encode_teacher_prompt, turn_teacher_contexts
 from algorithms.sdpo.loss import (
     distillation_loss,
     mixed_advantages,
@@ -54,7 +56,7 @@ from rlrf.errors import ConfigError
 if TYPE_CHECKING:
     from algorithms.batching import Batch, Row
     from algorithms.config import SDPOTrainConfig
-    from algorithms.objective import Encode, RolloutKey, Scorer
+    from algorithms.objective import Encode, Scorer, TurnKey
     from rlrf.trajectory import Group
 
 __all__ = ["SDPOObjective"]
@@ -92,46 +94,59 @@ class SDPOObjective:
     # --- rows --------------------------------------------------------------------------
 
     def rows(self, groups: list[Group], encode: Encode) -> tuple[list[Row], dict[str, float]]:
-        """Rows with teacher prompts; records each rollout's teacher context in its info."""
+        """Rows with teacher prompts, one per assistant turn; records the contexts in info.
+
+        Every turn gets its own teacher context
+        (:func:`~algorithms.sdpo.contexts.turn_teacher_contexts`). The first turn's is
+        recorded in ``trajectory.info["teacher_context"]`` (with ``"teacher_prompt_tokens"``);
+        a multi-turn episode also records each turn's in ``turn.info``. Pure SDPO trains the
+        turns that have a teacher; with ``grpo_mix > 0`` every turn trains. The counts
+        ``teacher_signal`` / ``no_teacher_signal`` are TURNS of rollouts with a reward (for
+        single-turn envs, rollouts).
+        """
         s = self.sdpo
         keys = rollouts_with_reward(groups)
         # GRPO's advantages feed the token-level loss and the mix (SDPOTrainConfig refuses
         # filter_zero_advantage_groups, so every rollout with a reward is kept)
         advantages, keep, zero_groups = grpo.rollout_advantages(groups, keys, self.grpo)
-        contexts: dict[RolloutKey, list[int] | None] = {}
+        contexts: dict[TurnKey, list[int] | None] = {}
         for gi, g in enumerate(groups):
-            for ti, (traj, ctx) in enumerate(
-                zip(g.trajectories, teacher_contexts_for_group(g, s), strict=True)
+            for ti, (traj, turn_ctxs) in enumerate(
+                zip(g.trajectories, turn_teacher_contexts(g, s), strict=True)
             ):
-                traj.info["teacher_context"] = ctx
-                ids = None
-                if ctx is not None:
-                    ids = encode_teacher_prompt(
-                        self.tokenizer,
-                        ctx,
-                        max_tokens=s.teacher_max_prompt_tokens,
-                        enable_thinking=False,
-                    )
-                    traj.info["teacher_prompt_tokens"] = len(ids)
-                contexts[(gi, ti)] = ids
-        with_ctx = sum(contexts[key] is not None for key in keep)
+                traj.info["teacher_context"] = turn_ctxs[0] if turn_ctxs else None
+                multi_turn = len(traj.turns) > 1
+                for k, ctx in enumerate(turn_ctxs):
+                    ids = None
+                    if ctx is not None:
+                        ids = encode_teacher_prompt(
+                            self.tokenizer,
+                            ctx,
+                            max_tokens=s.teacher_max_prompt_tokens,
+                            enable_thinking=False,
+                        )
+                        if k == 0:
+                            traj.info["teacher_prompt_tokens"] = len(ids)
+                    if multi_turn:
+                        traj.turns[k].info["teacher_context"] = ctx
+                        if ids is not None:
+                            traj.turns[k].info["teacher_prompt_tokens"] = len(ids)
+                    contexts[(gi, ti, k)] = ids
+        turn_keys = [
+            (gi, ti, k) for gi, ti in keep for k in range(len(groups[gi].trajectories[ti].turns))
+        ]
+        with_ctx = sum(contexts[key] is not None for key in turn_keys)
         stats = {
             "zero_adv_groups": zero_groups,
             "teacher_signal": float(with_ctx),
-            "no_teacher_signal": float(len(keep) - with_ctx),
+            "no_teacher_signal": float(len(turn_keys) - with_ctx),
         }
-        # pure SDPO distills the first turn of rollouts with a teacher (their context);
-        # the GRPO mix trains every rollout and turn
-        mixed = s.grpo_mix > 0
-        trained = sorted(keep) if mixed else [k for k in sorted(keep) if contexts[k] is not None]
         rows = rollout_rows(
-            groups,
-            trained,
-            encode,
-            advantages=advantages,
-            teacher_prompts=contexts,
-            first_turn_only=not mixed,
+            groups, sorted(keep), encode, advantages=advantages, teacher_prompts=contexts
         )
+        if s.grpo_mix == 0:
+            # pure SDPO: a turn without a teacher has no loss at all; the GRPO mix trains it
+            rows = [r for r in rows if r.teacher_prompt_ids is not None]
         return rows, stats
 
     def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
