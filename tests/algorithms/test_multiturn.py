@@ -304,3 +304,30 @@ def test_a_long_earlier_chat_is_not_cut_and_the_error_says_so():
     assert "x1" in cut and OBS not in cut and HINT in cut
     with pytest.raises(ConfigError, match="earlier turns of a multi-turn chat"):
         encode_teacher_prompt(tok, ctx, max_tokens=40)
+
+
+class SplitRecorder(LateFeedback):
+    """LateFeedback that records the (seed, split) of every reset, across instances."""
+
+    resets: list = []  # noqa: RUF012 (shared on purpose: the rollout loop spawns instances)
+
+    def reset(self, *, seed=None, options=None):
+        SplitRecorder.resets.append((seed, (options or {}).get("split")))
+        return super().reset(seed=seed, options=options)
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_stateful_env_plays_held_out_seeds_with_split_test(tmp_path):
+    from algorithms.rollout import EVAL_SEED
+
+    SplitRecorder.resets = []
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**TRAIN, "eval_tasks": 2, "eval_k": 2})
+    trainer = Trainer(cfg, env=SplitRecorder(), model=tiny_model(), tokenizer=tiny_tokenizer())
+    metrics = trainer.evaluate()
+    assert metrics["eval/tasks"] == 2 and metrics["eval/env_errors"] == 0
+    assert sorted(SplitRecorder.resets) == [(EVAL_SEED, "test")] * 2 + [(EVAL_SEED + 1, "test")] * 2
+    # training draws other seeds, from the train split
+    SplitRecorder.resets = []
+    trainer.collect()
+    assert {split for _, split in SplitRecorder.resets} == {"train"}
+    assert not {seed for seed, _ in SplitRecorder.resets} & {EVAL_SEED, EVAL_SEED + 1}
