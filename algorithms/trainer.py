@@ -94,7 +94,7 @@ from algorithms.checkpoint import (
 from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resolve_config
 from algorithms.metrics import MetricsLogger, Timer
 from algorithms.objective import Objective, Scorer, TrainingError
-from algorithms.policy import HFPolicy, HiddenStates, SamplingParams
+from algorithms.policy import HFPolicy, HiddenStates, SamplingBackend, SamplingParams
 from algorithms.rollout import RolloutStats, collect_groups, eval_tasks, task_sampler
 from rlrf.errors import ConfigError
 from rlrf.trajectory import Group, TrajectoryWriter
@@ -213,6 +213,14 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(HiddenStates(model), self.optimizer)
         self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
+        # Rollouts and evaluation sample through ``self.sampling``: the HF policy, or a vLLM
+        # engine in this process whose weights follow the trainer's (synced after updates).
+        self.vllm: Any = None
+        if cfg.generation_backend == "vllm":
+            from algorithms.vllm_backend import make_vllm_backend
+
+            self.vllm = make_vllm_backend(cfg, self.unwrapped, tokenizer)
+        self.sampling: SamplingBackend = self.vllm or self.policy
         self.objective: Objective = cfg.build_objective(self.unwrapped, tokenizer)
         missing = [
             name
@@ -435,12 +443,13 @@ class Trainer:
         with acc.autocast():
             groups, rstats = collect_groups(
                 self.env,
-                self.policy,
+                self.sampling,
                 local,
                 cfg.rollouts_per_question,
                 params,
                 env_id=self.env_id,
-                policy_version=self.step,
+                # with vLLM, the step whose weights the engine holds (its staleness)
+                policy_version=self.step if self.vllm is None else self.vllm.policy_version,
                 env_workers=cfg.env_workers,
             )
         return groups, rstats
@@ -464,6 +473,8 @@ class Trainer:
         metrics: dict[str, Any] = {}
         t_update = time.perf_counter()
         objective_s = 0.0
+        if self.vllm is not None and self.config.vllm_sleep:
+            self.vllm.sleep()  # frees the engine's GPU memory for the update; sampling wakes it
         for key, value in self._update(rows).items():
             if key.startswith("timing/"):  # the objective's own phases (teacher scoring)
                 timer.add(key.removeprefix("timing/"), value)
@@ -497,6 +508,10 @@ class Trainer:
         )
         metrics.update(self.objective.rollout_metrics(row_stats))
         self.step += 1
+        if self.vllm is not None:
+            if self.step % self.config.vllm_sync_every == 0:
+                timer.add("weight_sync", self.vllm.sync(self.unwrapped, self.step))
+            metrics.update(self.vllm.stats())
         self.last_groups = groups
         if acc.is_main_process and self._trajectory_writer is not None:
             for g in all_groups:
@@ -563,7 +578,7 @@ class Trainer:
             with accel.autocast():
                 groups, st = collect_groups(
                     self.env,
-                    self.policy,
+                    self.sampling,
                     local,
                     cfg.eval_k,
                     params,
@@ -652,6 +667,8 @@ class Trainer:
         self.evals = list(state.get("evals", []))
         restore_rng(state["rng"])
         self.last_checkpoint = path
+        if self.vllm is not None:  # the engine started from the initial weights
+            self.vllm.sync(self.unwrapped, self.step)
 
     # --- the loop --------------------------------------------------------------------
 

@@ -389,3 +389,50 @@ def test_cuda_engine_sleeps_through_the_update_and_follows_the_sync():
             assert [s.token_ids for s in greedy(backend)] == [s.token_ids for s in greedy(hf)]
     finally:
         backend.close()
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_trainer_samples_with_vllm_and_syncs_every_n_steps(tmp_path):
+    """`generation_backend="vllm"`: rollouts come from the engine, whose weights follow the
+    trainer's every `vllm_sync_every` steps (the rollouts' policy_version says which)."""
+    from algorithms.config import GRPOTrainConfig
+    from algorithms.testing import TargetCharEnv
+    from algorithms.trainer import Trainer
+
+    tokenizer = tiny_tokenizer()
+    model = peaked_tiny_model(3, tied=True).train()
+    cfg = GRPOTrainConfig(
+        steps=3,
+        questions_per_step=2,
+        rollouts_per_question=4,
+        max_new_tokens=8,
+        lr=1e-2,
+        eval_every=0,
+        checkpoint_every=0,
+        progress=False,
+        output_dir=str(tmp_path),
+        generation_backend="vllm",
+        vllm_dtype="float32",
+        vllm_sync_every=2,
+        vllm_max_model_len=160,
+        vllm_kv_cache_gib=0.1,
+    )
+    trainer = Trainer(
+        cfg, env=TargetCharEnv(n_tasks=4, targets="ab"), model=model, tokenizer=tokenizer
+    )
+    try:
+        assert trainer.sampling is trainer.vllm
+        versions = []
+        for _ in range(3):
+            groups, rstats = trainer.collect()
+            versions.append({t.policy_version for g in groups for t in g.trajectories})
+            trainer.learn(groups, rstats)
+        # synced after steps 2 (and not after 1 or 3): the engine lags by the sync period
+        assert versions == [{0}, {0}, {2}]
+        assert trainer.vllm.policy_version == 2
+        trainer.vllm.sync(trainer.unwrapped, trainer.step)
+        hf = HFPolicy(trainer.unwrapped, tokenizer)
+        assert [s.token_ids for s in greedy(trainer.vllm)] == [s.token_ids for s in greedy(hf)]
+    finally:
+        trainer.vllm.close()
