@@ -7,9 +7,13 @@ with ``step``, ``rollout/generations`` (responses sampled so far) and namespaced
 * held-out accuracy and training reward against generations,
 * mean response length against generations,
 * the teacher-student divergence against generations,
+* the student's entropy and the gradient norm against generations,
 
-and writes ``report.md`` beside the plots, with the headline numbers and a few example
-rollouts with their feedback and teacher context. Several runs are overlaid on the same
+and writes ``report.md`` beside the plots, with the headline numbers, a stability section
+(first / last / min / max of every monitored signal and the alarms of
+:mod:`algorithms.monitors`, replayed from ``metrics.jsonl``: entropy collapse, length
+blow-up, divergence spike, each with its step) and a few example rollouts with their
+feedback and teacher context. Several runs are overlaid on the same
 axes (``rlrf report RUN_A RUN_B --out cmp/``) for comparisons.
 """
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from algorithms.monitors import MONITORED, scan
 from rlrf.errors import RLRFError
 from rlrf.trajectory import Group, Trajectory, read_trajectories
 
@@ -48,6 +53,8 @@ PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "divergence (token mean)",
         ("train/divergence",),
     ),
+    ("entropy.png", "Student entropy (distilled tokens)", "entropy (nats)", ("train/entropy",)),
+    ("grad_norm.png", "Gradient norm (before clipping)", "L2 norm", ("train/grad_norm",)),
 )
 
 
@@ -186,6 +193,30 @@ def _examples(run: RunMetrics, limit: int = 2) -> list[str]:
     return shown
 
 
+def _stability(run: RunMetrics) -> list[str]:
+    """The monitored signals' summary and the alarms of one run, as Markdown lines."""
+    rows = []
+    for key in MONITORED:
+        _, ys = run.series(key)
+        if ys:
+            rows.append(
+                f"| `{key}` | {_fmt(ys[0])} | {_fmt(ys[-1])} | {_fmt(min(ys))} | {_fmt(max(ys))} |"
+            )
+    if not rows:
+        return []
+    lines = [f"## {run.name}: stability monitors", ""]
+    lines += ["| signal | first | last | min | max |", "| --- | --- | --- | --- | --- |", *rows, ""]
+    alarms = scan(run.records)
+    if alarms:
+        lines += [f"- **warning**, {a.message()}" for a in alarms]
+    else:
+        lines.append(
+            "No alarm: no entropy collapse, length blow-up or divergence spike "
+            "(thresholds in `algorithms/monitors.py`)."
+        )
+    return [*lines, ""]
+
+
 def write_report(
     runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -223,6 +254,10 @@ def write_report(
             f"{_fmt(rew and rew[0])} → {_fmt(rew and rew[1])} |"
         )
     lines.append("")
+    for run in loaded:  # the alarms up front; the details are in each run's stability section
+        lines += [f"> **Stability warning ({run.name})**: {a.message()}" for a in scan(run.records)]
+    if lines[-1].startswith(">"):
+        lines.append("")
     for image in images:
         lines += [f"![{image}]({image})", ""]
     for run in loaded:
@@ -239,6 +274,7 @@ def write_report(
             if shown:
                 lines += [f"## {run.name}: configuration", "", "```yaml"]
                 lines += [f"{k}: {v}" for k, v in shown.items()] + ["```", ""]
+        lines += _stability(run)
         examples = _examples(run)
         if examples:
             lines += [f"## {run.name}: example rollouts with feedback", ""]

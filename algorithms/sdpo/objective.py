@@ -27,7 +27,20 @@ reuses its keys/values for every row (:func:`algorithms.policy.shared_prefix_hid
 
 Normalizers: ``pg`` (GRPO's aggregation normalizer, for the token-level loss and the mix)
 and ``sdpo`` (tokens of rows with a teacher, the distillation's token mean), both summed
-over the whole mini-batch by the trainer.
+over the whole mini-batch by the trainer. Pure SDPO's logit-level loss is a token mean over
+the distilled tokens (``sdpo``). With the GRPO mix (the paper's Eq. 3, λ · A_GRPO + (1 − λ) ·
+A_SDPO per token) BOTH terms are aggregated by GRPO's aggregation and ``pg``, at the logit
+level (the distillation term weighted token by token with
+:func:`algorithms.grpo.aggregation_weights`) as at the token level (mixed advantages in one
+surrogate): a row without a teacher adds 0 to the SDPO term but counts in the normalizer.
+The statistics (``divergence``, ``entropy``, ...) stay token means over the distilled tokens.
+
+Monitors (:mod:`algorithms.monitors`): every step logs ``train/divergence`` and
+``train/entropy`` (the student's entropy on the distilled tokens, from the logits the top-K
+selection computes anyway; the token-level loss runs one extra LM-head pass without gradient
+for them), ``rollout/teacher_signal_frac``, and the trainer's response length and gradient
+norm; a :class:`~algorithms.monitors.StabilityMonitor` warns once per kind when one moves
+the way that preceded collapse in published runs.
 """
 
 from __future__ import annotations
@@ -41,14 +54,18 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from algorithms import grpo
+from algorithms.monitors import StabilityMonitor
 from algorithms.objective import rollout_rows, rollouts_with_reward
 from algorithms.policy import lm_head_logits, shared_prefix_hidden_states
 from algorithms.sdpo.contexts import encode_teacher_prompt, turn_teacher_contexts
 from algorithms.sdpo.loss import (
     distillation_loss,
+    divergence,
+    entropy_from_logits,
     mixed_advantages,
     student_topk_indices,
     token_level_advantages,
+    topk_with_tail,
 )
 from algorithms.sdpo.teacher import Teacher
 from rlrf.errors import ConfigError
@@ -75,6 +92,7 @@ class SDPOObjective:
 
     metric_names = (
         "train/divergence",
+        "train/entropy",
         "train/is_weight",
         "train/teacher_tail_mass",
         "train/logprob_gap",
@@ -90,6 +108,13 @@ class SDPOObjective:
         self.grpo = config.grpo
         self.tokenizer = tokenizer
         self.teacher = Teacher(model, config.sdpo.teacher, config.sdpo.teacher_tau)
+        self.monitor = StabilityMonitor()
+        # the live monitor's view of this process's loss statistics: sums over the current
+        # mini-batch (with the share of its distilled tokens they cover), then one value per
+        # optimizer step, averaged per training step as the trainer averages train/ metrics
+        self._pending: dict[str, float] = defaultdict(float)
+        self._updates: list[dict[str, float]] = []
+        self._monitor_step = 0
 
     # --- rows --------------------------------------------------------------------------
 
@@ -147,6 +172,7 @@ class SDPOObjective:
         if s.grpo_mix == 0:
             # pure SDPO: a turn without a teacher has no loss at all; the GRPO mix trains it
             rows = [r for r in rows if r.teacher_prompt_ids is not None]
+        stats.update(_response_length_counts(groups))  # for the live stability monitor
         return rows, stats
 
     def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
@@ -164,8 +190,16 @@ class SDPOObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The logit-level or token-level loss (mixed with GRPO's by ``grpo_mix``)."""
         if self.sdpo.loss_level == "token":
-            return self._token_loss(batch, norm, scorer, on_policy)
-        return self._logit_loss(batch, norm, scorer, on_policy)
+            loss, stats = self._token_loss(batch, norm, scorer, on_policy)
+        else:
+            loss, stats = self._logit_loss(batch, norm, scorer, on_policy)
+        if norm.get("sdpo"):
+            n_local = float((batch.mask & batch.has_teacher[:, None]).sum())
+            self._pending["share"] += n_local / norm["sdpo"]
+            for key in ("divergence", "entropy"):
+                if key in stats:
+                    self._pending[key] += float(stats[key])
+        return loss, stats
 
     def _teacher_hidden(
         self, batch: Batch, scorer: Scorer
@@ -195,10 +229,10 @@ class SDPOObjective:
                 hiddens.append(torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])))
         return index.to(batch.mask.device), hiddens
 
-    def _teacher_chunk_logprobs(
+    def _teacher_chunk_logits(
         self, scorer: Scorer, hiddens: list[torch.Tensor], sl: slice, select: torch.Tensor
     ) -> torch.Tensor:
-        """Teacher log-softmax over the full vocabulary at the selected positions of a chunk.
+        """Teacher logits (float32, divided by the temperature) at the selected positions.
 
         ``select`` is ``[teacher rows, chunk]``; the result is ``[N, V]``, one row per
         selected position in row-major order (the order of boolean-mask indexing).
@@ -210,12 +244,12 @@ class SDPOObjective:
                 for m, h in zip(modules, hiddens, strict=True)
             ]
         )
-        return (logits / scorer.temperature).log_softmax(-1)
+        return logits / scorer.temperature
 
     def _logit_loss(
         self, batch: Batch, norm: Mapping[str, float], scorer: Scorer, on_policy: bool
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        s = self.sdpo
+        s, g = self.sdpo, self.grpo
         chunk_size = scorer.chunk_size
         hidden, mask = scorer.student_hidden(batch)
         t0 = time.perf_counter()
@@ -227,6 +261,13 @@ class SDPOObjective:
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         temperature = scorer.temperature
         k = min(s.top_k, head.config.vocab_size)
+        # Eq. 3 under ONE normalizer: with the GRPO mix the distillation term is weighted
+        # token by token exactly as GRPO aggregates its own (a row without a teacher adds 0
+        # but counts), as the token-level path's mixed advantages are; pure SDPO is a token
+        # mean over the distilled tokens
+        mix_weights = None
+        if s.grpo_mix > 0:
+            mix_weights = grpo.aggregation_weights(batch.mask, g.aggregation, norm["pg"])
         for start in range(0, hidden.shape[1], chunk_size):
             sl = slice(start, start + chunk_size)
             # Only the positions that are distilled (teacher rows, inside the response) go
@@ -240,21 +281,28 @@ class SDPOObjective:
             with torch.no_grad():
                 s_logits = lm_head_logits(head, h.detach()).float() / temperature
                 idx = student_topk_indices(s_logits, k)
+                entropy = entropy_from_logits(s_logits).sum()  # the monitor, nearly free here
                 del s_logits
-                t_lp = self._teacher_chunk_logprobs(scorer, t_hiddens, sl, valid[t_index])[None]
-                t_topk = t_lp.gather(-1, idx)
-                t_lp_y = t_lp.gather(-1, ids[..., None])[..., 0]
-                del t_lp
+                t_logits = self._teacher_chunk_logits(scorer, t_hiddens, sl, valid[t_index])[None]
+                # the very ops distillation_loss applies to full teacher logits
+                t_lse = torch.logsumexp(t_logits, dim=-1, keepdim=True)
+                t_full = topk_with_tail(t_logits, idx, t_lse)
+                t_topk, t_tail = t_full[..., :-1], t_full[..., -1]
+                t_lp_y = (t_logits.gather(-1, ids[..., None]) - t_lse)[..., 0]
+                del t_logits, t_full
             teacher_s += time.perf_counter() - t0
             old = None if on_policy else batch.old_logprobs[:, sl][valid][None]
+            weights = None if mix_weights is None else mix_weights[:, sl][valid][None]
 
             def chunk_loss(
                 h: torch.Tensor,
                 idx: torch.Tensor = idx,
                 t_topk: torch.Tensor = t_topk,
+                t_tail: torch.Tensor = t_tail,
                 t_lp_y: torch.Tensor = t_lp_y,
                 old: torch.Tensor | None = old,
                 ids: torch.Tensor = ids,
+                weights: torch.Tensor | None = weights,
             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
                 logits = lm_head_logits(head, h).float() / temperature
                 return distillation_loss(
@@ -264,11 +312,13 @@ class SDPOObjective:
                     old,
                     ids,
                     teacher_topk_logprobs=t_topk,
+                    teacher_tail_logprobs=t_tail,
                     topk_indices=idx,
                     teacher_sampled_logprobs=t_lp_y,
                     alpha=s.alpha,
                     is_clip=s.is_clip,
                     normalizer=norm["sdpo"],
+                    token_weights=weights,
                 )
 
             if torch.is_grad_enabled():
@@ -278,10 +328,10 @@ class SDPOObjective:
             total = total + loss_c
             for key, value in stats_c.items():
                 stats[key] = stats[key] + value.detach().float().cpu()
+            stats["entropy"] = stats["entropy"] + entropy.float().cpu() / norm["sdpo"]
         stats["timing/teacher"] = torch.tensor(teacher_s)
         if s.grpo_mix > 0:
             lp = scorer.logprobs(hidden, batch.response_ids)
-            g = self.grpo
             pg_loss, pg_stats = grpo.policy_loss(
                 lp,
                 batch.old_logprobs,
@@ -308,17 +358,35 @@ class SDPOObjective:
         t_index, t_hiddens = self._teacher_hidden(batch, scorer)
         t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
         tmask = batch.mask & batch.has_teacher[:, None]
+        k = min(s.top_k, scorer.lm.config.vocab_size)
+        monitor_sums = torch.zeros(2)  # divergence, entropy over the distilled tokens
         with torch.no_grad():
             for start in range(0, lp.shape[1], chunk_size):
                 sl = slice(start, start + chunk_size)
                 valid = tmask[:, sl]
                 if bool(valid.any()):
-                    t_lp = self._teacher_chunk_logprobs(scorer, t_hiddens, sl, valid[t_index])
+                    t_logits = self._teacher_chunk_logits(scorer, t_hiddens, sl, valid[t_index])
+                    t_lp = t_logits.log_softmax(-1)
                     ids = batch.response_ids[:, sl][valid]
                     t_lp_y[:, sl][valid] = t_lp.gather(-1, ids[:, None])[:, 0]
+                    # monitors only: the student's distribution at the same positions (one
+                    # more LM-head pass, without gradient) gives its entropy and the top-K
+                    # divergence the logit-level loss would distill
+                    h = hidden[:, sl][valid].detach()
+                    s_logits = lm_head_logits(scorer.lm, h).float() / scorer.temperature
+                    idx = student_topk_indices(s_logits, k)
+                    d = divergence(
+                        topk_with_tail(s_logits, idx), topk_with_tail(t_logits, idx), s.alpha
+                    )
+                    monitor_sums += torch.stack(
+                        [d.sum(), entropy_from_logits(s_logits).sum()]
+                    ).cpu()
+                    del t_logits, t_lp, s_logits
         teacher_s = time.perf_counter() - t0
         # Eq. 3; with grpo_mix = 0 this is the SDPO advantage alone, and every row has a
-        # teacher (rows without one are not trained then), so one path serves both
+        # teacher (rows without one are not trained then), so one path serves both. Off
+        # policy the advantage goes through GRPO's clipped ratio (the documented decision:
+        # a drop-in GRPO replacement, see algorithms.sdpo).
         adv = mixed_advantages(
             batch.advantages,
             token_level_advantages(t_lp_y, lp),
@@ -341,6 +409,9 @@ class SDPOObjective:
             )
         stats = {k: v.detach().float().cpu() for k, v in stats.items()}
         stats["logprob_gap"] = gap.cpu()
+        if norm["sdpo"]:
+            stats["divergence"] = monitor_sums[0] / norm["sdpo"]
+            stats["entropy"] = monitor_sums[1] / norm["sdpo"]
         stats["timing/teacher"] = torch.tensor(teacher_s)
         return loss, stats
 
@@ -349,23 +420,71 @@ class SDPOObjective:
     def after_optimizer_step(self, model: torch.nn.Module) -> None:
         """Move the teacher (EMA: θ' ← (1−τ)θ' + τθ; the other modes do nothing)."""
         self.teacher.update(model)
+        share = self._pending.pop("share", 0.0)
+        if share > 0:  # this process's token means of the mini-batch just applied
+            self._updates.append({k: v / share for k, v in self._pending.items()})
+        self._pending.clear()
 
     def rollout_metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
-        """Share of trained rollouts with a teacher signal, and the count without one."""
+        """Share of trained rollouts with a teacher signal, and the count without one.
+
+        Called once per step after the updates: it also feeds the step's monitored values
+        (divergence, entropy, response length, teacher-signal share) to the live
+        :class:`~algorithms.monitors.StabilityMonitor`, which warns once per kind.
+        """
         with_ctx = stats.get("teacher_signal", 0.0)
         without = stats.get("no_teacher_signal", 0.0)
-        return {
+        out = {
             "rollout/zero_adv_groups": stats.get("zero_adv_groups", 0.0),
             "rollout/teacher_signal_frac": with_ctx / max(1.0, with_ctx + without),
             "rollout/no_teacher_signal": without,
         }
+        self._monitor_step += 1
+        watched: dict[str, float] = {
+            "rollout/teacher_signal_frac": out["rollout/teacher_signal_frac"]
+        }
+        if stats.get("response_turns"):
+            watched["rollout/response_tokens_mean"] = (
+                stats["response_tokens"] / stats["response_turns"]
+            )
+        for key in ("divergence", "entropy"):
+            values = [u[key] for u in self._updates if key in u]
+            if values:
+                watched[f"train/{key}"] = sum(values) / len(values)
+        self._updates.clear()
+        if _is_main_process():
+            self.monitor.update(self._monitor_step, watched)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The teacher's weights (and its fp32 EMA shadow)."""
-        return {"teacher": self.teacher.state_dict()}
+        """The teacher's weights (and its fp32 EMA shadow), and the monitor's history."""
+        return {
+            "teacher": self.teacher.state_dict(),
+            "monitor": {"step": self._monitor_step, **self.monitor.state_dict()},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the teacher (also from checkpoints that kept it at their top level)."""
         if state.get("teacher") is None:
             raise ConfigError("the checkpoint holds no teacher; it was not an SDPO run")
         self.teacher.load_state_dict(state["teacher"])
+        monitor = state.get("monitor")  # checkpoints before the monitors have none
+        if monitor:
+            self._monitor_step = int(monitor.get("step", 0))
+            self.monitor.load_state_dict(monitor)
+
+
+def _response_length_counts(groups: Sequence[Group]) -> dict[str, float]:
+    """Sampled tokens and assistant turns of every rollout (the trainer's length metric)."""
+    turns = [t for g in groups for traj in g.trajectories for t in traj.turns]
+    return {
+        "response_tokens": float(sum(len(t.response_token_ids or ()) for t in turns)),
+        "response_turns": float(len(turns)),
+    }
+
+
+def _is_main_process() -> bool:
+    """Only one process warns (no collective call: the rank is read, not exchanged)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

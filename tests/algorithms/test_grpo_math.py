@@ -221,6 +221,22 @@ def test_aggregate_modes_by_hand():
         aggregate(x, m, "sum")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_aggregation_weights_reproduce_aggregate(mode):
+    """Σ w ℓ equals aggregate(ℓ) for any ℓ: the weights SDPO's mixed logit-level term uses."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    for normalizer in (None, 17.0, 0.0):
+        w = grpo.aggregation_weights(mask, mode, normalizer, dtype=torch.float64)
+        assert (w[~mask] == 0).all()
+        for _ in range(3):
+            x = torch.randn(4, 4, generator=g, dtype=torch.float64)
+            want = aggregate(x, mask, mode, normalizer)
+            assert float((w * x).sum()) == pytest.approx(float(want), rel=1e-12, abs=1e-15)
+    with pytest.raises(ConfigError, match="aggregation"):
+        grpo.aggregation_weights(mask, "mean", 1.0)
+
+
 # --- advantages ---------------------------------------------------------------------------
 
 
