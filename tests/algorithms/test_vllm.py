@@ -436,3 +436,30 @@ def test_trainer_samples_with_vllm_and_syncs_every_n_steps(tmp_path):
         assert [s.token_ids for s in greedy(trainer.vllm)] == [s.token_ids for s in greedy(hf)]
     finally:
         trainer.vllm.close()
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_rlrf_eval_samples_with_vllm(tmp_path):
+    """`rlrf eval --generation-backend vllm` on a local model folder: every task graded."""
+    import json
+
+    from algorithms.evaluate import main as eval_main
+
+    folder = tmp_path / "model"
+    peaked_tiny_model(5, tied=True).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = tmp_path / "eval"
+    code = eval_main(
+        [
+            "--env", "rlrf/Arithmetic-v0", "--model", str(folder), "--tasks", "3", "--k", "2",
+            "--max-tokens", "8", "--generation-backend", "vllm", "--out", str(out),
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    from algorithms.evaluate import CONFIG
+
+    assert json.loads((out / CONFIG).read_text())["generation_backend"] == "vllm"
+    lines = (out / "trajectories.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(len(json.loads(x)["trajectories"]) == 2 for x in lines)
