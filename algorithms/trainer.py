@@ -220,7 +220,6 @@ class Trainer:
             from algorithms.vllm_backend import make_vllm_backend
 
             self.vllm = make_vllm_backend(cfg, self.unwrapped, tokenizer)
-        self.sampling: SamplingBackend = self.vllm or self.policy
         self.objective: Objective = cfg.build_objective(self.unwrapped, tokenizer)
         missing = [
             name
@@ -428,6 +427,11 @@ class Trainer:
         started = time.perf_counter()
         groups, rstats = self.collect()
         return self.learn(groups, rstats, started=started)
+
+    @property
+    def sampling(self) -> SamplingBackend:
+        """What rollouts and evaluations sample through: the vLLM engine, else the policy."""
+        return self.vllm if self.vllm is not None else self.policy
 
     def collect(self) -> tuple[list[Group], RolloutStats]:
         """Roll out this step's tasks with the current policy, without updating it.
