@@ -8,6 +8,7 @@ shared generation). Target: SDPO/GRPO <= 1.25x.
     python benchmarks/step_time.py --model tiny            # random tiny model (seconds)
     python benchmarks/step_time.py --model smollm2-135m    # the embedded model
     python benchmarks/step_time.py --model smollm2-135m --device cuda --dtype bfloat16
+    python benchmarks/step_time.py --model smollm2-135m --generation-backend vllm  # vLLM
     python benchmarks/step_time.py --model smollm2-135m --env rlrf/Arithmetic-v0 \
         --env-kwargs '{"digits": 1, "ops": "+"}'    # some rollouts succeed: solutions in context
 """
@@ -60,6 +61,12 @@ def main() -> None:
         help='"target" (a toy env: one fixed feedback line per task) or a registered env id',
     )
     ap.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments for --env")
+    ap.add_argument(
+        "--generation-backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="sampler of the shared rollout batch (vllm: an engine in this process, bf16)",
+    )
     args = ap.parse_args()
 
     if args.model == "tiny":
@@ -88,16 +95,22 @@ def main() -> None:
 
         env = rlrf.make(args.env, **json.loads(args.env_kwargs))
     # one shared rollout batch (seeded sampling: identical for both algorithms)
+    t0 = time.perf_counter()
     base = Trainer(
-        GRPOTrainConfig(**common), env=env, model=copy.deepcopy(model), tokenizer=tokenizer
+        GRPOTrainConfig(**common, generation_backend=args.generation_backend),
+        env=env,
+        model=copy.deepcopy(model),
+        tokenizer=tokenizer,
     )
+    if args.generation_backend == "vllm":
+        print(f"vLLM engine start (weights synced in): {time.perf_counter() - t0:.1f}s")
     tasks = base.sampler.next(args.questions)
     from algorithms.policy import SamplingParams
     from algorithms.rollout import collect_groups
 
     t0 = time.perf_counter()
     groups, stats = collect_groups(
-        env, base.policy, tasks, args.rollouts,
+        env, base.sampling, tasks, args.rollouts,
         SamplingParams(max_new_tokens=args.max_new_tokens, seed=0),
     )  # fmt: skip
     gen_s = time.perf_counter() - t0
