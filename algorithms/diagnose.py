@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 
 import rlrf
 from algorithms.config import PRESETS, SDPOConfig, SDPOTrainConfig, resolve_config
-from algorithms.evaluate import EvalConfig, _write_atomic, build_backend
+from algorithms.evaluate import EvalConfig, _write_atomic, add_model_arguments, build_backend
 from algorithms.rollout import collect_groups, task_sampler
 from algorithms.sdpo.contexts import (
     FEEDBACK_HEADER,
@@ -761,15 +761,7 @@ def build_parser(prog: str = "rlrf diagnose") -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="smollm2-135m, a local model folder, a run folder or its final/; with --base-url, "
-        "the served model name (the divergence then is not measured)",
-    )
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the key")
+    add_model_arguments(p, endpoint_note=" (the divergence then is not measured)")
     p.add_argument("--algo", default="sdpo", choices=_ALGOS, help="SDPO preset (its options)")
     p.add_argument(
         "--set",

@@ -880,19 +880,14 @@ def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
 # ---- the command line -----------------------------------------------------------------------
 
 
-def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
-    """The ``rlrf eval`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_model_arguments(p: argparse.ArgumentParser, *, endpoint_note: str = "") -> None:
+    """Add ``--env``, ``--model``, ``--base-url`` and ``--api-key-env`` (eval, diagnose)."""
     p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
     p.add_argument(
         "--model",
         default="smollm2-135m",
         help="smollm2-135m, a local model folder, a run folder or its final/; with --base-url, "
-        "the served model name",
+        f"the served model name{endpoint_note}",
     )
     p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument(
@@ -900,6 +895,16 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
         metavar="VAR",
         help="environment variable holding the endpoint's API key (default: OPENAI_API_KEY if set)",
     )
+
+
+def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
+    """The ``rlrf eval`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_model_arguments(p)
     p.add_argument("--split", default="test", help="task split")
     p.add_argument(
         "--tasks",
