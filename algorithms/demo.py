@@ -12,6 +12,10 @@ improve this task (measured: held-out accuracy 0.266 -> 0.234 over the same 12 s
 self-teacher is barely better than the student), while the mix goes 0.266 -> 0.719; pass
 ``--set grpo_mix=0`` for pure SDPO.
 
+The main job shows its baseline: after the SDPO run it trains GRPO on the same settings and
+seed (``<output-dir>-grpo``; ``--baseline none`` skips it), overlays both in the report and
+prints which method reached which held-out accuracy after how many generations.
+
 It leaves a run folder with ``metrics.jsonl``, ``trajectories.jsonl`` (feedback and teacher
 contexts included), ``config.yaml``, ``final/`` (the trained model) and ``report/``
 (Markdown and PNG plots), and prints where it is with the headline numbers. Every default
@@ -24,11 +28,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEMO_SETTINGS", "main"]
 
-COMMAND_HELP = "the main job: SDPO on the embedded model, with a report"
+COMMAND_HELP = "the main job: SDPO and its GRPO baseline on the embedded model, with a report"
 """The help line of this ``rlrf`` subcommand."""
 
 #: The demo's training settings (flat config fields of ``SDPOTrainConfig``).
@@ -69,6 +74,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
         help="run folder (default %(default)s; overwritten)",
     )
     parser.add_argument(
+        "--baseline",
+        choices=("grpo", "none"),
+        default="grpo",
+        help="also train GRPO on the same settings and seed, and compare (default %(default)s)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -77,7 +88,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     )
     args = parser.parse_args(argv)
 
-    from algorithms.config import build_config
+    from algorithms.config import GRPOTrainConfig, build_config, flat_fields
     from algorithms.report import write_report
     from algorithms.trainer import Trainer
     from rlrf.cli import parse_key_values
@@ -86,20 +97,36 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
               "output_dir": args.output_dir}  # fmt: skip
     values.update(parse_key_values(args.set, flag="--set"))
     config = build_config("sdpo", values, where="rlrf demo --set")
-    started = time.perf_counter()
-    result = Trainer(config).train()
-    report = write_report([result.output_dir])
-    minutes = (time.perf_counter() - started) / 60
-    evals = [e for e in result.evals if "eval/accuracy" in e]
-    print(f"\nrun folder: {result.output_dir}")
+    runs = [("SDPO (mixed with GRPO)", config)]
+    if args.baseline == "grpo":
+        grpo_fields = set(flat_fields(GRPOTrainConfig))
+        grpo_values = {k: v for k, v in values.items() if k in grpo_fields}
+        grpo_values["output_dir"] = f"{args.output_dir}-grpo"
+        runs.append(("GRPO", build_config("grpo", grpo_values, where="rlrf demo --set")))
+    results = []
+    for name, cfg in runs:
+        started = time.perf_counter()
+        result = Trainer(cfg).train()
+        results.append((name, cfg, result, (time.perf_counter() - started) / 60))
+    folders = [r.output_dir for _, _, r, _ in results]
+    report = write_report(folders, out=Path(folders[0]) / "report" if len(folders) > 1 else None)
+    print(f"\nrun folder{'s' if len(folders) > 1 else ''}: {', '.join(map(str, folders))}")
     print(f"report:     {report}")
-    print(f"trained {result.steps} steps on {result.generations} generations in {minutes:.1f} min")
-    if evals:
-        first, last = evals[0], evals[-1]
+    for name, cfg, result, minutes in results:
         print(
-            f"held-out accuracy (avg@{config.eval_k}, {config.eval_tasks} tasks): "
-            f"{first['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}; mean response "
-            f"length {first.get('eval/response_tokens_mean', float('nan')):.1f} -> "
-            f"{last.get('eval/response_tokens_mean', float('nan')):.1f} tokens"
+            f"{name}: trained {result.steps} steps on {result.generations} generations in "
+            f"{minutes:.1f} min"
         )
+        evals = [e for e in result.evals if "eval/accuracy" in e]
+        if evals:
+            first, last = evals[0], evals[-1]
+            per_step = cfg.questions_per_step * cfg.rollouts_per_question
+            curve = ", ".join(f"{e['eval/accuracy']:.3f} @ {e['step'] * per_step}" for e in evals)
+            print(
+                f"  held-out accuracy (avg@{cfg.eval_k}, {cfg.eval_tasks} tasks): "
+                f"{first['eval/accuracy']:.3f} -> {last['eval/accuracy']:.3f}; mean response "
+                f"length {first.get('eval/response_tokens_mean', float('nan')):.1f} -> "
+                f"{last.get('eval/response_tokens_mean', float('nan')):.1f} tokens"
+            )
+            print(f"  accuracy @ generations: {curve}")
     return 0

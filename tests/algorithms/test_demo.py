@@ -38,7 +38,20 @@ def test_demo_pipeline_leaves_a_complete_run_folder(tmp_path, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"run folder: {out}" in printed and "held-out accuracy (avg@2, 4 tasks)" in printed
+    # the main job shows its baseline: GRPO on the same settings, next to the SDPO run
+    baseline = tmp_path / "run-grpo"
+    assert f"run folders: {out}, {baseline}" in printed
+    assert printed.count("held-out accuracy (avg@2, 4 tasks)") == 2
+    assert "SDPO (mixed with GRPO): trained 2 steps on 16 generations" in printed
+    assert "GRPO: trained 2 steps on 16 generations" in printed
+    assert "accuracy @ generations: " in printed and " @ 16" in printed
+    import yaml as _yaml
+
+    grpo_config = _yaml.safe_load((baseline / "config.yaml").read_text())
+    assert grpo_config["algorithm"] == "grpo" and grpo_config["seed"] == 0
+    assert grpo_config["steps"] == 2 and grpo_config["lr"] == 2e-5
+    report = (out / "report" / "report.md").read_text()
+    assert "| sdpo |" in report and "| grpo |" in report  # both runs overlaid in one report
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert records[-1]["rollout/generations"] == 16
