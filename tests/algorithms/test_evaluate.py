@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
-import urllib.request
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +18,7 @@ from algorithms.testing import save_tiny
 from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv, Sample, SamplingParams
 from rlrf.cli import main as rlrf_main
 from rlrf.trajectory import Group, read_trajectories
+from tests import llm_katan
 from tests.toy_envs import CountdownEnv, GuessEnv
 
 rlrf.register("evaltest/TargetChar-v0", "algorithms.testing:TargetCharEnv", override=True)
@@ -356,12 +350,6 @@ def fake_server():
         s.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fails_cleanly(capsys, tmp_path, args, *needles):
     out = tmp_path / "eval-out"
     rc = rlrf_main(["eval", *args, "--out", str(out), "--no-progress", "--tasks", "2"])
@@ -411,7 +399,7 @@ def test_run_folder_resolves_to_its_final_model(tmp_path):
 
 
 def test_unreachable_endpoint(capsys, tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{llm_katan.free_port()}/v1"
     args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--max-retries", "1"]
     _fails_cleanly(capsys, tmp_path, args, f"cannot connect to {url}", "2 attempt(s)")
 
@@ -483,47 +471,11 @@ def test_server_errors_are_retried_and_counted(tmp_path, fake_server):
 @pytest.fixture(scope="module")
 def katan():
     """llm-katan serving the embedded SmolLM2-135M on 127.0.0.1, API keys checked."""
-    from algorithms.models import default_model_path
-
-    exe = Path(sys.executable).with_name("llm-katan")
-    assert exe.exists(), "llm-katan is not installed: pip install llm-katan"
-    model = default_model_path()
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    stats = Path(log.name).with_suffix(".stats.json")
-    cmd = [str(exe), "--model", str(model), "--served-model-name", "smol", "--host",
-           "127.0.0.1", "--port", str(port), "--no-quantize", "--device", "cpu",
-           "--max-tokens", "16", "--stats-file", str(stats), "--disable-dashboard",
-           "--log-level", "warning", "--validate-keys", "--api-keys", "openai=katan-key"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llm-katan exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"llm-katan not ready within 120 s:\n{log.read()[-3000:]}")
-            time.sleep(0.3)
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
-        os.unlink(log.name)
-        stats.unlink(missing_ok=True)
+    with llm_katan.serve("smol", ["--validate-keys", "--api-keys", "openai=katan-key"]) as (
+        url,
+        _,
+    ):
+        yield url
 
 
 @pytest.mark.slow

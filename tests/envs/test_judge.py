@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import pytest
 import rlrf
 from envs.judge import JudgeClient, JudgeEnv, JudgeParseError, parse_verdict
 from rlrf import FeedbackKind
+from tests import llm_katan
 
 _HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("judge_http_server", _HERE / "judge_http_server.py")
@@ -300,56 +298,11 @@ def test_client_rejects_bad_configuration():
 # ---- llm-katan serving the real default model ---------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def katan():
     """llm-katan serving the embedded SmolLM2-135M on 127.0.0.1 (fails, never skips)."""
-    from algorithms.models import default_model_path
-
-    exe = Path(sys.executable).with_name("llm-katan")
-    assert exe.exists(), "llm-katan is not installed: pip install llm-katan"
-    model = default_model_path()
-    port = _free_port()
-    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    stats = Path(log.name).with_suffix(".stats.json")
-    cmd = [str(exe), "--model", str(model), "--served-model-name", "judge", "--host",
-           "127.0.0.1", "--port", str(port), "--no-quantize", "--device", "cpu",
-           "--max-tokens", "16", "--stats-file", str(stats), "--disable-dashboard",
-           "--log-level", "warning"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"llm-katan exited with {proc.returncode}:\n{log.read()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"llm-katan not ready within 120 s:\n{log.read()[-3000:]}")
-            time.sleep(0.3)
-        yield f"{url}/v1", proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
-        os.unlink(log.name)
-        stats.unlink(missing_ok=True)
+    with llm_katan.serve("judge") as served:
+        yield served
 
 
 @pytest.mark.slow
