@@ -6,13 +6,16 @@ methods on the same env, with the same seeds, the same generation budget and the
 learning rate, evaluates every ``eval_every`` steps on held-out tasks (split ``"test"``,
 avg@k at temperature 1, the same evaluation seeds for every method), and reports:
 
-* the held-out accuracy curves against generations (mean over seeds, per-seed lines thin),
+* the held-out accuracy curves against generations: mean over seeds with a ±1 standard
+  deviation band (sample std over seeds), per-seed lines thin, the min/max in the JSON,
   as ``learning_efficiency.png`` (plus mean response length), and every number as
   ``learning_efficiency.json``;
 * the final accuracy and mean response length of each method;
 * how many generations each SDPO variant needed to reach GRPO's final accuracy (first
   evaluation point whose seed-mean accuracy is >= GRPO's final seed-mean accuracy), and the
-  ratio GRPO's budget / that number (> 1 means SDPO is more sample-efficient);
+  ratio GRPO's budget / that number (> 1 means SDPO is more sample-efficient); and the
+  spread: the same count for each seed's own curve against that target (mean ± std over
+  the seeds that reach it, and how many do), GRPO's own seeds included;
 * the machine (CPU count, torch threads, accelerator) and the wall time of each run;
 * ``report/``: :func:`algorithms.report.write_report` over every run folder (training reward,
   response length and teacher-student divergence overlaid).
@@ -20,8 +23,10 @@ avg@k at temperature 1, the same evaluation seeds for every method), and reports
 The methods (``algorithms.trainer.train(..., algorithm=...)``):
 
 * ``grpo``: advantages r − mean(r), no std scaling, clip 0.2, token mean (the paper's baseline);
-* ``sdpo``: SDPO with rich feedback, the paper's preset (reverse KL, K = 20, EMA τ = 0.01),
-  teacher context = a successful sibling's solution and the env's feedback;
+* ``sdpo-mix``: the ``sdpo`` preset as rlrf ships it: SDPO's advantages mixed with GRPO's,
+  λ = ``grpo_mix`` = 0.9 (the paper's Eq. 3), the demo's default;
+* ``sdpo``: pure SDPO (λ = 0) with rich feedback, the paper's preset (reverse KL, K = 20,
+  EMA τ = 0.01), teacher context = a successful sibling's solution and the env's feedback;
 * ``sdpo-srf``: the successful-rollout variant (no env feedback; JSD, K = 100, τ = 0.05).
 
 Settings (``--setting``):
@@ -29,8 +34,10 @@ Settings (``--setting``):
 * ``cpu``: the embedded SmolLM2-135M-Instruct on ``rlrf/Arithmetic-v0`` with one-digit
   additions (``digits=1, ops="+"``): the base model solves 14 of 64 samples at
   temperature 1 (two digits: 2 of 64; ``benchmarks/base_rates.py``), and the env's
-  feedback says whether the answer was too high or too low. Sized to finish within 60
-  minutes on an idle 2-core machine.
+  feedback says whether the answer was too high or too low. The demo's setting (``rlrf
+  demo``: 12 steps x 4 questions x 8 rollouts, 48 new tokens, lr 2e-5, held-out avg@2 on
+  32 tasks every 4 steps) on seeds 0, 1, 2: seed 0 of ``grpo`` and ``sdpo-mix`` are the
+  demo's two runs. About 80 minutes on an idle 2-core machine.
 * ``gpu``: more seeds, steps, questions and evaluation tasks; ``--model PATH`` for a larger
   model folder (then pick a harder env with ``--env-kwargs``, so the base rate stays between
   ~10% and ~60%).
@@ -57,6 +64,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -64,13 +72,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ALGORITHMS = ("grpo", "sdpo", "sdpo-srf")
+ALGORITHMS = ("grpo", "sdpo-mix", "sdpo", "sdpo-srf")
 """The compared methods, baseline first."""
 
 LABELS = {
     "grpo": "GRPO",
+    "sdpo-mix": "SDPO mixed with GRPO (λ=0.9)",
     "sdpo": "SDPO (rich feedback)",
     "sdpo-srf": "SDPO (successful rollouts only)",
+}
+
+#: The trainer's algorithm preset and the config fields each method adds to it. ``sdpo-mix``
+#: is the ``sdpo`` preset as shipped (``grpo_mix`` = 0.9, rlrf's default); ``sdpo`` is the
+#: paper's pure SDPO (λ = 0).
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("grpo", {}),
+    "sdpo-mix": ("sdpo", {}),
+    "sdpo": ("sdpo", {"grpo_mix": 0.0}),
+    "sdpo-srf": ("sdpo-srf", {"grpo_mix": 0.0}),
 }
 
 
@@ -104,14 +123,14 @@ SETTINGS: dict[str, Setting] = {
     # machine (reduced run: 8 steps of 4 x 8 rollouts, 3 evaluations of 16 x 4): GRPO 361
     # CPU-s, SDPO 555 CPU-s. For this setting that gave ~48 minutes; less now.
     "cpu": Setting(
-        seeds=(0,),
+        seeds=(0, 1, 2),
         steps=12,
         questions_per_step=4,
         rollouts_per_question=8,
-        max_new_tokens=64,
-        eval_every=2,
+        max_new_tokens=48,
+        eval_every=4,
         eval_tasks=32,
-        eval_k=4,
+        eval_k=2,
         lr=2e-5,
     ),
     "gpu": Setting(
@@ -186,10 +205,11 @@ def run_one(
     if reuse and done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
     t0, c0 = time.perf_counter(), time.process_time()
+    preset, fields = METHODS[algorithm]
     result = train(
         setting.env,
         model,
-        algorithm=algorithm,
+        algorithm=preset,
         env_kwargs=dict(setting.env_kwargs),
         seed=seed,
         steps=setting.steps,
@@ -208,8 +228,7 @@ def run_one(
         output_dir=str(run_dir),
         progress=sys.stderr.isatty(),
         **setting.extra,
-        # the `sdpo` preset mixes GRPO in (grpo_mix=0.9); this benchmark compares pure SDPO
-        **({"grpo_mix": 0.0, **setting.sdpo_extra} if algorithm != "grpo" else {}),
+        **{**fields, **(setting.sdpo_extra if algorithm != "grpo" else {})},
     )
     wall = time.perf_counter() - t0
     cpu = time.process_time() - c0
@@ -263,6 +282,46 @@ def mean_curve(records: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(g, sum(v) / n) for g, v in sorted(by_gen.items()) if len(v) == n]
 
 
+def curve_spread(records: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per evaluation point all seeds share: mean, sample std (0 for one seed), min and max."""
+    by_gen: dict[int, list[float]] = {}
+    for r in records:
+        for e in r["evals"]:
+            by_gen.setdefault(e["generations"], []).append(e["accuracy"])
+    points = []
+    for gens, accs in sorted(by_gen.items()):
+        if len(accs) != len(records):
+            continue
+        points.append(
+            {
+                "generations": gens,
+                "mean": statistics.fmean(accs),
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "min": min(accs),
+                "max": max(accs),
+            }
+        )
+    return points
+
+
+def reach_spread(records: Sequence[dict[str, Any]], target: float) -> dict[str, Any]:
+    """Generations each seed's own curve needs to reach ``target``: per seed, mean ± std."""
+    per_seed = {
+        r["seed"]: generations_to_reach(
+            [(e["generations"], e["accuracy"]) for e in r["evals"]], target
+        )
+        for r in records
+    }
+    reached = [float(g) for g in per_seed.values() if g is not None]
+    return {
+        "per_seed": per_seed,
+        "seeds_reaching": len(reached),
+        "seeds": len(per_seed),
+        "mean": statistics.fmean(reached) if reached else None,
+        "std": statistics.stdev(reached) if len(reached) > 1 else (0.0 if reached else None),
+    }
+
+
 def generations_to_reach(
     curve: Sequence[tuple[int, float]], target: float, *, interpolate: bool = False
 ) -> float | None:
@@ -296,6 +355,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         finals = [r["evals"][-1] for r in records if r["evals"]]
         summary[algo] = {
             "curve": curve,
+            "spread": curve_spread(records),
             "base_accuracy": curve[0][1] if curve else math.nan,
             "final_accuracy": curve[-1][1] if curve else math.nan,
             "final_eval_response_tokens": _mean([e["response_tokens"] for e in finals]),
@@ -313,6 +373,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     grpo_reach = generations_to_reach(grpo["curve"], target)
     grpo["generations_to_own_final"] = grpo_reach
     for algo, s in summary.items():
+        # how the seeds spread: each seed's own curve against the same target
+        s["per_seed_generations_to_grpo_final"] = reach_spread(runs[algo], target)
         if algo == "grpo":
             continue
         reach = generations_to_reach(s["curve"], target)
@@ -342,6 +404,15 @@ def plot(runs: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: P
             ax_acc.plot(xs, [e["accuracy"] for e in r["evals"]], color=color, alpha=0.25, lw=1)
             ax_len.plot(xs, [e["response_tokens"] for e in r["evals"]], color=color, alpha=0.8)
         curve = summary[algo]["curve"]
+        spread = summary[algo]["spread"]
+        ax_acc.fill_between(
+            [p["generations"] for p in spread],
+            [p["mean"] - p["std"] for p in spread],
+            [p["mean"] + p["std"] for p in spread],
+            color=color,
+            alpha=0.12,
+            lw=0,
+        )
         ax_acc.plot(
             [g for g, _ in curve],
             [a for _, a in curve],
@@ -354,7 +425,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], summary: dict[str, Any], path: P
         ax_acc.axhline(
             summary["grpo"]["final_accuracy"], color="C0", ls="--", lw=1, label="GRPO final"
         )
-    ax_acc.set_title("Held-out accuracy (seed mean; thin: per seed)")
+    ax_acc.set_title("Held-out accuracy (seed mean ± std; thin: per seed)")
     ax_acc.set_xlabel("training generations")
     ax_acc.set_ylabel("accuracy (avg@k)")
     ax_acc.grid(alpha=0.3)
@@ -403,6 +474,11 @@ def report_lines(summary: dict[str, Any], info: dict[str, Any], setting: Setting
             f"train mean {train_len:.1f}; {s['step_seconds_mean']:.1f} s/step, "
             f"{s['wall_seconds_mean']:.0f} s/run (seeds {s['seeds']})"
         )
+        points = ", ".join(
+            f"{p['generations']}: {p['mean']:.3f} ± {p['std']:.3f} [{p['min']:.3f}, {p['max']:.3f}]"
+            for p in s.get("spread", [])
+        )
+        lines.append(f"    held-out accuracy by generations (mean ± std [min, max]): {points}")
     grpo = summary.get("grpo")
     if grpo is not None:
         if not 0.05 <= grpo["base_accuracy"] <= 0.9:
@@ -422,7 +498,24 @@ def report_lines(summary: dict[str, Any], info: dict[str, Any], setting: Setting
                     f"{LABELS.get(algo, algo)} reaches GRPO's final accuracy "
                     f"{grpo['final_accuracy']:.3f}: {_fmt_reach(s, grpo)}"
                 )
+        for algo, s in summary.items():
+            lines.append(f"{LABELS.get(algo, algo)}, per seed: {_fmt_seed_reach(s, grpo)}")
     return lines
+
+
+def _fmt_seed_reach(s: dict[str, Any], grpo: dict[str, Any]) -> str:
+    spread = s["per_seed_generations_to_grpo_final"]
+    seeds = ", ".join(
+        f"seed {seed}: {'never' if g is None else f'{g:.0f}'}"
+        for seed, g in spread["per_seed"].items()
+    )
+    if spread["mean"] is None:
+        return f"no seed reaches {grpo['final_accuracy']:.3f} ({seeds})"
+    return (
+        f"{spread['seeds_reaching']}/{spread['seeds']} seeds reach "
+        f"{grpo['final_accuracy']:.3f}, after {spread['mean']:.0f} ± {spread['std']:.0f} "
+        f"generations ({seeds})"
+    )
 
 
 def resolve_setting(args: argparse.Namespace) -> Setting:

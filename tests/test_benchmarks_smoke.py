@@ -62,6 +62,19 @@ def test_learning_efficiency_summary_ratio():
     assert le.generations_to_reach([(0, 0.0), (100, 0.4)], 0.1, interpolate=True) == 25
     assert summary["sdpo-srf"]["generations_to_grpo_final"] is None
     assert summary["sdpo-srf"]["ratio_vs_grpo"] is None
+    # the spread over seeds: per point, and each seed's own generations to GRPO's 0.3
+    assert summary["sdpo"]["spread"][1] == {
+        "generations": 64,
+        "mean": pytest.approx(0.3),
+        "std": pytest.approx(0.0707107, rel=1e-5),
+        "min": 0.25,
+        "max": 0.35,
+    }
+    reach = summary["sdpo"]["per_seed_generations_to_grpo_final"]
+    assert reach["per_seed"] == {0: 128, 1: 64}
+    assert (reach["mean"], reach["seeds_reaching"]) == (96, 2)
+    assert reach["std"] == pytest.approx(45.254834, rel=1e-6)
+    assert summary["sdpo-srf"]["per_seed_generations_to_grpo_final"]["mean"] is None
     # GRPO plateauing early tells the two ratios apart: budget 128 / 64 = 2, but GRPO
     # itself first reached 0.3 at 64 too, so 64 / 64 = 1
     runs["grpo"] = [_record("grpo", [(0, 0.1), (64, 0.3), (128, 0.3)])]
@@ -95,8 +108,8 @@ def test_learning_efficiency_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (out / "learning_efficiency.png").stat().st_size > 1000
     saved = json.loads((out / "learning_efficiency.json").read_text())
-    assert set(saved["summary"]) == {"grpo", "sdpo", "sdpo-srf"}
-    for algo in ("grpo", "sdpo", "sdpo-srf"):
+    assert set(saved["summary"]) == {"grpo", "sdpo-mix", "sdpo", "sdpo-srf"}
+    for algo in ("grpo", "sdpo-mix", "sdpo", "sdpo-srf"):
         # 1 step x 4 questions x 4 rollouts; evaluated before and after it
         assert [g for g, _ in results["summary"][algo]["curve"]] == [0, 16]
         assert not (out / f"{algo}-seed0" / "final").exists()  # models deleted by default
