@@ -469,6 +469,12 @@ class TrainConfig:
     Measured on rlrf/CodeRepair-v0 (local sandbox, 48 steps, 2 loaded cores): 1.3-1.8 s of
     env time with 1 worker, 0.8-1.0 s with 4-8."""
 
+    parallelism: Literal["ddp", "fsdp2"] = "ddp"
+    """How several processes share the model: "ddp" (a whole copy on each, gradients
+    all-reduced) or "fsdp2" (weights, gradients and AdamW state sharded over the processes
+    with torch's fully_shard; for models whose training state does not fit one device; see
+    algorithms.fsdp for when to use which, and what FSDP2 does not combine with)."""
+
     trackers: list[str] = field(default_factory=list)
     """Extra loggers through accelerate ("tensorboard", "wandb"); metrics.jsonl is always
     written."""
@@ -506,6 +512,44 @@ class TrainConfig:
                 f"{typing.get_args(MixedPrecision)}"
             )
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        if self.parallelism == "fsdp2":
+            self._check_fsdp2()
+
+    def _check_fsdp2(self) -> None:
+        """Refuse the options ``parallelism: fsdp2`` does not support, saying what to use."""
+        ddp = "use parallelism: ddp (the default) for"
+        refusals = []
+        if self.lora_r > 0:
+            refusals.append(
+                f"LoRA (lora_r={self.lora_r}): LoRA's gradients and optimizer state are small "
+                f"enough for data parallel, so {ddp} LoRA, or lora_r: 0 to shard a full "
+                "fine-tune"
+            )
+        if self.generation_backend == "vllm":
+            refusals.append(
+                "generation_backend: vllm (the engine needs the whole model in one process); "
+                f"use generation_backend: hf with FSDP2, or {ddp} vLLM"
+            )
+        if self.mixed_precision == "fp16":
+            refusals.append(
+                "mixed_precision: fp16 (its gradient scaler is not wired to sharded "
+                "gradients); use mixed_precision: bf16 or no"
+            )
+        grpo = getattr(self, "grpo", None)
+        if grpo is not None and getattr(grpo, "kl_coef", 0.0) > 0:
+            refusals.append(
+                f"kl_coef={grpo.kl_coef} (the frozen reference model is not sharded); "
+                f"set kl_coef: 0, or {ddp} the KL term"
+            )
+        sdpo = getattr(self, "sdpo", None)
+        if sdpo is not None and getattr(sdpo, "teacher", "ema") in ("trust_region", "live"):
+            refusals.append(
+                f"teacher: {sdpo.teacher} (it scores with the student itself, without "
+                "gradient, a data-dependent number of times, which sharded layers cannot do); "
+                f"use teacher: ema or frozen, or {ddp} this teacher"
+            )
+        if refusals:
+            raise ConfigError("parallelism: fsdp2 does not support " + "; ".join(refusals))
 
     @property
     def algorithm(self) -> str:

@@ -53,9 +53,10 @@ mini-batch count is fixed, a process with no rows in a mini-batch joins the grad
 all-reduce with a zero loss, and a non-finite loss still goes through backward before every
 process refuses the step together. Every process evaluates its share of the held-out
 tasks; the main process checkpoints and logs the metrics and trajectories of every
-process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``). DDP only:
-FSDP / DeepSpeed ZeRO-3 shard the LM head, which the chunked losses call outside the
-wrapped forward.
+process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``). For models
+whose training state does not fit one device, ``parallelism: fsdp2`` shards it with torch's
+FSDP2 instead (:mod:`algorithms.fsdp`; ``tests/algorithms/test_fsdp.py``); accelerate's own
+FSDP / DeepSpeed plugins are refused.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ import numpy as np
 import torch
 
 import rlrf
+from algorithms import fsdp
 from algorithms.batching import Batch, Row, collate, split_rows
 from algorithms.checkpoint import (
     RunInterrupted,
@@ -186,18 +188,22 @@ class Trainer:
             log_with=trackers or None,
             project_dir=str(self.output_dir),
         )
-        kind = self.accelerator.distributed_type.name
-        if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-            raise ConfigError(
-                f"accelerate is configured for {kind}, which shards the LM head that the "
-                "chunked losses call outside the wrapped forward; use data parallel (DDP): "
-                "`accelerate launch --multi_gpu --num_processes N ...`"
-            )
+        fsdp.check_launch(
+            self.accelerator.distributed_type.name,
+            self.accelerator.num_processes,
+            cfg.parallelism == "fsdp2",
+        )
         _seed_everything(cfg.seed)
         self.env = env if env is not None else rlrf.make(cfg.env, **cfg.env_kwargs)
         self.env_id = getattr(self.env, "env_id", None) or cfg.env
         model, tokenizer = self._load_model(model, tokenizer)
         self.tokenizer = tokenizer
+        # FSDP2: the LM's parameters become shards before the optimizer takes them
+        self.fsdp_root = (
+            fsdp.shard_model(model, int(tokenizer.pad_token_id))
+            if cfg.parallelism == "fsdp2"
+            else None
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
@@ -210,7 +216,11 @@ class Trainer:
         # accelerate (DDP when launched on several processes), so gradients are synchronized.
         # Generation, the objective's frozen copies and checkpoints use the plain LM,
         # ``self.unwrapped``.
-        self.model, self.optimizer = self.accelerator.prepare(HiddenStates(model), self.optimizer)
+        if self.fsdp_root is None:
+            prepared = self.accelerator.prepare(HiddenStates(model), self.optimizer)
+            self.model, self.optimizer = prepared
+        else:  # FSDP2 wraps the model itself: accelerate must not add DDP
+            self.model, self.optimizer = self.fsdp_root, self.accelerator.prepare(self.optimizer)
         self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
         # Rollouts and evaluation sample through ``self.sampling``: the HF policy, or a vLLM
@@ -232,7 +242,7 @@ class Trainer:
                 f"{type(self.objective).__name__}, which lacks {missing} of the Objective "
                 "protocol (algorithms.objective)"
             )
-        self.scorer = Scorer(
+        self.scorer = (Scorer if self.fsdp_root is None else fsdp.FSDPScorer)(
             model=self.model,
             lm=self.unwrapped,
             pad=int(tokenizer.pad_token_id),
@@ -353,23 +363,32 @@ class Trainer:
                 # order inside a mini-batch does not change its gradient (a sum)
                 mini = sorted(mini, key=lambda r: (r.group, r.trajectory, r.turn))
                 micro = split_rows(mini, cfg.micro_batch_size) or [[]]
+                if self.fsdp_root is not None:  # every process runs as many FSDP forwards
+                    most = fsdp.max_over_processes(len(micro), acc.device)
+                    micro += [[] for _ in range(most - len(micro))]
                 step_stats: dict[str, float] = defaultdict(float)
                 failure = ""
                 for k, micro_rows in enumerate(micro):
                     sync = (
                         contextlib.nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     )
-                    with sync, acc.autocast():
+                    frozen = fsdp.frozen_modules(self.objective) if self.fsdp_root else ()
+                    with sync, acc.autocast(), fsdp.gathered(frozen):
                         stats: dict[str, torch.Tensor] = {}
                         if micro_rows:
                             batch = collate(micro_rows, acc.device)
                             loss, stats = self._loss(batch, norm, on_policy)
                         else:  # nothing here, but the DDP forward must still run
-                            self.model([[self._pad]], [[]], pad=self._pad)
+                            if self.fsdp_root is None:
+                                self.model([[self._pad]], [[]], pad=self._pad)
                             loss = torch.zeros(())
                         # DDP wants a gradient, even zero, for every parameter in every
-                        # backward, whatever this micro-batch's loss happened to use
-                        loss = loss + _zero_touching(*trainable)
+                        # backward, whatever this micro-batch's loss happened to use; FSDP2
+                        # wants every process's backward to run through every layer
+                        if self.fsdp_root is None:
+                            loss = loss + _zero_touching(*trainable)
+                        else:
+                            loss = loss + self.scorer.zero_loss()
                         if not failure and not torch.isfinite(loss.detach()).all():
                             failure = (
                                 f"non-finite loss ({float(loss.detach())}) at step "
@@ -402,10 +421,12 @@ class Trainer:
                     step_stats = _sum_dicts(acc, step_stats)
                 if cfg.max_grad_norm > 0:
                     grad_norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                elif self.fsdp_root is not None:
+                    grad_norm = fsdp.grad_norm(trainable)
                 else:
                     grads = [p.grad.norm() for p in trainable if p.grad is not None]
                     grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
-                step_stats["grad_norm"] = float(grad_norm)
+                step_stats["grad_norm"] = float(fsdp.full_value(grad_norm))
                 step_stats["lr"] = float(self.scheduler.get_last_lr()[0])
                 self.optimizer.step()
                 self.scheduler.step()
@@ -444,7 +465,7 @@ class Trainer:
         tasks = self.sampler.next(cfg.questions_per_step)
         local = tasks[acc.process_index :: acc.num_processes]
         params = rollout_sampling(cfg, cfg.seed, self.step, acc.process_index)
-        with acc.autocast():
+        with acc.autocast(), fsdp.generation_weights(self.fsdp_root):
             groups, rstats = collect_groups(
                 self.env,
                 self.sampling,
@@ -578,8 +599,10 @@ class Trainer:
         succ: list[bool] = []
         rewards: list[float] = []
         tokens = turns = missing = errors = 0
-        if local:
-            with accel.autocast():
+        # FSDP2: every process gathers the weights, with tasks or without
+        gathered = fsdp.generation_weights(self.fsdp_root)
+        if local or self.fsdp_root is not None:
+            with accel.autocast(), gathered:
                 groups, st = collect_groups(
                     self.env,
                     self.sampling,
@@ -629,16 +652,24 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
+        if self.fsdp_root is not None:  # gathered on every process: the one-process files
+            model_state = fsdp.full_model_state(self.unwrapped)
+            optimizer_state = fsdp.full_optimizer_state(self.optimizer)
+            objective_state = fsdp.full_tree(self.objective.state_dict())
         if not acc.is_main_process:
             return None
+        if self.fsdp_root is None:
+            model_state = self.unwrapped.state_dict()
+            optimizer_state = self.optimizer.state_dict()
+            objective_state = self.objective.state_dict()
         state = {
             "step": self.step,
             "generations": self.generations,
             "optimizer_steps": self.optimizer_steps,
-            "model": self.unwrapped.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
-            "objective": self.objective.state_dict(),
+            "objective": objective_state,
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng(),
             "evals": self.evals,
@@ -656,8 +687,11 @@ class Trainer:
         self._restore(path, load_checkpoint(path))
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
-        self.unwrapped.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp_root is not None:  # every process cuts its shards of the full state
+            fsdp.load_full_state(self.unwrapped, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.unwrapped.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # checkpoints written before the "objective" key kept its entries at the top level
         try:
@@ -750,10 +784,12 @@ class Trainer:
             if cfg.trackers:
                 acc.end_training()
         final_dir = None
+        # FSDP2: the full weights, gathered on every process
+        full = fsdp.full_model_state(self.unwrapped) if self.fsdp_root is not None else None
         if main:
             final_dir = self.output_dir / "final"
             try:
-                self._save_final(final_dir)
+                self._save_final(final_dir, full)
             except KeyboardInterrupt:
                 done = "was written completely" if final_dir.is_dir() else "was not written"
                 raise RunInterrupted(
@@ -805,14 +841,17 @@ class Trainer:
             f"output_dir={str(self.output_dir)!r} in Python)"
         )
 
-    def _save_final(self, final_dir: Path) -> None:
-        """``save_pretrained`` the model and tokenizer into ``final_dir``, atomically."""
+    def _save_final(self, final_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
+        """``save_pretrained`` the model and tokenizer into ``final_dir``, atomically.
+
+        ``state_dict``: the full weights of a sharded (FSDP2) model.
+        """
         tmp = final_dir.with_name(f".{final_dir.name}.tmp")
         old = final_dir.with_name(f".{final_dir.name}.old")
         for stale in (tmp, old):
             shutil.rmtree(stale, ignore_errors=True)
         with deferred_sigint("writing the final model"):
-            self.unwrapped.save_pretrained(tmp)
+            self.unwrapped.save_pretrained(tmp, state_dict=state_dict)
             self.tokenizer.save_pretrained(tmp)
             if final_dir.exists():
                 final_dir.rename(old)

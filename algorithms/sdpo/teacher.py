@@ -175,14 +175,36 @@ class Teacher:
                 "resume with the same teacher mode"
             )
         self.tau = float(state["tau"])
+        sharded = self.module is not None and _is_sharded(self.module)
         if self.module is not None:
-            self.module.load_state_dict(state["module"])
+            if sharded:  # a full (one-process) state into FSDP2 shards
+                from algorithms.fsdp import load_full_into
+
+                load_full_into(self.module, state["module"])
+            else:
+                self.module.load_state_dict(state["module"])
         if state["shadow"] is not None and self._shadow is not None:
             for mine, saved in zip(self._shadow, state["shadow"], strict=True):
+                if sharded:
+                    from algorithms.fsdp import shard_like
+
+                    saved = shard_like(saved, mine)
                 mine.copy_(saved)
 
 
+def _is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
 def _frozen_copy(student: nn.Module) -> nn.Module:
+    if _is_sharded(student):
+        # FSDP2: a hook-free copy whose parameters keep the student's shards, so the EMA
+        # update is shard-local (algorithms.fsdp)
+        from algorithms.fsdp import frozen_copy
+
+        return frozen_copy(student)
     module = copy.deepcopy(student)
     module.requires_grad_(False)
     for p in module.parameters():
