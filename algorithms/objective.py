@@ -223,7 +223,9 @@ def rollout_rows(
 
     A turn's prompt is the chat before it (:func:`algorithms.rollout.turn_prompts`) through
     ``encode``: the messages the env wrote (observations, tool results) are prompt tokens
-    there, never response tokens, so no loss trains on them. A rollout's advantage goes to
+    there, never response tokens, so no loss trains on them; a turn whose sampler dropped
+    the prompt's first tokens (``turn.info["prompt_tokens_dropped"]``, a vLLM engine's
+    context cut) gets the prompt without them. A rollout's advantage goes to
     each of its rows; ``teacher_prompts[(group, trajectory, turn)]`` is that turn's teacher
     prompt (absent: None).
     """
@@ -235,9 +237,12 @@ def rollout_rows(
         for k, (turn, chat) in enumerate(zip(traj.turns, chats, strict=True)):
             if not turn.response_token_ids:
                 continue
+            # a sampler that cut the prompt's start (vLLM past its context) sampled from
+            # the rest: the row's prompt is what it saw, so old and new log-probs agree
+            cut = int(turn.info.get("prompt_tokens_dropped", 0))
             rows.append(
                 Row(
-                    prompt_ids=encode(chat),
+                    prompt_ids=encode(chat)[cut:],
                     response_ids=list(turn.response_token_ids),
                     old_logprobs=list(turn.logprobs or ()),
                     advantage=advantages[(gi, ti)],

@@ -382,6 +382,11 @@ def _map(pool: concurrent.futures.Executor | None, fn: Callable[..., _T], *its: 
 
 def _turn(sample: Sample, reward: float | None, **kw: Any) -> Turn:
     info = {"finish_reason": sample.finish_reason, **kw.pop("info", {})}
+    dropped = sample.info.get("prompt_tokens_dropped")
+    if dropped:
+        # the sampler saw the chat's tokens without their first `dropped` (a vLLM engine's
+        # context cut); training scores the response against that same prompt
+        info["prompt_tokens_dropped"] = int(dropped)
     return Turn(
         response=sample.text,
         reward=reward,

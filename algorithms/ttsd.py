@@ -56,6 +56,14 @@ Departures from the paper, and why:
   per round) rather than one long conversation, so its rounds cost what the other methods'
   batches cost; the env grades each retry on its own (``evaluate_many``), as it grades any
   single-turn response. It needs a single-turn env (``max_turns == 1``).
+
+Sampling backend: every method samples through the one backend ``generation_backend`` names
+(:func:`sampling_backend`): the model's own :class:`algorithms.policy.HFPolicy`, or ONE vLLM
+engine in this process (:class:`algorithms.vllm_backend.VLLMBackend`) shared by all methods
+and questions (an engine per question would cost its start-up each time). With vLLM, TTSD's
+trainer samples through that engine, which takes the weights after every SDPO step, and
+again when the weights are reset to the initial ones (before and after each question), so
+every method and every question samples from the weights it would with HF sampling.
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import rlrf
 from algorithms.config import SDPOTrainConfig
@@ -78,6 +86,7 @@ from algorithms.trainer import Trainer, mix_seed, rollout_sampling
 from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
+from rlrf.sampling import Sample, SamplingBackend
 from rlrf.trajectory import Group
 from rlrf.wrappers import Wrapper
 
@@ -87,6 +96,7 @@ __all__ = [
     "OneTaskEnv",
     "QuestionResult",
     "TTSDConfig",
+    "TokenSampler",
     "attempts_to_reach",
     "best_of_k",
     "discovery_at_k",
@@ -95,6 +105,7 @@ __all__ = [
     "question_seed",
     "retry_message",
     "run_methods",
+    "sampling_backend",
     "ttsd_solve",
     "write_discovery",
     "write_results",
@@ -102,6 +113,58 @@ __all__ = [
 
 Method = Literal["ttsd", "best_of_k", "multi_turn"]
 METHODS: tuple[Method, ...] = get_args(Method)
+
+
+@runtime_checkable
+class TokenSampler(SamplingBackend, Protocol):
+    """A sampling backend that also works on token ids (HFPolicy, VLLMBackend).
+
+    The multi-turn baseline encodes chats itself (to fit them into its context limit) and
+    samples from the token ids.
+    """
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """Tokenize a chat prompt as the trainer does."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Decode response tokens."""
+        ...
+
+    def sample_ids(
+        self, prompt_ids: Sequence[Sequence[int]], n: int, params: SamplingParams
+    ) -> list[list[Sample]]:
+        """Return ``n`` samples per tokenized prompt, in prompt order."""
+        ...
+
+
+def sampling_backend(config: TTSDConfig, model: Any, tokenizer: Any) -> TokenSampler:
+    """The backend every method samples through: ``config.generation_backend``'s.
+
+    ``"hf"``: an :class:`HFPolicy` over ``model`` (it always samples the current weights).
+    ``"vllm"``: a vLLM engine in this process built from ``model``'s weights
+    (:func:`algorithms.vllm_backend.make_vllm_backend`; the caller closes it).
+
+    Raises:
+        ConfigError: vLLM is missing or unsupported (the message names the extra).
+
+    """
+    if config.generation_backend == "vllm":
+        from algorithms.vllm_backend import make_vllm_backend
+
+        return make_vllm_backend(config, model, tokenizer)
+    return HFPolicy(model, tokenizer, max_batch_size=config.generation_batch_size)
+
+
+def _follows_weights(backend: Any, model: Any) -> bool:
+    """Whether ``backend`` samples ``model``'s current weights without a sync."""
+    return isinstance(backend, HFPolicy) and backend.model is model
+
+
+def _sync(backend: Any, model: Any, version: int) -> None:
+    """Load ``model``'s weights into an engine backend (a no-op for an HFPolicy of it)."""
+    if not _follows_weights(backend, model):
+        backend.sync(model, version)
 
 
 @dataclass
@@ -147,12 +210,35 @@ class TTSDConfig:
     env_workers: int = 1
     """Groups graded concurrently (TTSD and best_of_k)."""
 
+    generation_backend: Literal["hf", "vllm"] = "hf"
+    """Sampler of every method: "hf" (the model's own KV-cached loop) or "vllm" (one vLLM
+    engine in this process for all methods and questions, its weights synced after every
+    TTSD step and every reset)."""
+
+    vllm_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """vLLM: the engine's dtype."""
+
+    vllm_gpu_memory_utilization: float = 0.3
+    """vLLM on CUDA: the fraction of GPU memory the engine may take (weights + KV cache)."""
+
+    vllm_kv_cache_gib: float | None = None
+    """vLLM on CPU: KV-cache space in GiB (None: the backend's default, 1 GiB)."""
+
+    vllm_max_model_len: int | None = None
+    """vLLM: the engine's context length (None: the model's); multi_turn then fits its chats
+    into the smaller of this and max_context_tokens."""
+
     def __post_init__(self) -> None:
         for name in ("budget", "batch_size", "max_new_tokens", "max_context_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TTSDConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"TTSDConfig.lr must be > 0, got {self.lr}")
+        if self.generation_backend not in ("hf", "vllm"):
+            raise ConfigError(
+                f"TTSDConfig.generation_backend must be 'hf' or 'vllm', got "
+                f"{self.generation_backend!r}"
+            )
 
     def train_config(self, seed: int) -> SDPOTrainConfig:
         """The Trainer config of one question's SDPO run (one task x ``batch_size``)."""
@@ -252,6 +338,8 @@ def ttsd_solve(
     task_id: str,
     config: TTSDConfig,
     initial_state: dict[str, Any] | None = None,
+    *,
+    backend: TokenSampler | None = None,
 ) -> QuestionResult:
     """Solve one question by TTSD; the model's weights are restored afterwards.
 
@@ -263,8 +351,24 @@ def ttsd_solve(
         config: Budget, batch size, SDPO options.
         initial_state: The weights every question starts from (default: the model's
             current weights).
+        backend: What to sample with: None or an :class:`HFPolicy` of ``model`` (the
+            trainer's own sampling), or an engine with ``sync(model, version)`` (a
+            :class:`algorithms.vllm_backend.VLLMBackend`): it is synced to the initial
+            weights first, after every SDPO step (by the trainer), and to the initial
+            weights again at the end.
+
+    Raises:
+        ConfigError: ``backend`` can neither follow ``model``'s weights nor take them
+            (``sync``), so TTSD's updates would never reach the samples.
 
     """
+    engine = None if backend is None or _follows_weights(backend, model) else backend
+    if engine is not None and not callable(getattr(engine, "sync", None)):
+        raise ConfigError(
+            f"TTSD updates the model between rounds, but the sampling backend "
+            f"{type(engine).__name__} cannot take new weights (no sync()); use "
+            "generation_backend 'hf' or 'vllm'"
+        )
     state = initial_state if initial_state is not None else _snapshot(model)
     model.load_state_dict(state)
     t0 = time.perf_counter()
@@ -275,6 +379,12 @@ def ttsd_solve(
         model=model,
         tokenizer=tokenizer,
     )
+    if engine is not None:
+        # The trainer's rollouts sample through this engine and learn() syncs it after every
+        # step (vllm_sync_every = 1), as a Trainer built with generation_backend="vllm"
+        # would; one engine serves every question instead of one engine start each.
+        engine.sync(model, 0)
+        trainer.vllm = engine
     attempts, rounds, updates = 0, 0, []
     result: QuestionResult | None = None
     try:
@@ -300,6 +410,8 @@ def ttsd_solve(
         del trainer
         gc.collect()
         model.load_state_dict(state)
+        if engine is not None and getattr(engine, "policy_version", 1) != 0:
+            engine.sync(model, 0)  # the next method or question starts from these weights
     if result is None:
         result = QuestionResult("ttsd", task_id, False, config.budget, None, rounds, 0.0)
     result.seconds = time.perf_counter() - t0
@@ -315,9 +427,12 @@ def _is_num(v: Any) -> bool:
 
 
 def best_of_k(
-    policy: HFPolicy, env: RLRFEnv | Wrapper, task_id: str, config: TTSDConfig
+    policy: SamplingBackend, env: RLRFEnv | Wrapper, task_id: str, config: TTSDConfig
 ) -> QuestionResult:
-    """Sample batches with fixed weights until one attempt succeeds or the budget is spent."""
+    """Sample batches with fixed weights until one attempt succeeds or the budget is spent.
+
+    ``policy``: any sampling backend (:func:`sampling_backend`'s: HF or vLLM).
+    """
     t0 = time.perf_counter()
     seed = question_seed(config.seed, task_id)
     env_id = getattr(env, "env_id", None)
@@ -364,7 +479,7 @@ def retry_message(feedback_text: str) -> Message:
 
 
 def _fit_chat(
-    policy: HFPolicy,
+    policy: TokenSampler,
     prompt: list[Message],
     history: list[tuple[str, str]],
     limit: int,
@@ -388,9 +503,14 @@ def _fit_chat(
 
 
 def multi_turn_retry(
-    policy: HFPolicy, env: RLRFEnv | Wrapper, task_id: str, config: TTSDConfig
+    policy: TokenSampler, env: RLRFEnv | Wrapper, task_id: str, config: TTSDConfig
 ) -> QuestionResult:
-    """Retry with earlier attempts and their feedback in the context (see the module doc)."""
+    """Retry with earlier attempts and their feedback in the context (see the module doc).
+
+    ``policy``: a backend that samples token ids (:func:`sampling_backend`'s: HF or vLLM).
+    A vLLM engine's context (``max_model_len``) caps ``max_context_tokens``, so the oldest
+    attempts are dropped here rather than the chat's start cut by the engine.
+    """
     if int(getattr(env, "max_turns", 1) or 1) > 1:
         raise ConfigError(
             f"the multi_turn baseline needs a single-turn env; {getattr(env, 'env_id', env)} "
@@ -399,11 +519,15 @@ def multi_turn_retry(
     t0 = time.perf_counter()
     seed = question_seed(config.seed, task_id)
     prompt = list(env.prompt(task_id))
-    limit = config.max_context_tokens - config.max_new_tokens
+    context = config.max_context_tokens
+    engine_context = getattr(policy, "max_model_len", None)
+    if isinstance(engine_context, int) and engine_context < context:
+        context = engine_context
+    limit = context - config.max_new_tokens
     if limit < 1:
         raise ConfigError(
-            f"max_context_tokens ({config.max_context_tokens}) must exceed max_new_tokens "
-            f"({config.max_new_tokens})"
+            f"the context ({context} tokens: max_context_tokens, or the vLLM engine's "
+            f"max_model_len if smaller) must exceed max_new_tokens ({config.max_new_tokens})"
         )
     histories: list[list[tuple[str, str]]] = [[] for _ in range(config.batch_size)]
     context_tokens: list[int] = []
@@ -488,20 +612,25 @@ def run_methods(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     initial = _snapshot(model)
-    policy = HFPolicy(model, tokenizer, max_batch_size=config.generation_batch_size)
+    backend = sampling_backend(config, model, tokenizer)
     out: dict[str, list[QuestionResult]] = {m: [] for m in methods}
-    for method in methods:
-        for task_id in task_ids:
-            if method == "ttsd":
-                r = ttsd_solve(model, tokenizer, env, task_id, config, initial)
-            elif method == "best_of_k":
-                r = best_of_k(policy, env, task_id, config)
-            else:
-                r = multi_turn_retry(policy, env, task_id, config)
-            out[method].append(r)
-            if log is not None:
-                status = f"solved at attempt {r.attempts}" if r.solved else "not solved"
-                log(f"{method:>10} {task_id}: {status} ({r.rounds} rounds, {r.seconds:.1f} s)")
+    try:
+        for method in methods:
+            for task_id in task_ids:
+                if method == "ttsd":
+                    r = ttsd_solve(model, tokenizer, env, task_id, config, initial, backend=backend)
+                elif method == "best_of_k":
+                    r = best_of_k(backend, env, task_id, config)
+                else:
+                    r = multi_turn_retry(backend, env, task_id, config)
+                out[method].append(r)
+                if log is not None:
+                    status = f"solved at attempt {r.attempts}" if r.solved else "not solved"
+                    log(f"{method:>10} {task_id}: {status} ({r.rounds} rounds, {r.seconds:.1f} s)")
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
     return out
 
 

@@ -68,7 +68,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,6 +307,9 @@ class VLLMBackend:
         self._asleep: set[str] = set()  # engine memory released by sleep(): weights, KV
         self._weights_dropped = False  # sleep(level=2): a sync must come before sampling
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.failure_advice: Callable[[], str] | None = None
+        """Called when sampling or a sync fails; its text ends the error message (the
+        trainer's backend says which checkpoint is intact and how to resume)."""
 
         model_obj = model if isinstance(model, torch.nn.Module) else None
         if model_obj is not None:
@@ -420,7 +423,7 @@ class VLLMBackend:
                 outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         except Exception as e:
             raise VLLMEngineError(
-                f"the vLLM engine failed while sampling ({type(e).__name__}: {e})"
+                f"the vLLM engine failed while sampling ({type(e).__name__}: {e}){self._advice()}"
             ) from e
         flat = [self._to_sample(out, kept[k // n], dropped[k // n], params) for k, out in
                 enumerate(outputs)]  # fmt: skip
@@ -496,12 +499,22 @@ class VLLMBackend:
         except Exception as e:
             raise VLLMEngineError(
                 f"loading {len(named)} weight tensors into the vLLM engine for "
-                f"{self.model_name!r} failed ({type(e).__name__}: {e})"
+                f"{self.model_name!r} failed ({type(e).__name__}: {e}){self._advice()}"
             ) from e
         # KV blocks cached for shared prefixes were computed with the old weights
         self.llm.reset_prefix_cache()
         self._weights_dropped = False
         return len(named)
+
+    def _advice(self) -> str:
+        """``"; "`` + :attr:`failure_advice`'s text, or nothing."""
+        if self.failure_advice is None:
+            return ""
+        try:
+            text = self.failure_advice()
+        except Exception:  # the advice must never hide the engine's own error
+            return ""
+        return f"; {text}" if text else ""
 
     def _load(self, named: list[tuple[str, torch.Tensor]], *, check: bool) -> None:
         """Write ``named`` into the engine's parameters through vLLM's in-place reload.
@@ -654,14 +667,17 @@ def make_vllm_backend(
     ``config`` is read duck-typed, so the trainer's config (or any object) works: ``seed``,
     and optionally ``chat_template``, ``vllm_dtype`` (default ``"bfloat16"``),
     ``vllm_max_model_len``, ``vllm_gpu_memory_utilization`` (0.3), ``vllm_kv_cache_gib``,
-    ``vllm_enforce_eager``, ``vllm_sleep`` (False) and ``vllm_engine_kwargs``.
+    ``vllm_enforce_eager``, ``vllm_sleep`` (False) and ``vllm_engine_kwargs``. A training
+    config (``output_dir`` and ``checkpoint_every``) also gives the backend its
+    :attr:`~VLLMBackend.failure_advice`: an engine failure names the run's newest intact
+    checkpoint and the ``--resume`` command that continues from it.
     """
 
     def get(name: str, default: Any = None) -> Any:
         value = getattr(config, name, default)
         return default if value is None else value
 
-    return VLLMBackend(
+    backend = VLLMBackend(
         model,
         tokenizer,
         chat_template=get("chat_template"),
@@ -674,3 +690,29 @@ def make_vllm_backend(
         enable_sleep_mode=bool(get("vllm_sleep", False)),
         engine_kwargs=get("vllm_engine_kwargs"),
     )
+    output_dir = getattr(config, "output_dir", None)
+    if output_dir is not None and hasattr(config, "checkpoint_every"):
+        backend.failure_advice = _resume_advice(Path(output_dir), int(config.checkpoint_every))
+    return backend
+
+
+def _resume_advice(output_dir: Path, checkpoint_every: int) -> Callable[[], str]:
+    """How a training run continues after its engine failed (read from the disk then)."""
+
+    def advice() -> str:
+        from algorithms.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(output_dir / "checkpoints")
+        if ckpt is None:
+            return (
+                "the step was not completed and the run has no checkpoint yet "
+                f"(checkpoint_every={checkpoint_every}): start it again"
+            )
+        return (
+            f"the step was not completed and the newest checkpoint, {ckpt}, is intact: "
+            f"continue the run with `rlrf train --config {output_dir / 'config.yaml'} "
+            f"--resume true` (resume=True with output_dir={str(output_dir)!r} in Python), "
+            "which starts a new engine"
+        )
+
+    return advice

@@ -17,6 +17,7 @@ import torch
 
 from algorithms.policy import HFPolicy, token_logprobs
 from algorithms.testing import tiny_model, tiny_tokenizer
+from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.sampling import SamplingBackend, SamplingParams
 
@@ -463,3 +464,191 @@ def test_rlrf_eval_samples_with_vllm(tmp_path):
     assert json.loads((out / CONFIG).read_text())["generation_backend"] == "vllm"
     lines = (out / "trajectories.jsonl").read_text().splitlines()
     assert len(lines) == 3 and all(len(json.loads(x)["trajectories"]) == 2 for x in lines)
+
+
+# --- every consumer of sampling: test-time self-distillation ------------------------------
+
+
+class FeedbackEnv(RLRFEnv):
+    """One question, never solved; every answer gets feedback (TTSD's SDPO learns from it).
+    Records every graded response in order."""
+
+    def __init__(self, prompt_text: str = "Question q0: answer with the letter a.") -> None:
+        super().__init__()
+        self.prompt_text = prompt_text
+        self.seen: list[str] = []
+
+    def task_ids(self, split="train"):
+        return ["q0"]
+
+    def prompt(self, task_id):
+        return [{"role": "user", "content": self.prompt_text}]
+
+    def evaluate(self, task_id, response, history=()):
+        self.seen.append(response)
+        return Outcome(0.0, Feedback(FeedbackKind.WRONG_ANSWER, "Wrong: use only the letter a."))
+
+
+def ttsd_config(backend: str, **kw):
+    from algorithms.ttsd import TTSDConfig
+
+    base = dict(
+        budget=8, batch_size=4, max_new_tokens=6, micro_batch_size=4, max_context_tokens=150,
+        generation_backend=backend, vllm_dtype="float32", vllm_max_model_len=160,
+        vllm_kv_cache_gib=0.1,
+    )  # fmt: skip
+    return TTSDConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_ttsd_baselines_sample_through_the_vllm_engine(monkeypatch):
+    """`rlrf ttsd --generation-backend vllm`: best-of-k and multi-turn retrying sample through
+    the engine (a spy on the backend, the real engine underneath), never through HF."""
+    from algorithms.ttsd import run_methods
+    from algorithms.vllm_backend import VLLMBackend
+
+    engine_calls: list[list[list[str]]] = []
+    hf_calls: list[int] = []
+    real = VLLMBackend.sample_ids
+
+    def spy(self, prompt_ids, n, params):
+        out = real(self, prompt_ids, n, params)
+        engine_calls.append([[s.text for s in group] for group in out])
+        return out
+
+    monkeypatch.setattr(VLLMBackend, "sample_ids", spy)
+    monkeypatch.setattr(HFPolicy, "sample_ids", lambda *a, **k: hf_calls.append(1))
+    for method in ("best_of_k", "multi_turn"):
+        env, engine_calls[:] = FeedbackEnv(), []
+        (r,) = run_methods(
+            env, ["q0"], ttsd_config("vllm"), methods=[method], model=peaked_tiny_model(4),
+            tokenizer=tiny_tokenizer(),
+        )[method]  # fmt: skip
+        assert r.rounds == 2 and not r.solved
+        assert len(engine_calls) == 2, method  # one engine call per round of 4 attempts
+        # what the env graded is what the engine sampled, in order
+        assert env.seen == [t for call in engine_calls for group in call for t in group]
+    assert hf_calls == []
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_ttsd_on_vllm_samples_the_weights_hf_would(monkeypatch):
+    """Greedy decoding, fp32 engine: TTSD on vLLM samples every round through the engine and
+    grades exactly the attempts TTSD on HF grades, so the engine took the weights of the SDPO
+    step before round 2 (a skipped sync would repeat round 1), and best-of-k after it samples
+    the initial weights again (the reset was synced too)."""
+    from algorithms.ttsd import run_methods
+    from algorithms.vllm_backend import VLLMBackend
+
+    seen, calls = {}, {"hf": 0, "vllm": 0}
+    for cls, name in ((HFPolicy, "hf"), (VLLMBackend, "vllm")):
+        real = cls.sample_ids
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "sample_ids", spy)
+    for backend in ("hf", "vllm"):
+        calls.update(hf=0, vllm=0)
+        env = FeedbackEnv()
+        results = run_methods(
+            env, ["q0"], ttsd_config(backend, temperature=0.0, lr=3e-2),
+            methods=["ttsd", "best_of_k"], model=peaked_tiny_model(4), tokenizer=tiny_tokenizer(),
+        )  # fmt: skip
+        assert len(results["ttsd"][0].info["updates"]) == 2
+        seen[backend] = env.seen
+        assert calls == {"hf": 4 * (backend == "hf"), "vllm": 4 * (backend == "vllm")}
+    ttsd, bok = seen["hf"][:8], seen["hf"][8:]
+    assert ttsd[4:] != ttsd[:4], "the SDPO step changed nothing; the test proves nothing"
+    assert bok == ttsd[:4] * 2  # fixed initial weights, greedy
+    assert seen["vllm"] == seen["hf"]
+
+
+# --- prompts past the engine's context ------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_truncated_prompt_is_trained_against_what_the_engine_saw(tiny):
+    """The engine cut the prompt's start; the training row's prompt is the cut prompt, so the
+    trainer's recomputed log-probs equal the engine's (against the full prompt they do not)."""
+    from algorithms.objective import rollout_rows, rollouts_with_reward
+    from algorithms.rollout import collect_groups
+
+    env = FeedbackEnv(prompt_text="x " * 200)
+    full = tiny.backend.encode(env.prompt("q0"))
+    before = tiny.backend.truncated_prompts
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
+    (group,), _ = collect_groups(env, tiny.backend, ["q0"], 3, params)
+    room = tiny.backend.max_model_len - params.max_new_tokens
+    assert len(full) > room and tiny.backend.truncated_prompts == before + 1
+    for traj in group.trajectories:
+        assert traj.turns[0].info["prompt_tokens_dropped"] == len(full) - room
+    keys = rollouts_with_reward([group])
+    rows = rollout_rows([group], keys, tiny.backend.encode, advantages=dict.fromkeys(keys, 1.0))
+    assert len(rows) == 3
+    for row in rows:
+        assert row.prompt_ids == full[-room:]
+    responses = [r.response_ids for r in rows]
+    engine = torch.tensor([r.old_logprobs for r in rows])
+    seen, _ = token_logprobs(tiny.model, [r.prompt_ids for r in rows], responses)
+    whole, _ = token_logprobs(tiny.model, [full] * 3, responses)
+    assert (seen - engine).abs().max() < 1e-3
+    assert (whole - engine).abs().max() > 1e-2  # the full prompt is another context
+
+
+# --- an engine that dies mid-run ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_an_engine_that_dies_fails_the_step_and_resume_continues(tmp_path):
+    """The engine core is shut down (vLLM's own shutdown) right after checkpoint 1: step 2
+    fails with a message naming what happened and the --resume command, checkpoint 1 loads,
+    and a resumed run (a new engine) finishes."""
+    from algorithms.checkpoint import latest_checkpoint, load_checkpoint
+    from algorithms.config import GRPOTrainConfig
+    from algorithms.testing import TargetCharEnv
+    from algorithms.trainer import Trainer
+    from algorithms.vllm_backend import VLLMEngineError
+
+    class EngineDiesAfterStep1(Trainer):
+        def save(self):
+            path = super().save()
+            if self.step == 1:
+                self.vllm.llm.llm_engine.engine_core.shutdown()
+            return path
+
+    def config(**kw):
+        return GRPOTrainConfig(
+            steps=3, questions_per_step=2, rollouts_per_question=2, max_new_tokens=6, lr=1e-2,
+            eval_every=0, checkpoint_every=1, progress=False, output_dir=str(tmp_path),
+            generation_backend="vllm", vllm_dtype="float32", vllm_max_model_len=128,
+            vllm_kv_cache_gib=0.05, **kw,
+        )  # fmt: skip
+
+    def trainer(cls, **kw):
+        return cls(
+            config(**kw), env=TargetCharEnv(n_tasks=4, targets="ab"),
+            model=peaked_tiny_model(6, tied=True).train(), tokenizer=tiny_tokenizer(),
+        )  # fmt: skip
+
+    first = trainer(EngineDiesAfterStep1)
+    with pytest.raises(VLLMEngineError) as err:
+        first.train()
+    assert first.step == 1
+    ckpt = latest_checkpoint(tmp_path / "checkpoints")
+    message = str(err.value)
+    assert "the vLLM engine failed while sampling" in message
+    assert str(ckpt) in message and "--resume true" in message
+    assert load_checkpoint(ckpt)["step"] == 1
+    del first
+    resumed = trainer(Trainer, resume=True)
+    try:
+        result = resumed.train()
+        assert result.steps == 3 and resumed.vllm.policy_version == 3
+    finally:
+        resumed.vllm.close()
