@@ -115,15 +115,17 @@ def check_launch(accelerate_kind: str, num_processes: int, fsdp: bool) -> None:
             f"accelerate is configured for {accelerate_kind}; rlrf shards with FSDP2 itself "
             "(the chunked LM-head losses need its own wrapping). Launch without accelerate's "
             "FSDP/DeepSpeed config and set parallelism: fsdp2, e.g. `torchrun "
-            "--nproc-per-node N -m algorithms.cli train ... --parallelism fsdp2` (or `accelerate "
-            "launch --multi_gpu --num_processes N ...` with --parallelism fsdp2), or use data "
-            "parallel (DDP, the default): `accelerate launch --multi_gpu --num_processes N ...`"
+            "--nproc-per-node N -m algorithms.cli --algo sdpo ... --parallelism fsdp2` (or "
+            "`accelerate launch --multi_gpu --num_processes N -m algorithms.cli ... "
+            "--parallelism fsdp2`), or use data parallel (DDP, the default): `accelerate "
+            "launch --multi_gpu --num_processes N -m algorithms.cli ...`"
         )
     if fsdp and num_processes < 2:
         raise ConfigError(
             "parallelism: fsdp2 shards over processes but this run has one; launch it on "
-            "several (`torchrun --nproc-per-node N ...` or `accelerate launch --multi_gpu "
-            "--num_processes N ...`), or set parallelism: ddp for a single process"
+            "several (`torchrun --nproc-per-node N -m algorithms.cli ... --parallelism fsdp2`, "
+            "or `accelerate launch --multi_gpu --num_processes N -m algorithms.cli ...`), or "
+            "set parallelism: ddp for a single process"
         )
 
 
@@ -161,7 +163,9 @@ def shard_model(lm: nn.Module, pad: int) -> HiddenStates:
     for layer in _decoder_layers(lm):
         fully_shard(layer, mesh=mesh)
     root = HiddenStates(lm)
-    fully_shard(root, mesh=mesh)
+    # the root stays gathered from its forward to its post-backward: the chunked losses call
+    # its LM head in between (FSDP2's own default for a root, made explicit)
+    fully_shard(root, mesh=mesh, reshard_after_forward=False)
     # a parameter unused by one process's loss still joins the reduce-scatter (zero grad)
     root.set_reduce_scatter_unused_params(True)
     with torch.no_grad():
@@ -196,14 +200,17 @@ def generation_weights(root: nn.Module | None) -> Iterator[None]:
         yield
         return
     units = _units(root)
-    for unit in units:
+    layers = [u for u in units if u is not root]  # the root never reshards after forward
+    for unit in layers:
         unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
         unit.unshard()
     try:
         yield
     finally:
         for unit in units:
             unit.reshard()
+        for unit in layers:
             unit.set_reshard_after_forward(True, recurse=False)
 
 
