@@ -147,18 +147,20 @@ def _mesh(device: torch.device) -> Any:
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
-def shard_model(lm: nn.Module, pad: int) -> HiddenStates:
-    """Shard ``lm`` with FSDP2 in place; return the root unit (its :class:`HiddenStates`).
+def shard_model(lm: nn.Module, pad: int, device: torch.device | str = "cpu") -> HiddenStates:
+    """Move ``lm`` to ``device``, shard it with FSDP2 in place, return the root unit.
 
     Every decoder layer becomes a unit, then the :class:`HiddenStates` around ``lm`` the root
     (embedding, final norm, LM head: one unit, which keeps a tied embedding/head whole). The
-    parameters of ``lm`` become DTensors sharded on dim 0 over all processes; build the
-    optimizer AFTER this call. Runs one tiny forward of the root on every process, so that
-    FSDP knows its root before anything else calls a layer (generation does).
+    root is the :class:`HiddenStates` around ``lm``. The parameters of ``lm`` become DTensors
+    sharded on dim 0 over all processes (``device``: this process's, e.g. ``cuda:1``); build
+    the optimizer AFTER this call. Runs one tiny forward of the root on every process, so
+    that FSDP knows its root before anything else calls a layer (generation does).
     """
     from torch.distributed.fsdp import fully_shard
 
-    device = next(lm.parameters()).device
+    device = torch.device(device)
+    lm.to(device)
     mesh = _mesh(device)
     for layer in _decoder_layers(lm):
         fully_shard(layer, mesh=mesh)

@@ -200,14 +200,12 @@ class Trainer:
         self.tokenizer = tokenizer
         # FSDP2: the LM's parameters become shards before the optimizer takes them
         self.fsdp_root = (
-            fsdp.shard_model(model, int(tokenizer.pad_token_id))
+            fsdp.shard_model(model, int(tokenizer.pad_token_id), self.accelerator.device)
             if cfg.parallelism == "fsdp2"
             else None
         )
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-        )
+        self.optimizer = _adamw(params, cfg.lr, cfg.adam_betas, cfg.weight_decay)
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
@@ -349,6 +347,8 @@ class Trainer:
         n_updates = 0
         timing: dict[str, float] = defaultdict(float)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # FSDP2: the objective's sharded frozen copies, gathered for every micro-batch
+        frozen = fsdp.frozen_modules(self.objective) if self.fsdp_root is not None else []
         for epoch in range(cfg.epochs):
             order = list(range(len(rows)))
             if cfg.epochs > 1 or cfg.mini_batches > 1:
@@ -372,7 +372,6 @@ class Trainer:
                     sync = (
                         contextlib.nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     )
-                    frozen = fsdp.frozen_modules(self.objective) if self.fsdp_root else ()
                     with sync, acc.autocast(), fsdp.gathered(frozen):
                         stats: dict[str, torch.Tensor] = {}
                         if micro_rows:
@@ -385,10 +384,13 @@ class Trainer:
                         # DDP wants a gradient, even zero, for every parameter in every
                         # backward, whatever this micro-batch's loss happened to use; FSDP2
                         # wants every process's backward to run through every layer
-                        if self.fsdp_root is None:
-                            loss = loss + _zero_touching(*trainable)
-                        else:
+                        if self.fsdp_root is not None:
                             loss = loss + self.scorer.zero_loss()
+                        elif acc.num_processes > 1:
+                            # not on one process: autograd would hold each parameter's zero
+                            # gradient from the start of the backward until its real one
+                            # arrives, as much memory as all the gradients (0.54 GB at 135M)
+                            loss = loss + _zero_touching(*trainable)
                         if not failure and not torch.isfinite(loss.detach()).all():
                             failure = (
                                 f"non-finite loss ({float(loss.detach())}) at step "
@@ -398,7 +400,8 @@ class Trainer:
                             )
                         # even a non-finite loss goes through backward, so that every process
                         # makes the same gradient all-reduces; the step is refused below
-                        acc.backward(loss * acc.num_processes)
+                        if loss.requires_grad:  # always, except a constant on one process
+                            acc.backward(loss * acc.num_processes)
                     step_stats["loss"] += float(loss.detach())
                     for key, value in stats.items():
                         if key.startswith("timing/"):  # seconds, not a loss statistic
@@ -419,6 +422,8 @@ class Trainer:
                     )
                 if acc.num_processes > 1:
                     step_stats = _sum_dicts(acc, step_stats)
+                elif self.fsdp_root is None:  # the zero gradient _zero_touching would give
+                    _zero_missing_grads(trainable)
                 if cfg.max_grad_norm > 0:
                     grad_norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 elif self.fsdp_root is not None:
@@ -687,11 +692,14 @@ class Trainer:
         self._restore(path, load_checkpoint(path))
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
         if self.fsdp_root is not None:  # every process cuts its shards of the full state
             fsdp.load_full_state(self.unwrapped, self.optimizer, state["model"], state["optimizer"])
         else:
             self.unwrapped.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+        for group, kernel in zip(self.optimizer.param_groups, fused, strict=True):
+            group["fused"] = kernel  # this run's AdamW kernel, not the checkpoint's
         self.scheduler.load_state_dict(state["scheduler"])
         # checkpoints written before the "objective" key kept its entries at the top level
         try:
@@ -891,6 +899,41 @@ def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:
         for key, value in part.items():
             total[key] += value
     return total
+
+
+def _adamw(
+    params: list[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> torch.optim.AdamW:
+    """AdamW; torch's fused kernel where every parameter is float32 on a device that has one.
+
+    The fused kernel makes the same update in one pass over each parameter, where the
+    default (on CPU, a Python loop over the parameters) makes several and allocates a
+    parameter-sized temporary for the denominator. Its float32 results are the default's to
+    within a few ulps (rounding order; tests/algorithms/test_memory.py). Other dtypes keep
+    the default, whose bf16/fp16 arithmetic the fused kernel (float32 inside) would change.
+    """
+    if params and all(p.dtype == torch.float32 for p in params):
+        try:
+            return torch.optim.AdamW(
+                params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True
+            )
+        except RuntimeError:  # no fused kernel on this device
+            pass
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _zero_missing_grads(params: list[torch.Tensor]) -> None:
+    """Give a zero gradient to the parameters the backward did not reach.
+
+    AdamW then decays them and counts the step, as with :func:`_zero_touching`'s zero
+    gradient on several processes.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def _zero_touching(*tensors: torch.Tensor) -> torch.Tensor:

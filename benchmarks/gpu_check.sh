@@ -34,3 +34,17 @@ if python -c "import vllm" >/dev/null 2>&1; then
 else
     echo "vLLM section skipped: vllm is not importable here (pip install vllm)"
 fi
+
+# --- FSDP2 (issue 15 item 4) ------------------------------------------------------------------
+# FSDP2 shards over processes, one GPU each (NCCL refuses two ranks on one GPU): with 2+ GPUs,
+# a short SDPO run sharded over two of them; with one, the gloo CPU test covers the logic.
+if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    torchrun --standalone --nproc-per-node 2 -m algorithms.cli --algo sdpo \
+        --env rlrf/Arithmetic-v0 --env-kwargs '{"digits": 1}' --model smollm2-135m \
+        --parallelism fsdp2 --mixed-precision bf16 --steps 2 --questions-per-step 4 \
+        --rollouts-per-question 4 --max-new-tokens 64 --checkpoint-every 1 \
+        --output-dir "$(mktemp -d)/fsdp2-run"
+else
+    echo "FSDP2 GPU run skipped: needs 2+ GPUs (one rank per GPU)"
+fi
+OMP_NUM_THREADS=1 python -m pytest tests/algorithms/test_fsdp.py -q -x -p no:cacheprovider
