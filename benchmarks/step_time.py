@@ -11,6 +11,12 @@ shared generation). Target: SDPO/GRPO <= 1.25x.
     python benchmarks/step_time.py --model smollm2-135m --generation-backend vllm  # vLLM
     python benchmarks/step_time.py --model smollm2-135m --env rlrf/Arithmetic-v0 \
         --env-kwargs '{"digits": 1, "ops": "+"}'    # some rollouts succeed: solutions in context
+    python benchmarks/step_time.py --model smollm2-135m --only grpo   # one algorithm
+
+Each update also reports its CPU seconds (``time.process_time``, every thread of the
+process), which another job's load distorts far less than wall time. On CPU the peak RSS is
+the process's so far, the shared rollout batch's model copies included; ``vs_trl.py`` gives
+each method's own peak.
 """
 
 from __future__ import annotations
@@ -66,6 +72,12 @@ def main() -> None:
         choices=("hf", "vllm"),
         default="hf",
         help="sampler of the shared rollout batch (vllm: an engine in this process, bf16)",
+    )
+    ap.add_argument(
+        "--only",
+        choices=("grpo", "sdpo"),
+        default=None,
+        help="update with one algorithm only (no SDPO/GRPO ratio)",
     )
     args = ap.parse_args()
 
@@ -131,24 +143,27 @@ def main() -> None:
         ("grpo", GRPOTrainConfig(**common)),
         ("sdpo", SDPOTrainConfig(**common)),
     ):
+        if args.only not in (None, name):
+            continue
         best = None
         for _ in range(args.repeats):
             trainer = Trainer(cfg, env=env, model=copy.deepcopy(model), tokenizer=tokenizer)
             rows, _ = trainer.objective.rows(copy.deepcopy(groups), trainer.policy.encode)
             teacher_lengths = [len(r.teacher_prompt_ids or ()) for r in rows]
             _peak_reset(args.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             metrics = trainer._update(rows)
             if args.device == "cuda":
                 torch.cuda.synchronize()
-            total = time.perf_counter() - t0
+            total, cpu = time.perf_counter() - t0, time.process_time() - c0
             teacher = metrics.get("timing/teacher", 0.0)
-            run = {"update": total, "teacher": teacher, "peak_mib": _peak(args.device)}
+            run = {"update": total, "cpu": cpu, "teacher": teacher, "peak_mib": _peak(args.device)}
             if best is None or run["update"] < best["update"]:
                 best = run
         results[name] = best
         print(
-            f"{name}: update {best['update']:.3f}s (teacher scoring {best['teacher']:.3f}s), "
+            f"{name}: update {best['update']:.3f}s, {best['cpu']:.2f} CPU-s "
+            f"(teacher scoring {best['teacher']:.3f}s), "
             + (
                 f"peak memory {best['peak_mib']:.0f} MiB"
                 if args.device == "cuda"
@@ -160,6 +175,8 @@ def main() -> None:
                 else ""
             )
         )
+    if args.only:
+        return
     ratio = results["sdpo"]["update"] / results["grpo"]["update"]
     step_ratio = (gen_s + results["sdpo"]["update"]) / (gen_s + results["grpo"]["update"])
     print(f"SDPO/GRPO update time: {ratio:.2f}x; whole step incl. generation: {step_ratio:.2f}x")

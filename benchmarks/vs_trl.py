@@ -169,7 +169,21 @@ def _trl_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    from algorithms.trainer import Trainer
     from rlrf.cli import main as rlrf_main
+
+    # CPU seconds of each update (every thread): unlike wall time, little distorted by load
+    update_cpu: list[float] = []
+    update = Trainer._update
+
+    def timed_update(self: Trainer, rows: Any) -> dict[str, float]:
+        c0 = time.process_time()
+        try:
+            return update(self, rows)
+        finally:
+            update_cpu.append(time.process_time() - c0)
+
+    Trainer._update = timed_update  # type: ignore[method-assign]
 
     out = tempfile.mkdtemp(prefix="vs_trl_rlrf_")
     argv = [
@@ -214,6 +228,8 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
             m = json.loads(line)
             if "timing/step" in m:
                 steps.append({"step": m["timing/step"], "generation": m["timing/generation"]})
+    for step, cpu in zip(steps, update_cpu, strict=False):
+        step["update_cpu"] = cpu
     return {"steps": steps}
 
 
@@ -289,10 +305,12 @@ def main() -> None:
         step = _median_after_first([s["step"] for s in r["steps"]])
         gen = _median_after_first([s["generation"] for s in r["steps"]])
         results[method] = {"step": step, "generation": gen, "rss": r["peak_rss_mib"]}
+        cpu = [s["update_cpu"] for s in r["steps"] if "update_cpu" in s]
         print(
             f"{method:10s} step {step:6.2f}s (generation {gen:5.2f}s, rest {step - gen:5.2f}s), "
             f"peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB, {len(r['steps'])} steps, "
             f"process wall {r['wall_s']:.0f}s"
+            + (f", update {_median_after_first(cpu):.2f} CPU-s" if cpu else "")
         )
     for algo in ("grpo", "sdpo"):
         a, b = results.get(f"trl-{algo}"), results.get(f"rlrf-{algo}")
