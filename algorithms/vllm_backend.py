@@ -41,6 +41,15 @@ KV was computed with the old weights). A ``peft`` LoRA model is synced as merged
 ``W + scale * B @ A`` computed per layer, without merging into (and so without perturbing)
 the trainer's weights.
 
+Several training processes (``accelerate launch`` / ``torchrun``, data parallel): each process
+starts its own engine, samples its share of the step's tasks and syncs its own copy of the
+(DDP-identical) weights. On CPU this works (two processes measured: equal weights, every
+engine synced after every step). On GPUs it is refused up front (:class:`ConfigError`):
+vLLM's in-process executor gives every process's engine local rank 0, i.e. ``cuda:0``.
+(vLLM's ``external_launcher`` executor, which takes the launcher's rank and local rank, is
+the way to one engine per GPU; an explicit ``distributed_executor_backend`` in
+``engine_kwargs`` skips the refusal.)
+
 An engine can be built from a model OBJECT with no checkpoint on disk: only its config is
 written to a temporary folder, the engine starts with ``load_format="dummy"`` (random
 weights) and the model's weights are synced in right away (:func:`make_vllm_backend`).
@@ -260,7 +269,8 @@ class VLLMBackend:
         engine_kwargs: More ``vllm.LLM`` arguments, passed as they are.
 
     Raises:
-        ConfigError: vLLM missing or unsupported (see :func:`import_vllm`).
+        ConfigError: vLLM missing or unsupported (see :func:`import_vllm`), or several
+            training processes on GPUs (each process's engine would sit on ``cuda:0``).
         VLLMEngineError: the engine could not start or load the model (the message names it).
 
     """
@@ -287,6 +297,8 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         self.on_cpu = bool(current_platform.is_cpu())
+        if "distributed_executor_backend" not in (engine_kwargs or {}):
+            _check_processes(_process_rank()[1], self.on_cpu)
         if not 0 < gpu_memory_utilization <= 1:
             raise ConfigError(
                 f"vllm gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
@@ -595,7 +607,11 @@ class VLLMBackend:
         }
 
     def close(self) -> None:
-        """Shut the engine down and remove the temporary config folder."""
+        """Shut the engine down and remove the temporary config folder.
+
+        vLLM's shutdown also destroys torch.distributed's default process group, so in a
+        multi-process run close the engine only when the processes are done communicating.
+        """
         llm = getattr(self, "llm", None)
         if llm is not None:
             with contextlib.suppress(Exception):
@@ -610,6 +626,35 @@ class VLLMBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _process_rank() -> tuple[int, int]:
+    """The rank of this process and the world size of an initialized torch.distributed run."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_processes(world: int, on_cpu: bool) -> None:
+    """Refuse one engine per training process where they would share one device.
+
+    Each process of a data-parallel run starts its own engine. vLLM's in-process executor
+    gives its worker local rank 0: on CPU that is harmless (tested with two processes), but
+    on CUDA every process's engine would land on ``cuda:0`` and switch the process to it.
+
+    Raises:
+        ConfigError: ``world > 1`` on a GPU.
+
+    """
+    if world > 1 and not on_cpu:
+        raise ConfigError(
+            f"generation_backend='vllm' on {world} processes is not supported on GPUs: each "
+            "process starts its own engine and vLLM's in-process executor puts every one on "
+            "the first GPU (cuda:0), whatever the process's own device. Train on one process "
+            "with generation_backend='vllm', or keep several processes and sample with "
+            "generation_backend='hf' (data parallel)"
+        )
 
 
 def _refresh_embedding_kernels(engine_model: torch.nn.Module) -> int:

@@ -652,3 +652,17 @@ def test_an_engine_that_dies_fails_the_step_and_resume_continues(tmp_path):
         assert result.steps == 3 and resumed.vllm.policy_version == 3
     finally:
         resumed.vllm.close()
+
+
+# --- several training processes ------------------------------------------------------------
+
+
+def test_one_engine_per_process_is_refused_on_gpus_only():
+    """On CUDA every process's in-process engine would land on cuda:0: refused up front,
+    naming what to do instead; on CPU (two processes measured to train correctly) allowed."""
+    from algorithms.vllm_backend import _check_processes
+
+    with pytest.raises(ConfigError, match=r"cuda:0.*one process.*generation_backend='hf'"):
+        _check_processes(2, on_cpu=False)
+    _check_processes(2, on_cpu=True)
+    _check_processes(1, on_cpu=False)
