@@ -19,16 +19,30 @@ generation (TRL: time inside ``model.generate``; rlrf: its ``timing/generation``
 of the step. Ratios are TRL / rlrf. ``--precision bf16`` gives TRL ``bf16=True`` and rlrf
 ``--mixed-precision bf16``: the same precision settings on both sides.
 
+``--rlrf-generation-backend vllm`` gives rlrf's runs ``--generation-backend vllm`` (its colocated
+engine, bf16 on CPU: rlrf's choice of engine counts as part of its step) and runs them with
+``--rlrf-python`` (default ``.venv-vllm/bin/python``, which ``make test-vllm`` builds; TRL stays
+in this interpreter).
+
+Next to each figure the benchmark prints its fraction of this machine's limits, measured at
+the start of the run with the same thread count: GEMM FLOP/s (fp32 and bf16 2048x2048
+matmuls) and memory-copy bandwidth. rlrf's update is counted as 6 x parameters x the tokens it
+trains (prompt + response of every row; SDPO's teacher pass adds 2 x parameters x tokens,
+not counted, so its fraction is a lower bound); generation as one read of the fp32 weights per
+decoding step (the longest response of each step), the bound that batch decoding meets.
+
     pip install -e '.[bench]'     # TRL (the benchmark says so when it is missing)
     python benchmarks/vs_trl.py                        # fp32, 6 steps, 4 x 4, 32 tokens
     python benchmarks/vs_trl.py --precision bf16
     python benchmarks/vs_trl.py --only rlrf-grpo,trl-grpo --steps 4
+    python benchmarks/vs_trl.py --rlrf-generation-backend vllm
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -47,6 +61,34 @@ ENV_KWARGS = {"digits": 1, "ops": "+"}
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_limits(threads: int) -> dict[str, float]:
+    """fp32 and bf16 GEMM GFLOP/s and memory-copy GB/s on ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    limits: dict[str, float] = {}
+    n = 2048
+    for name, dtype in (("fp32_gflops", torch.float32), ("bf16_gflops", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        limits[name] = 2 * n**3 / best / 1e9
+    src = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)  # 256 MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    limits["copy_gbps"] = 2 * src.numel() * 4 / best / 1e9  # read + write
+    return limits
 
 
 def _median_after_first(values: list[float]) -> float:
@@ -214,6 +256,8 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "0",
         "--mixed-precision",
         "bf16" if args.precision == "bf16" else "no",
+        "--generation-backend",
+        args.rlrf_generation_backend,
         "--progress",
         "false",
         "--output-dir",
@@ -230,7 +274,43 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
                 steps.append({"step": m["timing/step"], "generation": m["timing/generation"]})
     for step, cpu in zip(steps, update_cpu, strict=False):
         step["update_cpu"] = cpu
+    for step, tokens in zip(steps, _step_tokens(Path(out), args.questions), strict=False):
+        step.update(tokens)
     return {"steps": steps}
+
+
+def _param_count() -> int:
+    """Parameters of the embedded model (loaded in the driver: workers' peak RSS stays theirs)."""
+    from algorithms.models import load_model
+
+    model, _ = load_model()
+    return sum(p.numel() for p in model.parameters())
+
+
+def _step_tokens(run: Path, groups_per_step: int) -> list[dict[str, int]]:
+    """Per step: the tokens trained (prompt + response of every rollout) and decoding steps."""
+    from algorithms.models import load_tokenizer
+    from algorithms.policy import encode_chat
+
+    tokenizer = load_tokenizer()
+    groups = [
+        json.loads(line)
+        for line in (run / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    groups = [g for g in groups if g.get("type") == "group"]
+    per_step = []
+    for i in range(0, len(groups), groups_per_step):
+        trained = decode = 0
+        for group in groups[i : i + groups_per_step]:
+            for traj in group["trajectories"]:
+                prompt = len(encode_chat(tokenizer, traj["prompt"]))
+                for turn in traj["turns"]:
+                    n = len(turn.get("response_token_ids") or [])
+                    trained += prompt + n
+                    decode = max(decode, n)
+        per_step.append({"tokens": trained, "decode_steps": decode})
+    return per_step
 
 
 def _worker(method: str, args: argparse.Namespace) -> None:
@@ -246,9 +326,28 @@ def _worker(method: str, args: argparse.Namespace) -> None:
 # --- driver ------------------------------------------------------------------------------
 
 
+def _rlrf_python(args: argparse.Namespace) -> str:
+    if args.rlrf_python:
+        return args.rlrf_python
+    if args.rlrf_generation_backend == "vllm":
+        venv = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+        if venv.is_file():
+            return str(venv)
+    return sys.executable
+
+
 def _run_method(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
-    cmd = [sys.executable, __file__, "--worker", method]
-    for name in ("steps", "questions", "rollouts", "max_new_tokens", "threads", "precision"):
+    python = _rlrf_python(args) if method.startswith("rlrf") else sys.executable
+    cmd = [python, __file__, "--worker", method]
+    for name in (
+        "steps",
+        "questions",
+        "rollouts",
+        "max_new_tokens",
+        "threads",
+        "precision",
+        "rlrf_generation_backend",
+    ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.trl_gradient_checkpointing:
         cmd.append("--trl-gradient-checkpointing")
@@ -280,6 +379,17 @@ def main() -> None:
         action="store_true",
         help="TRL's own default (on); off unless given, as rlrf's default",
     )
+    ap.add_argument(
+        "--rlrf-generation-backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="rlrf's sampling backend (vllm: its colocated engine)",
+    )
+    ap.add_argument(
+        "--rlrf-python",
+        default=None,
+        help="interpreter for rlrf's runs (default: this one; .venv-vllm's with vllm)",
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -293,9 +403,17 @@ def main() -> None:
         f"{args.threads} threads; {args.precision}; {args.steps} steps of "
         f"{args.questions} x {args.rollouts} rollouts, <= {args.max_new_tokens} new tokens; "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
-        f"load average now {os.getloadavg()[0]:.1f} (ratios need a quiet machine)"
+        f"load average now {os.getloadavg()[0]:.1f} (ratios need a quiet machine); "
+        f"rlrf generation backend {args.rlrf_generation_backend} ({_rlrf_python(args)})"
+    )
+    limits = machine_limits(args.threads)
+    print(
+        f"machine limits ({args.threads} threads): fp32 GEMM {limits['fp32_gflops']:.0f} "
+        f"GFLOP/s, bf16 GEMM {limits['bf16_gflops']:.0f} GFLOP/s, copy "
+        f"{limits['copy_gbps']:.1f} GB/s"
     )
     results: dict[str, dict[str, Any]] = {}
+    params = 0
     for method in [m.strip() for m in args.only.split(",") if m.strip()]:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -312,6 +430,9 @@ def main() -> None:
             f"process wall {r['wall_s']:.0f}s"
             + (f", update {_median_after_first(cpu):.2f} CPU-s" if cpu else "")
         )
+        if r["steps"] and all("tokens" in x for x in r["steps"]):
+            params = params or _param_count()
+            print("           " + _limit_fractions(r, params, args.precision, limits))
     for algo in ("grpo", "sdpo"):
         a, b = results.get(f"trl-{algo}"), results.get(f"rlrf-{algo}")
         if a and b:
@@ -320,6 +441,25 @@ def main() -> None:
                 f"(generation {a['generation'] / max(b['generation'], 1e-9):.2f}x), "
                 f"with {b['rss'] / a['rss']:.2f}x TRL's peak RSS"
             )
+
+
+def _limit_fractions(
+    r: dict[str, Any], params: int, precision: str, limits: dict[str, float]
+) -> str:
+    """rlrf's update FLOP/s and generation bandwidth as fractions of the machine's limits."""
+    steps = r["steps"][1:] if len(r["steps"]) > 1 else r["steps"]
+    update_s = statistics.median(s["step"] - s["generation"] for s in steps)
+    flops = statistics.median(6 * params * s["tokens"] for s in steps)
+    gemm = limits["bf16_gflops" if precision == "bf16" else "fp32_gflops"] * 1e9
+    gen_bytes = statistics.median(4 * params * s["decode_steps"] for s in steps)
+    gen_s = statistics.median(s["generation"] for s in steps)
+    return (
+        f"update {flops / 1e12:.2f} TFLOP in {update_s:.2f} s = {flops / update_s / 1e9:.0f} "
+        f"GFLOP/s, {flops / update_s / gemm:.0%} of the {precision} GEMM limit; generation "
+        f"{gen_bytes / 1e9:.1f} GB of weight reads in {gen_s:.2f} s = "
+        f"{gen_bytes / gen_s / 1e9:.1f} GB/s, {gen_bytes / gen_s / 1e9 / limits['copy_gbps']:.0%} "
+        "of the copy bandwidth"
+    )
 
 
 if __name__ == "__main__":
