@@ -40,7 +40,7 @@ from algorithms.trainer import Trainer  # noqa: E402
 from rlrf.errors import ConfigError  # noqa: E402
 from tests.algorithms.ddp_worker import make_rows  # noqa: E402
 
-CASES = ("grpo", "sdpo")
+CASES = ("grpo", "sdpo", "sdpo_gc")  # _gc: with gradient (activation) checkpointing
 LR = 1e-2
 
 
@@ -54,7 +54,9 @@ def tied_model(seed: int = 0) -> Any:
 
 def make_trainer(case: str, output_dir: Path, parallelism: str) -> Trainer:
     """The case's trainer (micro-batches of 2 rows) on the tied tiny model."""
+    algo, _, variant = case.partition("_")
     common: dict[str, Any] = dict(
+        gradient_checkpointing=variant == "gc",
         max_new_tokens=8,
         lr=LR,
         micro_batch_size=2,
@@ -62,7 +64,7 @@ def make_trainer(case: str, output_dir: Path, parallelism: str) -> Trainer:
         output_dir=str(output_dir),
         parallelism=parallelism,
     )
-    if case == "grpo":
+    if algo == "grpo":
         cfg: Any = GRPOTrainConfig(**common)
     else:
         cfg = SDPOTrainConfig(sdpo=SDPOConfig(top_k=8, teacher_tau=0.1), **common)
@@ -99,6 +101,10 @@ def run_update(trainer: Trainer, rows: list) -> dict[str, Any]:
     }
 
 
+def _rows(case: str) -> list:
+    return make_rows(case.partition("_")[0])
+
+
 # --- the worker ------------------------------------------------------------------------------
 
 
@@ -108,7 +114,7 @@ def _worker_update(out: Path) -> None:
     for case in CASES:
         trainer = make_trainer(case, out / f"run-{case}", "fsdp2")
         rank, world = trainer.accelerator.process_index, trainer.accelerator.num_processes
-        result = run_update(trainer, make_rows(case)[rank::world])
+        result = run_update(trainer, _rows(case)[rank::world])
         result["world"] = world
         result["tied"] = trainer.unwrapped.lm_head.weight is (
             trainer.unwrapped.model.embed_tokens.weight
@@ -152,9 +158,9 @@ def _two_processes(out: Path, *args: str) -> None:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(Path(__file__).resolve()), str(out), *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0 and any(m in proc.stderr for m in _RENDEZVOUS_ERRORS):
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
 
 
@@ -179,7 +185,7 @@ def test_fsdp2_update_equals_one_process(fsdp_updates: Path, case: str, tmp_path
     assert r0["world"] == r1["world"] == 2
     assert r0["sharded"] and r0["tied"], "FSDP2 must shard the LM and keep the head tied"
     assert r0["local_rows"] + r1["local_rows"] == len(tiny_tokenizer())  # half each
-    ref = run_update(make_trainer(case, tmp_path, "ddp"), make_rows(case))
+    ref = run_update(make_trainer(case, tmp_path, "ddp"), _rows(case))
     assert not ref["sharded"] and len(ref["grads"]) == len(r0["grads"]) == 1
     # every process gathers the same full values
     for name in r0["params"]:
@@ -201,7 +207,7 @@ def test_fsdp2_update_equals_one_process(fsdp_updates: Path, case: str, tmp_path
     assert moved > 1000  # the comparison covers most weights
     for key in ("train/loss", "train/grad_norm"):
         assert r0["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-4, abs=1e-7)
-    if case == "sdpo":
+    if case.startswith("sdpo"):
         assert r0["teacher_sharded"] and not ref["teacher_sharded"]
         for name, want in ref["teacher"].items():
             got = r0["teacher"][name]
