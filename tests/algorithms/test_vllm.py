@@ -111,7 +111,9 @@ def peaked_tiny_model(seed: int = 0, *, tied: bool = False) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny():
-    """One fp32 engine for the tests below (engine start is the slow part)."""
+    """One fp32 engine for the tests below (engine start is the slow part). Its tests come
+    before any test that shuts another engine down: vLLM's shutdown tears down the process's
+    global parallel state, which every engine in the process uses."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (pip install 'rlrf[vllm]')")
     from algorithms.vllm_backend import VLLMBackend
@@ -247,6 +249,36 @@ def test_prompts_past_the_context_are_left_truncated_and_counted(tiny):
     assert backend.truncated_prompts == before + 1
     with pytest.raises(ConfigError, match="max_model_len"):
         backend.sample(PROMPTS[:1], 1, SamplingParams(max_new_tokens=backend.max_model_len))
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_a_truncated_prompt_is_trained_against_what_the_engine_saw(tiny):
+    """The engine cut the prompt's start; the training row's prompt is the cut prompt, so the
+    trainer's recomputed log-probs equal the engine's (against the full prompt they do not)."""
+    from algorithms.objective import rollout_rows, rollouts_with_reward
+    from algorithms.rollout import collect_groups
+
+    env = FeedbackEnv(prompt_text="x " * 200)
+    full = tiny.backend.encode(env.prompt("q0"))
+    before = tiny.backend.truncated_prompts
+    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
+    (group,), _ = collect_groups(env, tiny.backend, ["q0"], 3, params)
+    room = tiny.backend.max_model_len - params.max_new_tokens
+    assert len(full) > room and tiny.backend.truncated_prompts == before + 1
+    for traj in group.trajectories:
+        assert traj.turns[0].info["prompt_tokens_dropped"] == len(full) - room
+    keys = rollouts_with_reward([group])
+    rows = rollout_rows([group], keys, tiny.backend.encode, advantages=dict.fromkeys(keys, 1.0))
+    assert len(rows) == 3
+    for row in rows:
+        assert row.prompt_ids == full[-room:]
+    responses = [r.response_ids for r in rows]
+    engine = torch.tensor([r.old_logprobs for r in rows])
+    seen, _ = token_logprobs(tiny.model, [r.prompt_ids for r in rows], responses)
+    whole, _ = token_logprobs(tiny.model, [full] * 3, responses)
+    assert (seen - engine).abs().max() < 1e-3
+    assert (whole - engine).abs().max() > 1e-2  # the full prompt is another context
 
 
 @pytest.mark.slow
@@ -565,39 +597,6 @@ def test_ttsd_on_vllm_samples_the_weights_hf_would(monkeypatch):
     assert ttsd[4:] != ttsd[:4], "the SDPO step changed nothing; the test proves nothing"
     assert bok == ttsd[:4] * 2  # fixed initial weights, greedy
     assert seen["vllm"] == seen["hf"]
-
-
-# --- prompts past the engine's context ------------------------------------------------------
-
-
-@pytest.mark.slow
-@needs_vllm
-def test_a_truncated_prompt_is_trained_against_what_the_engine_saw(tiny):
-    """The engine cut the prompt's start; the training row's prompt is the cut prompt, so the
-    trainer's recomputed log-probs equal the engine's (against the full prompt they do not)."""
-    from algorithms.objective import rollout_rows, rollouts_with_reward
-    from algorithms.rollout import collect_groups
-
-    env = FeedbackEnv(prompt_text="x " * 200)
-    full = tiny.backend.encode(env.prompt("q0"))
-    before = tiny.backend.truncated_prompts
-    params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=5)
-    (group,), _ = collect_groups(env, tiny.backend, ["q0"], 3, params)
-    room = tiny.backend.max_model_len - params.max_new_tokens
-    assert len(full) > room and tiny.backend.truncated_prompts == before + 1
-    for traj in group.trajectories:
-        assert traj.turns[0].info["prompt_tokens_dropped"] == len(full) - room
-    keys = rollouts_with_reward([group])
-    rows = rollout_rows([group], keys, tiny.backend.encode, advantages=dict.fromkeys(keys, 1.0))
-    assert len(rows) == 3
-    for row in rows:
-        assert row.prompt_ids == full[-room:]
-    responses = [r.response_ids for r in rows]
-    engine = torch.tensor([r.old_logprobs for r in rows])
-    seen, _ = token_logprobs(tiny.model, [r.prompt_ids for r in rows], responses)
-    whole, _ = token_logprobs(tiny.model, [full] * 3, responses)
-    assert (seen - engine).abs().max() < 1e-3
-    assert (whole - engine).abs().max() > 1e-2  # the full prompt is another context
 
 
 # --- an engine that dies mid-run ------------------------------------------------------------
