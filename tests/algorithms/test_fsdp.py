@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer  # noqa
 from algorithms.trainer import Trainer  # noqa: E402
 from rlrf.errors import ConfigError  # noqa: E402
 from tests.algorithms.ddp_worker import make_rows  # noqa: E402
+from tests.torchrun import two_processes  # noqa: E402
 
 CASES = ("grpo", "sdpo", "sdpo_gc")  # _gc: with gradient (activation) checkpointing
 LR = 1e-2
@@ -152,19 +151,7 @@ def _worker_train(out: Path, steps: int, resume: bool) -> None:
 
 
 def _two_processes(out: Path, *args: str) -> None:
-    """Run this file on two torchrun processes (gloo on CPU)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(Path(__file__).resolve()), str(out), *args,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0 and any(m in proc.stderr for m in _RENDEZVOUS_ERRORS):
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
-
-
-_RENDEZVOUS_ERRORS = ("Address already in use", "DistNetworkError", "RendezvousConnectionError")
+    two_processes(Path(__file__).resolve(), out, *args)
 
 
 @pytest.fixture(scope="module")

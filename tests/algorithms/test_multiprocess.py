@@ -9,15 +9,13 @@ process must stop both with a message, not hang them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.algorithms.ddp_worker import CASES, make_rows, make_trainer, run_case
+from tests.torchrun import two_processes
 
 pytestmark = pytest.mark.slow
 
@@ -32,20 +30,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _two_processes(out: Path, *args: str) -> None:
-    """Run ddp_worker.py on two torchrun processes (gloo on CPU)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(ROOT / "tests" / "algorithms" / "ddp_worker.py"), str(out), *args,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0 and any(m in proc.stderr for m in _RENDEZVOUS_ERRORS):
-        # torchrun's local rendezvous can lose a race for a free port: once more
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-
-
-_RENDEZVOUS_ERRORS = ("Address already in use", "DistNetworkError", "RendezvousConnectionError")
+    two_processes(ROOT / "tests" / "algorithms" / "ddp_worker.py", out, *args)
 
 
 def _load(out: Path, case: str, rank: int) -> dict:

@@ -238,8 +238,19 @@ def test_ctrl_c_during_a_save_finishes_it_then_says_how_to_resume(tmp_path, monk
         save_file(*args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", interrupted_save)
-    with pytest.raises(RunInterrupted) as info:
-        _trainer(tmp_path, steps=4, checkpoint_every=1).train()
+    # Ctrl-C is deferred only under Python's own SIGINT handler; a handler left behind by
+    # anything that ran earlier in this process would make this test meaningless
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(RunInterrupted) as info:
+            _trainer(tmp_path, steps=4, checkpoint_every=1).train()
+    except pytest.fail.Exception:
+        raise AssertionError(
+            f"no RunInterrupted: {len(calls)} save_file calls; SIGINT handler before the test: "
+            f"{previous!r}"
+        ) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     ckpt = tmp_path / "checkpoints" / "step_000002"
     message = str(info.value)
     assert f"interrupted at step 2; the newest complete checkpoint is {ckpt}" in message
