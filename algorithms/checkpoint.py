@@ -54,6 +54,7 @@ __all__ = [
     "prune_checkpoints",
     "restore_log",
     "restore_rng",
+    "resume_hint",
     "save_checkpoint",
 ]
 
@@ -240,6 +241,26 @@ def complete_checkpoints(directory: Path) -> list[Path]:
         if (m := _PATTERN.match(p.name)) and (p / "DONE").exists()
     ]
     return [p for _, p in sorted(done, reverse=True)]
+
+
+def resume_hint(output_dir: Path, checkpoint_every: int) -> str:
+    """How a run that stopped mid-step continues, read from the disk now.
+
+    Names the newest complete checkpoint under ``output_dir/checkpoints`` and the command that
+    resumes from it, or says that there is none (so the run starts again).
+    """
+    output_dir = Path(output_dir)
+    ckpt = latest_checkpoint(output_dir / "checkpoints")
+    if ckpt is None:
+        return (
+            f"no checkpoint was written (checkpoint_every={checkpoint_every}), so the run "
+            "cannot be resumed: start it again"
+        )
+    return (
+        f"the newest complete checkpoint is {ckpt}. Resume with: rlrf train --config "
+        f"{output_dir / 'config.yaml'} --resume true (or resume=True with "
+        f"output_dir={str(output_dir)!r} in Python)"
+    )
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -84,13 +84,13 @@ from algorithms.checkpoint import (
     RunInterrupted,
     capture_rng,
     deferred_sigint,
-    latest_checkpoint,
     load_checkpoint,
     load_latest,
     log_size,
     prune_checkpoints,
     restore_log,
     restore_rng,
+    resume_hint,
     save_checkpoint,
 )
 from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resolve_config
@@ -838,19 +838,8 @@ class Trainer:
 
     def _interrupted_message(self) -> str:
         # from the disk: a save that Ctrl-C let finish never returned its folder
-        ckpt = latest_checkpoint(self.checkpoint_dir)
-        config = self.output_dir / "config.yaml"
-        if ckpt is None:
-            return (
-                f"interrupted at step {self.step}; no checkpoint was written "
-                f"(checkpoint_every={self.config.checkpoint_every}), so the run cannot be "
-                "resumed: start it again"
-            )
-        return (
-            f"interrupted at step {self.step}; the newest complete checkpoint is {ckpt}. "
-            f"Resume with: rlrf train --config {config} --resume true (or resume=True with "
-            f"output_dir={str(self.output_dir)!r} in Python)"
-        )
+        hint = resume_hint(self.output_dir, self.config.checkpoint_every)
+        return f"interrupted at step {self.step}; {hint}"
 
     def _save_final(self, final_dir: Path, state_dict: dict[str, Any] | None = None) -> None:
         """``save_pretrained`` the model and tokenizer into ``final_dir``, atomically.

@@ -298,7 +298,7 @@ class VLLMBackend:
 
         self.on_cpu = bool(current_platform.is_cpu())
         if "distributed_executor_backend" not in (engine_kwargs or {}):
-            _check_processes(_process_rank()[1], self.on_cpu)
+            _check_processes(_world_size(), self.on_cpu)
         if not 0 < gpu_memory_utilization <= 1:
             raise ConfigError(
                 f"vllm gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
@@ -628,12 +628,12 @@ class VLLMBackend:
         self.close()
 
 
-def _process_rank() -> tuple[int, int]:
-    """The rank of this process and the world size of an initialized torch.distributed run."""
+def _world_size() -> int:
+    """The number of processes of an initialized torch.distributed run (1 without one)."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_world_size()
+    return 1
 
 
 def _check_processes(world: int, on_cpu: bool) -> None:
@@ -743,21 +743,10 @@ def make_vllm_backend(
 
 def _resume_advice(output_dir: Path, checkpoint_every: int) -> Callable[[], str]:
     """How a training run continues after its engine failed (read from the disk then)."""
+    from algorithms.checkpoint import resume_hint
 
     def advice() -> str:
-        from algorithms.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(output_dir / "checkpoints")
-        if ckpt is None:
-            return (
-                "the step was not completed and the run has no checkpoint yet "
-                f"(checkpoint_every={checkpoint_every}): start it again"
-            )
-        return (
-            f"the step was not completed and the newest checkpoint, {ckpt}, is intact: "
-            f"continue the run with `rlrf train --config {output_dir / 'config.yaml'} "
-            f"--resume true` (resume=True with output_dir={str(output_dir)!r} in Python), "
-            "which starts a new engine"
-        )
+        hint = resume_hint(output_dir, checkpoint_every)
+        return f"the step was not completed; {hint} (a resumed run starts a new engine)"
 
     return advice

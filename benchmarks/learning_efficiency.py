@@ -274,12 +274,7 @@ def _mean(values: Sequence[float]) -> float:
 
 def mean_curve(records: Sequence[dict[str, Any]]) -> list[tuple[int, float]]:
     """Seed-mean held-out accuracy at each evaluation point all seeds share."""
-    by_gen: dict[int, list[float]] = {}
-    for r in records:
-        for e in r["evals"]:
-            by_gen.setdefault(e["generations"], []).append(e["accuracy"])
-    n = len(records)
-    return [(g, sum(v) / n) for g, v in sorted(by_gen.items()) if len(v) == n]
+    return [(p["generations"], p["mean"]) for p in curve_spread(records)]
 
 
 def curve_spread(records: Sequence[dict[str, Any]]) -> list[dict[str, float]]:

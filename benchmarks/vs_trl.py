@@ -304,8 +304,9 @@ def _step_tokens(run: Path, groups_per_step: int) -> list[dict[str, int]]:
     for i in range(0, len(groups), groups_per_step):
         trained = decode = 0
         for group in groups[i : i + groups_per_step]:
+            # a group's rollouts share their task's prompt: encoded once
+            prompt = len(encode_chat(tokenizer, group["trajectories"][0]["prompt"]))
             for traj in group["trajectories"]:
-                prompt = len(encode_chat(tokenizer, traj["prompt"]))
                 for turn in traj["turns"]:
                     n = len(turn.get("response_token_ids") or [])
                     trained += prompt + n
