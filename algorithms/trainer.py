@@ -78,7 +78,7 @@ import numpy as np
 import torch
 
 import rlrf
-from algorithms import fsdp
+from algorithms import allocator, fsdp
 from algorithms.batching import Batch, Row, collate, split_rows
 from algorithms.checkpoint import (
     RunInterrupted,
@@ -193,6 +193,8 @@ class Trainer:
             self.accelerator.num_processes,
             cfg.parallelism == "fsdp2",
         )
+        if cfg.reuse_freed_memory and self.accelerator.device.type == "cpu":
+            allocator.reuse_freed_memory()
         _seed_everything(cfg.seed)
         self.env = env if env is not None else rlrf.make(cfg.env, **cfg.env_kwargs)
         self.env_id = getattr(self.env, "env_id", None) or cfg.env
