@@ -26,16 +26,20 @@ in this interpreter).
 
 Next to each figure the benchmark prints its fraction of this machine's limits, measured at
 the start of the run with the same thread count: GEMM FLOP/s (fp32 and bf16 2048x2048
-matmuls) and memory-copy bandwidth. rlrf's update is counted as 6 x parameters x the tokens it
-trains (prompt + response of every row; SDPO's teacher pass adds 2 x parameters x tokens,
-not counted, so its fraction is a lower bound); generation as one read of the fp32 weights per
-decoding step (the longest response of each step), the bound that batch decoding meets.
+matmuls) and memory-copy bandwidth. rlrf's update is counted as the matrix products its student
+pass runs: 6 x the decoder's parameters x the tokens it computes (a group's prompt once, rlrf
+shares it across the group's rows, + every response token) + 6 x the LM head's parameters x the
+response tokens (no logits are computed for prompts). SDPO's teacher pass (2 x parameters x the
+teacher's tokens) is not counted, so SDPO's fraction is a lower bound. Generation is counted
+as one read of the weights per decoding step (the longest response of each step; fp32
+weights, bf16 ones under bf16 autocast and on vLLM), the bound that batch decoding meets.
 
     pip install -e '.[bench]'     # TRL (the benchmark says so when it is missing)
     python benchmarks/vs_trl.py                        # fp32, 6 steps, 4 x 4, 32 tokens
     python benchmarks/vs_trl.py --precision bf16
     python benchmarks/vs_trl.py --only rlrf-grpo,trl-grpo --steps 4
     python benchmarks/vs_trl.py --rlrf-generation-backend vllm
+    python benchmarks/vs_trl.py --rlrf-generation-backend hf,vllm   # rlrf once per backend
 """
 
 from __future__ import annotations
@@ -280,16 +284,18 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": steps}
 
 
-def _param_count() -> int:
-    """Parameters of the embedded model (loaded in the driver: workers' peak RSS stays theirs)."""
+def _param_count() -> tuple[int, int]:
+    """The embedded model's decoder and LM-head parameter counts (the head is tied to the
+    embedding, whose lookup costs no FLOPs; loaded in the driver: workers' RSS stays theirs)."""
     from algorithms.models import load_model
 
     model, _ = load_model()
-    return sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - head, head
 
 
 def _step_tokens(run: Path, groups_per_step: int) -> list[dict[str, int]]:
-    """Per step: the tokens trained (prompt + response of every rollout) and decoding steps."""
+    """Per step: prompt tokens (once per group), response tokens, and decoding steps."""
     from algorithms.models import load_tokenizer
     from algorithms.policy import encode_chat
 
@@ -302,16 +308,18 @@ def _step_tokens(run: Path, groups_per_step: int) -> list[dict[str, int]]:
     groups = [g for g in groups if g.get("type") == "group"]
     per_step = []
     for i in range(0, len(groups), groups_per_step):
-        trained = decode = 0
+        prompts = responses = decode = 0
         for group in groups[i : i + groups_per_step]:
-            # a group's rollouts share their task's prompt: encoded once
-            prompt = len(encode_chat(tokenizer, group["trajectories"][0]["prompt"]))
+            # a group's rollouts share their task's prompt: rlrf's update runs it once
+            prompts += len(encode_chat(tokenizer, group["trajectories"][0]["prompt"]))
             for traj in group["trajectories"]:
                 for turn in traj["turns"]:
                     n = len(turn.get("response_token_ids") or [])
-                    trained += prompt + n
+                    responses += n
                     decode = max(decode, n)
-        per_step.append({"tokens": trained, "decode_steps": decode})
+        per_step.append(
+            {"prompt_tokens": prompts, "response_tokens": responses, "decode_steps": decode}
+        )
     return per_step
 
 
@@ -328,28 +336,20 @@ def _worker(method: str, args: argparse.Namespace) -> None:
 # --- driver ------------------------------------------------------------------------------
 
 
-def _rlrf_python(args: argparse.Namespace) -> str:
+def _rlrf_python(args: argparse.Namespace, backend: str) -> str:
     if args.rlrf_python:
         return args.rlrf_python
-    if args.rlrf_generation_backend == "vllm":
+    if backend == "vllm":
         venv = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
         if venv.is_file():
             return str(venv)
     return sys.executable
 
 
-def _run_method(method: str, args: argparse.Namespace) -> dict[str, Any] | None:
-    python = _rlrf_python(args) if method.startswith("rlrf") else sys.executable
-    cmd = [python, __file__, "--worker", method]
-    for name in (
-        "steps",
-        "questions",
-        "rollouts",
-        "max_new_tokens",
-        "threads",
-        "precision",
-        "rlrf_generation_backend",
-    ):
+def _run_method(method: str, args: argparse.Namespace, backend: str) -> dict[str, Any] | None:
+    python = _rlrf_python(args, backend) if method.startswith("rlrf") else sys.executable
+    cmd = [python, __file__, "--worker", method, "--rlrf-generation-backend", backend]
+    for name in ("steps", "questions", "rollouts", "max_new_tokens", "threads", "precision"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.trl_gradient_checkpointing:
         cmd.append("--trl-gradient-checkpointing")
@@ -383,9 +383,9 @@ def main() -> None:
     )
     ap.add_argument(
         "--rlrf-generation-backend",
-        choices=("hf", "vllm"),
         default="hf",
-        help="rlrf's sampling backend (vllm: its colocated engine)",
+        help='rlrf\'s sampling backend: "hf", "vllm" (its colocated engine) or "hf,vllm" (each '
+        "rlrf method once per backend, in the same run)",
     )
     ap.add_argument(
         "--rlrf-python",
@@ -400,13 +400,18 @@ def main() -> None:
 
     import torch
 
+    backends = [b.strip() for b in args.rlrf_generation_backend.split(",") if b.strip()]
+    if not backends or set(backends) - {"hf", "vllm"}:
+        raise SystemExit(
+            f"--rlrf-generation-backend {args.rlrf_generation_backend!r}: give hf, vllm or hf,vllm"
+        )
     print(
         f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} threads; {args.precision}; {args.steps} steps of "
         f"{args.questions} x {args.rollouts} rollouts, <= {args.max_new_tokens} new tokens; "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
         f"load average now {os.getloadavg()[0]:.1f} (ratios need a quiet machine); "
-        f"rlrf generation backend {args.rlrf_generation_backend} ({_rlrf_python(args)})"
+        "rlrf generation backend " + ", ".join(f"{b} ({_rlrf_python(args, b)})" for b in backends)
     )
     limits = machine_limits(args.threads)
     print(
@@ -415,45 +420,64 @@ def main() -> None:
         f"{limits['copy_gbps']:.1f} GB/s"
     )
     results: dict[str, dict[str, Any]] = {}
-    params = 0
+    params = (0, 0)
+    runs = []
     for method in [m.strip() for m in args.only.split(",") if m.strip()]:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        r = _run_method(method, args)
+        runs += [(method, b) for b in (backends if method.startswith("rlrf") else ["hf"])]
+    for method, backend in runs:
+        r = _run_method(method, args, backend)
         if r is None:
             continue
+        method = method if backend == "hf" else f"{method}+{backend}"
         step = _median_after_first([s["step"] for s in r["steps"]])
         gen = _median_after_first([s["generation"] for s in r["steps"]])
         results[method] = {"step": step, "generation": gen, "rss": r["peak_rss_mib"]}
         cpu = [s["update_cpu"] for s in r["steps"] if "update_cpu" in s]
         print(
-            f"{method:10s} step {step:6.2f}s (generation {gen:5.2f}s, rest {step - gen:5.2f}s), "
+            f"{method:15s} step {step:6.2f}s (generation {gen:5.2f}s, rest {step - gen:5.2f}s), "
             f"peak RSS {r['peak_rss_mib'] / 1024:.2f} GiB, {len(r['steps'])} steps, "
             f"process wall {r['wall_s']:.0f}s"
             + (f", update {_median_after_first(cpu):.2f} CPU-s" if cpu else "")
         )
-        if r["steps"] and all("tokens" in x for x in r["steps"]):
-            params = params or _param_count()
-            print("           " + _limit_fractions(r, params, args.precision, limits))
+        if r["steps"] and all("response_tokens" in x for x in r["steps"]):
+            params = params if params[0] else _param_count()
+            # HF generation reads the fp32 weights (bf16 copies under autocast); vLLM its bf16
+            width = 2 if args.precision == "bf16" or backend == "vllm" else 4
+            print(" " * 16 + _limit_fractions(r, params, args.precision, limits, width))
     for algo in ("grpo", "sdpo"):
-        a, b = results.get(f"trl-{algo}"), results.get(f"rlrf-{algo}")
-        if a and b:
-            print(
-                f"{algo}: rlrf is {a['step'] / b['step']:.2f}x faster per step than TRL "
-                f"(generation {a['generation'] / max(b['generation'], 1e-9):.2f}x), "
-                f"with {b['rss'] / a['rss']:.2f}x TRL's peak RSS"
-            )
+        for backend in backends:
+            a = results.get(f"trl-{algo}")
+            b = results.get(f"rlrf-{algo}" + ("" if backend == "hf" else f"+{backend}"))
+            if a and b:
+                print(
+                    f"{algo}: rlrf ({backend} sampling) is {a['step'] / b['step']:.2f}x faster "
+                    f"per step than TRL (generation "
+                    f"{a['generation'] / max(b['generation'], 1e-9):.2f}x), with "
+                    f"{b['rss'] / a['rss']:.2f}x TRL's peak RSS"
+                )
 
 
 def _limit_fractions(
-    r: dict[str, Any], params: int, precision: str, limits: dict[str, float]
+    r: dict[str, Any],
+    params: tuple[int, int],
+    precision: str,
+    limits: dict[str, float],
+    bytes_per_weight: int,
 ) -> str:
     """rlrf's update FLOP/s and generation bandwidth as fractions of the machine's limits."""
     steps = r["steps"][1:] if len(r["steps"]) > 1 else r["steps"]
     update_s = statistics.median(s["step"] - s["generation"] for s in steps)
-    flops = statistics.median(6 * params * s["tokens"] for s in steps)
+    body, head = params
+    flops = statistics.median(
+        6 * body * (s["prompt_tokens"] + s["response_tokens"]) + 6 * head * s["response_tokens"]
+        for s in steps
+    )
     gemm = limits["bf16_gflops" if precision == "bf16" else "fp32_gflops"] * 1e9
-    gen_bytes = statistics.median(4 * params * s["decode_steps"] for s in steps)
+    gen_bytes = statistics.median(
+        bytes_per_weight * (body + head) * s["decode_steps"] for s in steps
+    )
     gen_s = statistics.median(s["generation"] for s in steps)
     return (
         f"update {flops / 1e12:.2f} TFLOP in {update_s:.2f} s = {flops / update_s / 1e9:.0f} "
