@@ -3,8 +3,10 @@
 Every method trains the embedded SmolLM2-135M on one-digit addition (``rlrf/Arithmetic-v0``,
 ``digits=1, ops="+"``) with the same budget: Q prompts x G samples per step, up to N new
 tokens, AdamW at a constant lr 1e-5 (weight decay 0.01, grad-norm clip 1.0), temperature 1,
-one optimizer step per rollout batch, the same number of steps. Each method runs in its own
-process (so peak RSS is its own), one after another:
+one optimizer step per rollout batch, one forward/backward over all of a step's rollouts on
+both sides (TRL's ``per_device_train_batch_size`` = rlrf's ``--micro-batch-size`` = Q x G;
+``--rlrf-micro-batch-size 8`` gives rlrf its own default), the same number of steps. Each
+method runs in its own process (so peak RSS is its own), one after another:
 
 * ``trl-grpo``: TRL's ``GRPOTrainer`` (beta 0, no reference model, as rlrf's GRPO default),
   rewards from the env's own grader;
@@ -249,6 +251,8 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.rollouts),
         "--max-new-tokens",
         str(args.max_new_tokens),
+        "--micro-batch-size",
+        str(args.rlrf_micro_batch_size or args.questions * args.rollouts),
         "--lr",
         "1e-5",
         "--warmup-steps",
@@ -349,7 +353,15 @@ def _rlrf_python(args: argparse.Namespace, backend: str) -> str:
 def _run_method(method: str, args: argparse.Namespace, backend: str) -> dict[str, Any] | None:
     python = _rlrf_python(args, backend) if method.startswith("rlrf") else sys.executable
     cmd = [python, __file__, "--worker", method, "--rlrf-generation-backend", backend]
-    for name in ("steps", "questions", "rollouts", "max_new_tokens", "threads", "precision"):
+    for name in (
+        "steps",
+        "questions",
+        "rollouts",
+        "max_new_tokens",
+        "threads",
+        "precision",
+        "rlrf_micro_batch_size",
+    ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.trl_gradient_checkpointing:
         cmd.append("--trl-gradient-checkpointing")
@@ -375,6 +387,13 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument(
+        "--rlrf-micro-batch-size",
+        type=int,
+        default=0,
+        help="rollouts per rlrf forward/backward (default: all of a step's, as TRL's "
+        "per_device_train_batch_size here; rlrf's own default is 8: less memory, slower)",
+    )
     ap.add_argument("--only", default=",".join(METHODS), help="comma-separated methods")
     ap.add_argument(
         "--trl-gradient-checkpointing",
@@ -409,6 +428,8 @@ def main() -> None:
         f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{args.threads} threads; {args.precision}; {args.steps} steps of "
         f"{args.questions} x {args.rollouts} rollouts, <= {args.max_new_tokens} new tokens; "
+        f"micro-batch TRL {args.questions * args.rollouts}, rlrf "
+        f"{args.rlrf_micro_batch_size or args.questions * args.rollouts}; "
         f"TRL gradient checkpointing {'on' if args.trl_gradient_checkpointing else 'off'}; "
         f"load average now {os.getloadavg()[0]:.1f} (ratios need a quiet machine); "
         "rlrf generation backend " + ", ".join(f"{b} ({_rlrf_python(args, b)})" for b in backends)
