@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# In a fresh interpreter: a "step" allocates 64 blocks of 4-4.25 MiB (256 MiB, like a
+# In a fresh interpreter: a "step" allocates 64 blocks of 4 to 5 MiB (~290 MiB, like a
 # micro-batch's activations) and frees them; print the minor page faults of the second step.
 # glibc's default trims the freed heap top back to the system after the first step, so the
 # second one faults every page in again; tuned, the second step reuses the first's memory.
