@@ -7,16 +7,17 @@ A training step on CPU allocates and frees the same large buffers every micro-ba
 and trims the heap's free top back to the system; each following step then faults every
 page in again, zeroed by the kernel (in a VM, often at a few microseconds per page). Here
 every block comes from the heap (no ``mmap``) and the heap is trimmed only when more than
-~2 GiB lies free at its top, so a step reuses the previous step's memory. Measured on
-SmolLM2-135M (2 cores, 4 x 4 rollouts): the kernel time of a GRPO update fell from 1.0-1.6 s
-to 0.15-0.18 s, of an SDPO update from 0.35-1.5 s to 0.08-0.26 s (``benchmarks/vs_trl.py``
-measures whole steps). The cost: freed memory stays in the process (resident, reused)
-instead of going back to the system, so the resident size stays near its peak between
-steps: over 15 steps it stayed at 3.80 GiB (GRPO) and 4.39 GiB (SDPO) after every update,
-where glibc's default went up and down between 2.6 and 3.4 GiB (GRPO). A pattern that
+~2 GiB lies free at its top, so a step reuses the previous step's memory.
+
+Measured by ``python benchmarks/allocator.py [--algo sdpo]`` (SmolLM2-135M, 2 cores,
+4 x 4 rollouts, medians of steps 2..N): kernel time per GRPO update 2.19 -> 0.08 CPU-s and
+the update 1.28x faster; per SDPO update 5.93 -> 0.13 CPU-s and 1.49x faster. The cost:
+freed memory stays in the process (resident, reused) instead of going back to the system,
+so the resident size stays near its peak between steps: 3.68 GiB after every GRPO update
+(3.17 with glibc's default), SDPO 4.29 -> 4.35 GiB over 8 steps (3.75). A pattern that
 would grow it without bound (a block re-allocated at the same size with a small object
-allocated after it, so the freed block is never large enough for the next request) did
-not show up in training.
+allocated after it, so the freed block is never large enough for the next request) was
+not seen: SDPO's 0.06 GiB over 8 steps is the most it grew.
 
 Process-wide and irreversible within the process; the trainer applies it on CPU unless
 ``reuse_freed_memory: false``. A no-op where the C library is not glibc.

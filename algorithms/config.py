@@ -419,8 +419,8 @@ class TrainConfig:
 
     reuse_freed_memory: bool = True
     """On CPU (Linux, glibc): keep memory freed during a step for the next one instead of
-    returning it to the system and faulting it in again (~1 s of kernel time per step at
-    135M; see algorithms/allocator.py). Process-wide; false leaves malloc as it is."""
+    returning it to the system and faulting it in again (2-6 CPU-s of kernel time per update
+    at 135M; see algorithms/allocator.py). Process-wide; false leaves malloc as it is."""
 
     lora_r: int = 0
     """LoRA rank; 0 trains all weights (LoRA needs peft)."""

@@ -152,10 +152,10 @@ def shard_model(lm: nn.Module, pad: int, device: torch.device | str = "cpu") -> 
 
     Every decoder layer becomes a unit, then the :class:`HiddenStates` around ``lm`` the root
     (embedding, final norm, LM head: one unit, which keeps a tied embedding/head whole). The
-    root is the :class:`HiddenStates` around ``lm``. The parameters of ``lm`` become DTensors
-    sharded on dim 0 over all processes (``device``: this process's, e.g. ``cuda:1``); build
-    the optimizer AFTER this call. Runs one tiny forward of the root on every process, so
-    that FSDP knows its root before anything else calls a layer (generation does).
+    parameters of ``lm`` become DTensors sharded on dim 0 over all processes (``device``:
+    this process's, e.g. ``cuda:1``); build the optimizer AFTER this call. Runs one tiny
+    forward of the root on every process, so that FSDP knows its root before anything else
+    calls a layer (generation does).
     """
     from torch.distributed.fsdp import fully_shard
 
