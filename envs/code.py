@@ -9,7 +9,10 @@ sandbox (the tests shipped in ``envs/data`` would be); to allow one, preload it,
 ``sandbox_kwargs={"preload": ("numpy",)}``.
 
 Reward: 1.0 when every graded test passes, else 0.0 (``reward="fraction"``: the fraction of
-tests passed). ``None`` when the sandbox itself failed (trainers skip such rollouts).
+tests passed). ``None`` only when the sandbox itself failed (trainers skip such rollouts);
+``info["sandbox_error"]`` then says why, so such failures can be counted apart. Anything a
+program does, including writing garbage to its result channel or returning a value nested too
+deep to grade, is the program's failure: 0.0 with typed feedback.
 
 Feedback (one item, capped at ``feedback_max_chars``, 2,000 by default), as a judge site shows
 it to a human:
@@ -100,7 +103,13 @@ from envs.code_program import (
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, EnvError
 from rlrf.feedback import ErrorDetails, Feedback, FeedbackKind
-from sandboxes.compare import CompareMode, json_match, outputs_match
+from sandboxes.compare import (
+    CompareMode,
+    ReturnValueError,
+    json_match,
+    loads_bounded,
+    outputs_match,
+)
 
 __all__ = [
     "ALL_TESTS_SUFFIX",
@@ -136,8 +145,8 @@ def _with_recorded_checks(task: CodeTask) -> CodeTask:
 def _check_answers(r: sandboxes.ExecutionResult) -> tuple[list[Any], bool] | None:
     """``(encoded return values, whether the next call raised)`` from a check run, or None."""
     try:
-        reply = json.loads(r.return_json or "null")
-    except (ValueError, RecursionError):
+        reply = loads_bounded(r.return_json or "null")
+    except ReturnValueError:
         return None
     if not isinstance(reply, dict) or not isinstance(reply.get("outputs"), list):
         return None
@@ -493,6 +502,13 @@ class CodeEnv(RLRFEnv):
                 verdict = Verdict.PASSED if ok else Verdict.WRONG_ANSWER
                 return TestResult(index, test, verdict, actual=r.stdout)
             if test.kind == "functional" and r.return_json is not None:
+                try:
+                    loads_bounded(r.return_json)
+                except ReturnValueError as e:  # the program's failure, never the grader's
+                    err = ErrorDetails(
+                        "ValueError", f"your function's return value cannot be graded: {e}"
+                    )
+                    return TestResult(index, test, Verdict.RUNTIME_ERROR, error=err)
                 ok = json_match(r.return_json, json.loads(test.output), rel_tol=self.rel_tol)
                 verdict = Verdict.PASSED if ok else Verdict.WRONG_ANSWER
                 return TestResult(index, test, verdict, actual=r.return_json)
@@ -573,6 +589,9 @@ class CodeEnv(RLRFEnv):
         info = self._info(results, len(results), all_tests)
         broken = [r for r in results if r.verdict is Verdict.SANDBOX_ERROR]
         if broken:
+            # Only the sandbox's own failure leaves the reward missing; the key tells it apart
+            # from a program's failure (a 0) for whoever counts missing rewards.
+            info["sandbox_error"] = broken[0].message or "sandbox error"
             text = f"The sandbox failed while grading ({broken[0].message}); no verdict."
             return Outcome(None, Feedback(FeedbackKind.OTHER, text, source="code"), info=info)
         passed = sum(r.verdict is Verdict.PASSED for r in results)

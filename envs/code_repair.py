@@ -21,7 +21,7 @@ seed passed to ``reset`` picks the problem; ``options={"task_id": ...}`` picks o
 Reward: 1.0 on the turn where every graded test passes (the episode then terminates), 0.0 on
 every other turn, so an episode's return is 1.0 exactly when it was solved within
 ``max_turns``. A sandbox failure gives no verdict: the reward is missing
-(``info["reward_missing"]``) and the episode ends.
+(``info["reward_missing"]``, with the reason in ``info["sandbox_error"]``) and the episode ends.
 
 Feedback (``info["feedback"]``, and as the next user message): the judge feedback of
 :class:`~envs.code.CodeEnv` on the current program (runtime error with the failing line and

@@ -19,6 +19,7 @@ import ctypes
 import json
 import os
 import pickle
+import re
 import resource
 import select
 import signal
@@ -30,6 +31,8 @@ HARNESS_FILE = __file__
 SOLUTION = "solution.py"
 # The result channel may carry this much more than Limits.output_bytes (framing, markers).
 CHANNEL_SLACK = 65536
+# A JSON string, escapes included (the unrolled form: linear, no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 # Imported once here so that every child gets them for free (a fork shares the pages).
 PRELOAD = (
@@ -790,16 +793,9 @@ class Worker:
         output_over: bool,
     ) -> dict:
         lim = req["limits"]
-        events = []
-        for line in chan.splitlines():
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(msg, dict):
-                events.append(msg)
-        kinds = {m.get("t") for m in events}
-        ret = next((m.get("v") for m in events if m.get("t") == "ret"), None)
+        events, malformed = _channel_events(chan)
+        kinds = {t for t, _ in events}
+        ret = next((v for t, v in events if t == "ret"), None)
         ret = ret if isinstance(ret, str) and not chan_over else None
         code = os.waitstatus_to_exitcode(wstatus)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
@@ -840,6 +836,13 @@ class Worker:
         elif exit_code != 0:
             status = "runtime_error"
             message = f"exited with code {exit_code}"
+        elif req["call"] is not None and ret is None and malformed:
+            status = "runtime_error"
+            message = (
+                f"no return value from {req['call'][0]}(): the result channel (file descriptor "
+                f"3) held {malformed} line(s) the harness did not write; a program that writes "
+                "there itself gets no verdict but this failure"
+            )
         elif req["call"] is not None and ret is None:
             status = "runtime_error"
             message = (
@@ -926,6 +929,36 @@ class Worker:
         os.environ.clear()
         os.environ.update({"HOME": self.workdir, "LANG": "C.UTF-8", "PATH": "/usr/bin:/bin"})
         _run_program(req, self.workdir)
+
+
+def _channel_events(chan: bytes) -> tuple[list[tuple[str, object]], int]:
+    """The harness's messages on the result channel, and how many lines were anything else.
+
+    The program owns file descriptor 3 and may write anything there, so nothing on it may make
+    the worker fail: a worker error is a ``sandbox_error``, a *missing* reward, and a program
+    that wrote ``'[' * 5000`` (``json.loads`` raised ``RecursionError``) turned its 0 into
+    that. A harness message is one flat object (``{"t": ..., "v": "<json text>"}``): a line
+    with a bracket outside its strings, or a second brace, is refused before it is parsed.
+    """
+    events: list[tuple[str, object]] = []
+    malformed = 0
+    for line in chan.splitlines():
+        if not line.strip():
+            continue
+        shape = _JSON_STRING.sub(b'""', line)
+        if b"[" in shape or shape.count(b"{") != 1:
+            malformed += 1
+            continue
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            malformed += 1
+            continue
+        if isinstance(msg, dict) and isinstance(msg.get("t"), str):
+            events.append((msg["t"], msg.get("v")))
+        else:
+            malformed += 1
+    return events, malformed
 
 
 def _last_line(data: bytes) -> bytes:

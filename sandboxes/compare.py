@@ -10,6 +10,9 @@ Expected outputs never enter a sandbox. These pure functions compare what came b
   (``True`` is not ``1``, a string is not a number), floats within tolerance, tuples in the
   expected value treated as JSON arrays.
 * :func:`first_mismatch` says where two outputs differ, for feedback text.
+* :func:`loads_bounded` decodes what a program sent back, refusing values nested deeper than
+  :data:`MAX_JSON_DEPTH`: the text is the program's, so nothing in it may make the trusted
+  parent raise (a list nested 5000 deep once made ``json.loads`` raise ``RecursionError``).
 
 Example:
     >>> outputs_match("1 2\n3\n", "1 2 3", mode="tokens")
@@ -27,14 +30,80 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from itertools import accumulate
 from typing import Any, Literal
 
 from sandboxes.errors import SandboxConfigError
 
-__all__ = ["CompareMode", "first_mismatch", "json_match", "outputs_match", "tokens"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "CompareMode",
+    "ReturnValueError",
+    "first_mismatch",
+    "json_match",
+    "loads_bounded",
+    "outputs_match",
+    "tokens",
+]
 
 CompareMode = Literal["exact", "tokens", "numeric"]
 _MODES = ("exact", "tokens", "numeric")
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays and objects :func:`loads_bounded` accepts. Far beyond any test's
+expected value, and far below the interpreter's recursion limit, so that decoding and comparing
+never depend on how deep the caller's own stack is."""
+
+# A JSON string, escapes included (the unrolled form: linear, no backtracking).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class ReturnValueError(ValueError):
+    """What a program sent back is not a value the parent can grade; the message says why."""
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text``, found without parsing it.
+
+    Brackets inside strings do not count. Linear in ``len(text)``; never recurses.
+
+    >>> json_depth('[1, {"a": "[[["}]')
+    2
+    """
+    brackets = _BRACKETS.sub("", _JSON_STRING.sub('""', text))
+    return max(accumulate(_STEP[c] for c in brackets), default=0)
+
+
+def loads_bounded(text: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode JSON a program produced; raise :class:`ReturnValueError` for anything unusable.
+
+    Malformed JSON, invalid UTF-8, an integer too long to convert, and nesting deeper than
+    ``max_depth`` all raise :class:`ReturnValueError` (a ``ValueError``), never anything else.
+
+    >>> loads_bounded("[[1]]")
+    [[1]]
+    >>> loads_bounded("[" * 500 + "]" * 500)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sandboxes.compare.ReturnValueError: the value is nested 500 levels deep; at most 100 ...
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ReturnValueError(f"the value is not valid UTF-8 ({e.reason})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ReturnValueError(
+            f"the value is nested {depth} levels deep; at most {max_depth} are accepted"
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ReturnValueError(f"the value is not valid JSON ({e})") from None
 
 
 def tokens(text: str) -> list[str]:
@@ -141,20 +210,31 @@ def outputs_match(
 
 
 def _json_equal(a: Any, b: Any, abs_tol: float, rel_tol: float) -> bool:
-    # bool is a subclass of int in Python but a distinct JSON type: compare types first.
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if isinstance(a, int) and isinstance(b, int):
-            return a == b
-        return _numbers_close(float(a), float(b), abs_tol, rel_tol)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(
-            _json_equal(x, y, abs_tol, rel_tol) for x, y in zip(a, b, strict=False)
-        )
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k], abs_tol, rel_tol) for k in a)
-    return type(a) is type(b) and a == b
+    # An explicit stack, not recursion: the comparison's cost never depends on the caller's.
+    stack = [(a, b)]
+    while stack:
+        a, b = stack.pop()
+        # bool is a subclass of int in Python but a distinct JSON type: compare types first.
+        if isinstance(a, bool) or isinstance(b, bool):
+            if not (type(a) is type(b) and a == b):
+                return False
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if isinstance(a, int) and isinstance(b, int):
+                if a != b:
+                    return False
+            elif not _numbers_close(float(a), float(b), abs_tol, rel_tol):
+                return False
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, dict) and isinstance(b, dict):
+            if a.keys() != b.keys():
+                return False
+            stack.extend((a[k], b[k]) for k in a)
+        elif not (type(a) is type(b) and a == b):
+            return False
+    return True
 
 
 def json_match(
@@ -167,19 +247,20 @@ def json_match(
     """Whether a function call's JSON result equals ``expected`` (a Python value).
 
     ``expected`` is normalised through JSON first, so tuples compare as lists and dict keys as
-    strings, exactly as the sandbox serialised the actual value. Malformed or missing JSON
-    never matches.
+    strings, exactly as the sandbox serialised the actual value. Missing JSON, and anything
+    :func:`loads_bounded` refuses (malformed, nested deeper than :data:`MAX_JSON_DEPTH`),
+    never matches and never raises.
     """
     _check_mode("tokens", abs_tol, rel_tol)
     if actual_json is None:
         return False
     try:
-        actual = json.loads(actual_json)
-    except ValueError:
+        actual = loads_bounded(actual_json)
+    except ReturnValueError:
         return False
     try:
         want = json.loads(json.dumps(expected, allow_nan=False))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise SandboxConfigError(
             f"expected value {expected!r:.80} is not JSON-serializable; function-call tests "
             "need JSON values (numbers, strings, booleans, None, lists, dicts)"

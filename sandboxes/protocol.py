@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from sandboxes.compare import loads_bounded
 from sandboxes.errors import SandboxConfigError
 
 __all__ = [
@@ -212,12 +213,18 @@ class ExecutionResult:
 
     @property
     def return_value(self) -> Any:
-        """The parsed return value of a function call; raises ValueError when there is none."""
+        """The parsed return value of a function call.
+
+        Raises:
+            ValueError: there is none, or it cannot be decoded
+                (:class:`~sandboxes.compare.ReturnValueError`: malformed, too deeply nested).
+
+        """
         if self.return_json is None:
             raise ValueError(
                 f"no return value: status={self.status.value}, message={self.message!r}"
             )
-        return json.loads(self.return_json)
+        return loads_bounded(self.return_json)
 
 
 def _check_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:

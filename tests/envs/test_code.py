@@ -264,6 +264,36 @@ def test_always_equal_objects_and_exit_tricks_fail_function_tests(fenv):
     )
 
 
+RESULT_CHANNEL_BRACKETS = "import os\nos.write(3, b'[' * 5000)\n"
+
+
+def test_garbage_on_the_result_channel_scores_zero_not_a_missing_reward(env, fenv):
+    # It once made the sandbox's worker raise: a sandbox_error, so a missing reward that
+    # training and eval averages leave out, where this wrong program must score 0.
+    for e, task_id, code in (
+        (env, "sum-two@all", RESULT_CHANNEL_BRACKETS),
+        (fenv, "two-sum@all", RESULT_CHANNEL_BRACKETS + TWO_SUM_OK),
+    ):
+        out = e.evaluate(task_id, block(code))
+        assert out.reward == 0.0 and "sandbox_error" not in out.info, out
+        assert out.feedback.kind in (FeedbackKind.WRONG_ANSWER, FeedbackKind.RUNTIME_ERROR)
+
+
+def test_a_return_value_nested_5000_deep_is_the_programs_runtime_error(fenv):
+    deep = (
+        "import sys\nsys.setrecursionlimit(100_000)\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        x = []\n"
+        "        for _ in range(5000):\n            x = [x]\n        return x\n"
+    )
+    fenv.reset(seed=0)
+    result = fenv.step_result(block(deep))
+    assert result.reward == 0.0 and not result.reward_missing
+    assert result.feedback[0].kind is FeedbackKind.RUNTIME_ERROR
+    assert "ValueError: your function's return value cannot be graded: the value is nested" in (
+        result.feedback[0].text
+    )
+
+
 # ---- groups --------------------------------------------------------------------------------
 
 
@@ -314,6 +344,7 @@ def test_a_broken_sandbox_gives_a_missing_reward_not_a_zero():
     out = env.evaluate("sum-two", SUM_OK)
     assert out.reward is None and out.feedback.kind is FeedbackKind.OTHER
     assert out.feedback.text.startswith("The sandbox failed while grading")
+    assert "closed" in out.info["sandbox_error"]  # told apart from a program's failure
 
 
 def test_gold_response_is_a_code_block_that_scores_one(env):

@@ -118,7 +118,16 @@ FORGED_ANSWERS = (
 )
 
 
-@pytest.mark.parametrize("code", [FORGED_VERDICT, FORGED_ANSWERS], ids=["verdict", "answers"])
+# Once decoded with a bare json.loads in the worker: RecursionError, a sandbox_error, so a
+# missing reward instead of this wrong program's 0.
+UNDECODABLE_CHANNEL = "import os\nos.write(3, b'[' * 5000)\n"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [FORGED_VERDICT, FORGED_ANSWERS, UNDECODABLE_CHANNEL],
+    ids=["verdict", "answers", "undecodable"],
+)
 def test_a_forged_result_channel_scores_nothing(env, code):
     ids = env.task_ids("test")[:12]
     rewards = [o.reward for t in ids for o in env.evaluate_many(t, [block(code)])]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sandboxes import ExecutionStatus, FunctionCall, Job, Limits, Sandbox
-from sandboxes.compare import json_match
+from sandboxes.compare import ReturnValueError, json_match
 from tests.sandboxes.conftest import SECRET
 
 S = ExecutionStatus
@@ -572,6 +572,42 @@ def test_a_forged_return_is_only_the_programs_own_answer(sandbox: Sandbox) -> No
     r = sandbox.run_function(code + "def f():\n    return 0\n", "f", limits=FAST)
     assert r.return_json in (None, "42")
     assert not json_match(r.return_json, "passed")
+
+
+# Each is written without a newline, so it runs into the harness's own return message.
+CHANNEL_GARBAGE = {
+    "5000 open brackets": "b'[' * 5000",
+    "5000 open braces": "b'{\"a\":' * 5000",
+    "a nested harness message": 'b\'{"t": [[[[1]]]], "v": "1"}\'',
+    "a message of the wrong type": 'b\'["ret", "1"]\'',
+    "invalid utf-8": 'b\'{"t": "ret", "v": "\\xff\\xfe\'',
+    "a 5000-digit integer": "b'{\"t\": ' + b'9' * 5000",
+}
+
+
+@pytest.mark.parametrize("garbage", sorted(CHANNEL_GARBAGE))
+def test_garbage_on_the_result_channel_is_the_programs_failure(sandbox: Sandbox, garbage: str):
+    # Decoding what a program wrote once raised RecursionError in the worker: the run became
+    # a sandbox_error, i.e. a *missing* reward, where a wrong program must score 0.
+    code = f"import os\nos.write(3, {CHANNEL_GARBAGE[garbage]})\n"
+    r = sandbox.run_function(code + "def f():\n    return 1\n", "f", limits=FAST)
+    assert r.status is S.RUNTIME_ERROR, r
+    assert r.return_json is None and "result channel" in r.message, r
+    r = sandbox.run(code, limits=FAST)
+    assert r.status is S.OK, r
+    still_works(sandbox)
+
+
+def test_a_return_value_nested_5000_deep_cannot_raise_in_the_parent(sandbox: Sandbox) -> None:
+    code = (
+        "import sys\nsys.setrecursionlimit(100_000)\n"
+        "def f():\n    x = []\n    for _ in range(5000):\n        x = [x]\n    return x\n"
+    )
+    r = sandbox.run_function(code, "f", limits=FAST)
+    assert r.status is S.OK and r.return_json is not None, r
+    assert not json_match(r.return_json, [])
+    with pytest.raises(ReturnValueError, match="nested 5001 levels deep"):
+        r.return_value  # noqa: B018 - the property decodes
 
 
 # ----------------------------------------------------------------- grading tricks
