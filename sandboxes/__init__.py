@@ -13,6 +13,14 @@ typed results (:class:`ExecutionResult`, :class:`ExecutionStatus`) and two backe
 Grading happens in the trusted parent with :mod:`sandboxes.compare`: what a program sends back
 (stdout, a return value) is its answer, never a verdict. Each backend's module
 docstring lists what it protects against and what it does not.
+
+Memory: ``Limits.memory_bytes`` caps each process's address space locally, the whole
+container in Docker. Locally, memory a program could hold through file descriptors instead
+(``memfd_create``, ``memfd_secret``, grown pipe or socket buffers, a grown stdin) is refused;
+what is **not** counted against ``memory_bytes`` there is the working directory's tmpfs (up to
+``Limits.file_size_bytes``), pipe and unix socket buffers at the kernel's default sizes (about
+2 and 13 MiB at the default limits) and small per-descriptor kernel objects, all bounded by
+``Limits.open_files`` (details in :mod:`sandboxes.local`).
 """
 
 from __future__ import annotations

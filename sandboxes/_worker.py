@@ -16,6 +16,7 @@ uid afterwards and reset the working directory.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import pickle
@@ -31,6 +32,7 @@ HARNESS_FILE = __file__
 SOLUTION = "solution.py"
 # The result channel may carry this much more than Limits.output_bytes (framing, markers).
 CHANNEL_SLACK = 65536
+_STDIN_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # A JSON string, escapes included (the unrolled form: linear, no backtracking).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
@@ -239,9 +241,9 @@ def read_rules(roots: list[str], hidden: list[str]) -> list[tuple[str, int]]:
 # sendto() takes a pathname), io_uring (it opens sockets without the socket() system call),
 # and every system call of a foreign ABI (i386 int 0x80, x32), which would bypass the numbers.
 _SECCOMP_ARCH = {
-    # machine: (AUDIT_ARCH_*, socket, socketpair, io_uring_setup, x32 bit or 0)
-    "x86_64": (0xC000003E, 41, 53, 425, 0x40000000),
-    "aarch64": (0xC00000B7, 198, 199, 425, 0),
+    # machine: (AUDIT_ARCH_*, socket, socketpair, io_uring_setup, setsockopt, fcntl, x32 bit)
+    "x86_64": (0xC000003E, 41, 53, 425, 54, 72, 0x40000000),
+    "aarch64": (0xC00000B7, 198, 199, 425, 208, 25, 0),
 }
 # Also refused: kernel state that outlives a run and is not a file (Landlock does not see it),
 # through which a run could leave data for a later one or reach the host's: System V IPC and
@@ -252,15 +254,27 @@ _SECCOMP_DENY = {
         240,  # mq_open
         *(248, 249, 250),  # add_key, request_key, keyctl
         321,  # bpf
+        *(319, 447),  # memfd_create, memfd_secret
     ),
     "aarch64": (
         *range(186, 198),  # msg*, sem*, shm*
         180,  # mq_open
         *(217, 218, 219),  # add_key, request_key, keyctl
         280,  # bpf
+        *(279, 447),  # memfd_create, memfd_secret
     ),
 }
+# Also refused: memory a program holds through a file descriptor rather than its address space,
+# which RLIMIT_AS never sees. memfd_create gave one process 50 files of Limits.file_size_bytes
+# each (800 MiB of host shared memory under a 32 MiB cap); memfd_secret is the same in secret.
+# Growing a socket's buffers (SO_SNDBUF/SO_RCVBUF, and the FORCE variants) let 30 unix
+# socketpairs queue 235 MiB, growing pipes (F_SETPIPE_SZ) 30 pipes 30 MiB; at the kernel's
+# default sizes they hold 6 and 2 MiB. What stays possible is bounded and listed in
+# sandboxes/local.py's docstring.
 AF_UNIX, AF_INET, AF_NETLINK, AF_INET6, SOCK_DGRAM = 1, 2, 16, 10, 2
+SOL_SOCKET = 1
+SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 7, 8, 32, 33
+F_SETPIPE_SZ = 1031
 _RET_ALLOW = 0x7FFF0000
 _RET_EACCES = 0x00050000 | 13  # SECCOMP_RET_ERRNO | EACCES
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
@@ -275,7 +289,7 @@ def seccomp_filter() -> bytes | None:
     arch = _SECCOMP_ARCH.get(os.uname().machine)
     if arch is None:
         return None
-    audit, nr_socket, nr_pair, nr_uring, x32 = arch
+    audit, nr_socket, nr_pair, nr_uring, nr_setsockopt, nr_fcntl, x32 = arch
     ld, jeq, jge, ja, ret, and_ = 0x20, 0x15, 0x35, 0x05, 0x06, 0x54
     # (label, code, true-target, false-target, k); BPF jumps go forward only, so the two
     # verdicts come last. A "ja" takes its target in k.
@@ -286,6 +300,8 @@ def seccomp_filter() -> bytes | None:
         ("", jge, "deny", None, x32 or 0xFFFFFFFF),
         ("", jeq, "socket", None, nr_socket),
         ("", jeq, "pair", None, nr_pair),
+        ("", jeq, "setsockopt", None, nr_setsockopt),
+        ("", jeq, "fcntl", None, nr_fcntl),
         ("", jeq, "deny", None, nr_uring),
         *[("", jeq, "deny", None, nr) for nr in _SECCOMP_DENY[os.uname().machine]],
         ("", ja, None, None, "allow"),
@@ -296,6 +312,15 @@ def seccomp_filter() -> bytes | None:
         ("pair", ld, None, None, 24),  # args[1]: the socket type (and flags)
         ("", and_, None, None, 0xF),
         ("", jeq, "deny", "allow", SOCK_DGRAM),
+        ("setsockopt", ld, None, None, 24),  # args[1]: the level
+        ("", jeq, None, "allow", SOL_SOCKET),
+        ("", ld, None, None, 32),  # args[2]: the option
+        ("", jeq, "deny", None, SO_SNDBUF),
+        ("", jeq, "deny", None, SO_RCVBUF),
+        ("", jeq, "deny", None, SO_SNDBUFFORCE),
+        ("", jeq, "deny", "allow", SO_RCVBUFFORCE),
+        ("fcntl", ld, None, None, 24),  # args[1]: the command
+        ("", jeq, "deny", "allow", F_SETPIPE_SZ),
         ("allow", ret, None, None, _RET_ALLOW),
         ("deny", ret, None, None, _RET_EACCES),
     ]
@@ -635,9 +660,12 @@ class Worker:
         except OSError as e:
             self._reset_workdir(int(lim["file_size_bytes"]))
             return {"status": "sandbox_error", "message": f"could not write files: {e}"}
-        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.write(stdin_fd, req["stdin"]) if req["stdin"] else None
         os.lseek(stdin_fd, 0, os.SEEK_SET)
+        # The program's fd 0 is this read-write memory file: sealed, it cannot be grown into
+        # memory that no limit counts (the filter refuses the program memfds of its own).
+        fcntl.fcntl(stdin_fd, fcntl.F_ADD_SEALS, _STDIN_SEALS)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         ch_r, ch_w = os.pipe()

@@ -13,6 +13,10 @@ reported once with an :class:`~sandboxes.IsolationWarning` naming the protection
   interpreter), CPU time, file size, open files, processes/threads (``RLIMIT_NPROC``, enforced
   because each worker slot runs its children under its own random non-root uid), no core
   dumps; the wall clock is enforced by the worker, which kills the whole process group.
+  Memory held through a file descriptor, which ``RLIMIT_AS`` does not see, is refused where
+  it could be large: no ``memfd_create`` or ``memfd_secret`` (50 memfds once held 800 MiB
+  under a 32 MiB cap), a sealed stdin file, no growing of pipe (``F_SETPIPE_SZ``) or socket
+  buffers (``SO_SNDBUF``/``SO_RCVBUF``); what remains is bounded and listed below.
 * **Leftovers** — after every run the worker kills every process of the slot's uid
   (``kill(-1)`` as that uid), so double forks and ``setsid`` orphans die too; the working
   directory is a fresh size-capped tmpfs per run (``Limits.file_size_bytes``, 4096 inodes),
@@ -54,6 +58,15 @@ What is NOT protected:
   does not cover is reachable.
 * Memory is capped per process (``RLIMIT_AS``), not per run: ``processes`` children can each
   use ``memory_bytes``. The Docker backend caps the whole container.
+* Memory held through file descriptors is not counted against ``memory_bytes``; only these
+  routes remain, each bounded: the run's working directory (a tmpfs of up to
+  ``file_size_bytes``, host memory when root), pipe buffers at the kernel's default size
+  (64 KiB each, ``open_files / 2`` pipes: 2 MiB at the default limits), unix socket buffers
+  at the kernel's default size (``open_files / 2`` pairs of ``2 * net.core.wmem_default``:
+  13 MiB at the default limits with the usual 208 KiB; 6 MiB measured), and the small kernel
+  objects behind other descriptors (epoll, eventfd, inotify), at most ``open_files`` of them.
+  Without root the pipe and socket buffers count against your own user's kernel limits.
+  The Docker backend's container limit counts all of them.
 * CPU time is counted for the main process only; a program's children are bounded by the
   wall clock.
 * A program can write to its own result channel, so ``completed`` and ``return_json`` say only

@@ -172,6 +172,57 @@ def test_fd_exhaustion_is_capped(sandbox: Sandbox) -> None:
     assert int(r.stdout.split()[0]) <= 32
 
 
+# Each program holds as much memory as it can through file descriptors, where RLIMIT_AS does
+# not see it, and prints how many bytes it held (then how many file descriptors it used).
+_HOLD = "import ctypes, fcntl, os, socket\nheld, fds = 0, []\n"
+FD_MEMORY = {
+    # 50 memfds of Limits.file_size_bytes each once held 800 MiB under a 32 MiB cap.
+    "memfd": _HOLD
+    + "try:\n    for i in range(50):\n        fd = os.memfd_create(str(i)); fds.append(fd)\n"
+    "        while held < (i + 1) * (16 << 20):\n            held += os.write(fd, b'x' * (1 << 20))\n"
+    "except OSError:\n    pass\n",
+    "memfd_secret": _HOLD + "libc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(447, 0)\n"
+    "if fd >= 0:\n    fds.append(fd)\n    os.ftruncate(fd, 16 << 20); held = 16 << 20\n",
+    "grown stdin": _HOLD
+    + "try:\n    os.ftruncate(0, 16 << 20); held = 16 << 20\nexcept OSError:\n    pass\n"
+    "try:\n    os.lseek(0, 0, 2); held = max(held, os.write(0, b'x' * (16 << 20)))\n"
+    "except OSError:\n    pass\n",
+    "grown pipes": _HOLD + "try:\n    while True:\n        r, w = os.pipe(); fds += [r, w]\n"
+    "        try:\n            fcntl.fcntl(w, 1031, 1 << 20)\n        except OSError:\n            pass\n"
+    "        os.set_blocking(w, False)\n"
+    "        try:\n            while True:\n                held += os.write(w, b'x' * 65536)\n"
+    "        except BlockingIOError:\n            pass\nexcept OSError:\n    pass\n",
+    "grown socket buffers": _HOLD
+    + "try:\n    while True:\n        a, b = socket.socketpair(); fds += [a, b]\n"
+    "        for o in (socket.SO_SNDBUF, socket.SO_RCVBUF, 32, 33):\n"
+    "            try:\n                a.setsockopt(socket.SOL_SOCKET, o, 1 << 26)\n"
+    "            except OSError:\n                pass\n"
+    "        a.setblocking(False)\n"
+    "        try:\n            while True:\n                held += a.send(b'x' * 65536)\n"
+    "        except BlockingIOError:\n            pass\nexcept OSError:\n    pass\n",
+}
+
+
+def _fd_memory_bound(route: str, open_files: int) -> int:
+    """What a route may still hold: nothing, or buffers of the kernel's default size."""
+    if route == "grown pipes":
+        return open_files // 2 * 65536  # 16 pages a pipe; growing them is refused
+    if route == "grown socket buffers":
+        wmem = int(Path("/proc/sys/net/core/wmem_default").read_text())
+        return open_files // 2 * 2 * wmem  # the kernel doubles what it books
+    return 0
+
+
+@pytest.mark.parametrize("route", sorted(FD_MEMORY))
+def test_memory_held_through_file_descriptors_stays_bounded(sandbox: Sandbox, route: str) -> None:
+    limits = Limits(memory_bytes=32 << 20, file_size_bytes=16 << 20, wall_time_s=10.0)
+    r = sandbox.run(FD_MEMORY[route] + "print(held, len(fds))\n", limits=limits)
+    assert r.status is S.OK, r
+    held = int(r.stdout.split()[0])
+    assert held <= _fd_memory_bound(route, limits.open_files), (route, held >> 20, r.stdout)
+    still_works(sandbox)
+
+
 def test_disk_fill_is_capped(sandbox: Sandbox) -> None:
     code = (
         "total = 0\n"
