@@ -13,10 +13,12 @@ __all__ = [
     "EnvError",
     "EnvNotFoundError",
     "InvalidEnvIdError",
+    "MissingExtraError",
     "PluginError",
     "RLRFError",
     "RLRFWarning",
     "RegistrationError",
+    "RemoteEnvError",
     "TrajectoryFormatError",
 ]
 
@@ -62,6 +64,14 @@ class EnvError(RLRFError):
 
 class EnvCheckError(EnvError):
     """:func:`rlrf.check_env` found a problem; the message says which check and how to fix it."""
+
+
+class RemoteEnvError(EnvError):
+    """An env server could not be reached, answered something else, or reported an error."""
+
+
+class MissingExtraError(RLRFError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
 
 
 class TrajectoryFormatError(RLRFError, ValueError):

@@ -336,8 +336,27 @@ def _restore_specs(before: dict[str, EnvSpec]) -> list[str]:
     return changed
 
 
+#: ``make("openenv:http://host:port")`` makes an env over an OpenEnv server (rlrf.remote).
+REMOTE_PREFIX = "openenv:"
+
+
+def _remote_spec(env_id: str) -> EnvSpec:
+    def factory(**kwargs: Any) -> RLRFEnv:
+        from rlrf.remote.client import make_remote  # imported only when asked for
+
+        return make_remote(env_id, **kwargs)
+
+    return EnvSpec(id=env_id, entry_point=factory, description="an OpenEnv server")
+
+
 def spec(env_id: str) -> EnvSpec:
-    """Return the :class:`EnvSpec` of ``env_id``; without ``-vN``, the latest version."""
+    """Return the :class:`EnvSpec` of ``env_id``; without ``-vN``, the latest version.
+
+    ``"openenv:http://host:port"`` (several URLs separated by commas) names OpenEnv servers
+    instead: its spec makes a :class:`rlrf.remote.OpenEnvEnv`.
+    """
+    if isinstance(env_id, str) and env_id.startswith(REMOTE_PREFIX):
+        return _remote_spec(env_id)
     namespace, name, version = _parse_id(env_id)
     load_plugins()
     specs = registry._specs
