@@ -12,11 +12,14 @@ Third-party packages declare, in their ``pyproject.toml``::
 
 Plugins are loaded on the first lookup (``make``, ``spec``, iterating the registry), never
 at ``import rlrf``. A broken plugin (any exception at import or registration, ``SystemExit``
-included) is reported by distribution and entry-point name in a :class:`PluginWarning` and in
-the "not found" error, without affecting the other envs. A plugin's registrations are
-all-or-nothing: when it fails, every id it registered (or replaced) is restored to what it was
-before it loaded. ``override=True`` on one of the ``rlrf/`` ids that ship with rlrf warns
-(:class:`BuiltinOverrideWarning`), whoever does it.
+and other ``BaseException`` subclasses included, even one whose message cannot be rendered)
+is reported by distribution and entry-point name in a :class:`PluginWarning` and in the "not
+found" error, without affecting the other envs. A plugin's registrations are all-or-nothing:
+when it fails, every id it registered (or replaced) is restored to what it was before it
+loaded. Only ``KeyboardInterrupt`` stops the loading, after that rollback. ``override=True``
+on one of the ``rlrf/`` ids that ship with rlrf warns (:class:`BuiltinOverrideWarning`),
+whoever does it; so does a plugin registering a newer version of one (``rlrf/Arithmetic-v1``),
+which would change what the unversioned ``make("rlrf/Arithmetic")`` returns.
 
 Registered ids are also registered with Gymnasium, so ``gymnasium.make(id)`` works once rlrf
 is imported; ``gymnasium.make("rlrf.plugins:acme/Sorting-v0")`` loads the plugins first.
@@ -75,7 +78,10 @@ class PluginWarning(RLRFWarning):
 
 
 class BuiltinOverrideWarning(RLRFWarning):
-    """``register(..., override=True)`` replaced one of the envs that ship with rlrf."""
+    """A built-in env was replaced, or its unversioned id now makes a plugin's env.
+
+    ``override=True`` on a built-in id, or a plugin registering a newer version of one.
+    """
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,19 @@ def register(
             BuiltinOverrideWarning,
             stacklevel=2,
         )
+    elif old is None and namespace == BUILTIN_NAMESPACE and registry._loading_plugin:
+        # Only a plugin: rlrf's own ids and a user's explicit register call are seen where
+        # they are written, a plugin's happen at a distance, on the first lookup.
+        shadowed = _latest_version(namespace, name)
+        if shadowed is not None and shadowed.plugin is None and version > (shadowed.version or 0):
+            warnings.warn(
+                f"plugin {registry._loading_plugin} registered {id}, so "
+                f"make('{namespace}/{name}') now makes its {entry_point!r} instead of the "
+                f"built-in {shadowed.id}; register under your own namespace instead, "
+                f"e.g. 'yourname/{name}-v{version}'",
+                BuiltinOverrideWarning,
+                stacklevel=2,
+            )
     new = EnvSpec(
         id=id,
         entry_point=entry_point,
@@ -265,6 +284,12 @@ def register(
     registry._specs[id] = new
     _register_with_gymnasium(new)
     return new
+
+
+def _latest_version(namespace: str, name: str) -> EnvSpec | None:
+    """The spec an unversioned ``namespace/name`` resolves to now, if any."""
+    found = [s for s in registry._specs.values() if s.namespace == namespace and s.name == name]
+    return max(found, key=lambda s: s.version or 0, default=None)
 
 
 def _gymnasium_factory(env_id: str) -> Callable[..., RLRFEnv]:
@@ -289,11 +314,13 @@ def load_plugins(*, force: bool = False) -> dict[str, str]:
     """Load every installed ``rlrf.envs`` entry point once; return the failures by name.
 
     Called automatically on the first registry lookup. A plugin that fails to import or
-    raises is reported (:class:`PluginWarning`) and skipped; the others still load.
+    raises anything but ``KeyboardInterrupt`` is rolled back, reported
+    (:class:`PluginWarning`) and skipped; the others still load.
     """
     if (registry._plugins_loaded and not force) or registry._loading_plugin is not None:
         return dict(registry.plugin_errors)
     registry._plugins_loaded = True
+    failed: list[str] = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
         label = f"{dist}:{ep.name}"
@@ -303,20 +330,40 @@ def load_plugins(*, force: bool = False) -> dict[str, str]:
             target = ep.load()
             if callable(target) and not isinstance(target, type(sys)):
                 target()
-        except (Exception, SystemExit) as e:  # not KeyboardInterrupt: the user wants out
+        except BaseException as e:
             undone = _restore_specs(before)
+            if isinstance(e, KeyboardInterrupt):  # the user wants out; all-or-nothing still
+                raise
             message = (
                 f"rlrf plugin {ep.name!r} from distribution {dist!r} (entry point "
-                f"{ep.value!r}) failed to load: {type(e).__name__}: {e}. Its envs are "
-                "unavailable"
+                f"{ep.value!r}) failed to load: {_describe(e)}. Its envs are unavailable"
                 + (f" ({', '.join(undone)} rolled back)" if undone else "")
                 + "; fix or uninstall that package"
             )
             registry.plugin_errors[label] = message
-            warnings.warn(message, PluginWarning, stacklevel=2)
+            failed.append(message)
         finally:
             registry._loading_plugin = None
+    # Warned once every plugin is in: a filter that turns warnings into errors cannot stop
+    # the plugins after a broken one from loading.
+    for message in failed:
+        warnings.warn(message, PluginWarning, stacklevel=2)
     return dict(registry.plugin_errors)
+
+
+def _describe(e: BaseException) -> str:
+    """``"Type: message"`` for a plugin's exception, whatever its ``__str__`` does."""
+    try:
+        text = f"{type(e).__name__}: {e}"
+    except KeyboardInterrupt:
+        raise
+    except BaseException as inner:  # a plugin's __str__ is the plugin's code too
+        try:
+            name = type(e).__qualname__
+        except BaseException:
+            name = "an exception"
+        return f"{name} (its message could not be rendered: {type(inner).__name__})"
+    return text if len(text) <= 500 else text[:500] + "... (cut)"
 
 
 def _restore_specs(before: dict[str, EnvSpec]) -> list[str]:

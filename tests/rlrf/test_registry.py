@@ -353,6 +353,122 @@ def test_overriding_a_builtin_id_warns(hostile_plugin_path, fresh_ids):
         rlrf.register("test/Echo-v0", "tests.toy_envs:CountdownEnv", override=True)
 
 
+# ---- hostile plugins, second round (issue 26) ---------------------------------------------
+
+# Each is loaded from one distribution with a good plugin after it (its entry points load in
+# the order they are listed), so a hostile plugin that stops the loading shows.
+HOSTILE_2 = {
+    "unprintable_envs": """
+        import rlrf
+        class Unprintable(Exception):
+            def __str__(self):
+                return str(1 / 0)
+        def register():
+            rlrf.register("unprintable/Thing-v0", "acme_envs:Sorting")
+            raise Unprintable()
+        """,
+    "base_envs": """
+        import rlrf
+        class Stop(BaseException):
+            pass
+        def register():
+            rlrf.register("rlrf/Arithmetic-v0", "acme_envs:Sorting", override=True)
+            rlrf.register("base/Own-v0", "acme_envs:Sorting")
+            raise Stop("not an Exception")
+        """,
+    "newer_envs": """
+        import rlrf
+        def register():
+            rlrf.register("rlrf/Arithmetic-v1", "acme_envs:Sorting")
+        """,
+}
+
+
+def _hostile_dist(root, module):
+    _make_dist(root, "hostile-envs", "acme_envs", "acme_envs:register_envs", ACME)
+    (root / "hostile_envs-1.0.dist-info" / "entry_points.txt").write_text(
+        f"[rlrf.envs]\n{module} = {module}:register\nacme = acme_envs:register_envs\n"
+    )
+    (root / f"{module}.py").write_text(textwrap.dedent(HOSTILE_2[module]))
+    return root
+
+
+_LOAD_AND_REPORT = """
+    import warnings
+    import rlrf
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = rlrf.make("rlrf/Arithmetic-v0")
+    print("MADE", type(env).__name__)
+    for w in caught:
+        print("WARN", w.category.__name__, w.message)
+    print("IDS", sorted(i for i in rlrf.registry if i.startswith(("unprintable/", "base/"))))
+    print("ACME", rlrf.spec("acme/Sorting-v0").plugin)
+    print("LATEST", rlrf.spec("rlrf/Arithmetic").id)
+"""
+
+
+def test_a_plugin_whose_exception_cannot_be_printed_breaks_nothing(tmp_path):
+    # str(e) raising in the report once escaped make() as ZeroDivisionError and stopped the
+    # plugins after it.
+    proc = _run(_LOAD_AND_REPORT, _hostile_dist(tmp_path, "unprintable_envs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MADE ArithmeticEnv" in proc.stdout
+    assert (
+        "WARN PluginWarning rlrf plugin 'unprintable_envs' from distribution 'hostile-envs' "
+        "(entry point 'unprintable_envs:register') "
+        "failed to load: Unprintable (its message could not be rendered: ZeroDivisionError). "
+        "Its envs are unavailable (unprintable/Thing-v0 rolled back)" in proc.stdout
+    )
+    assert "ACME hostile-envs:acme" in proc.stdout  # the plugins after it still loaded
+
+
+def test_a_plugin_raising_a_base_exception_keeps_none_of_its_registrations(tmp_path):
+    proc = _run(_LOAD_AND_REPORT, _hostile_dist(tmp_path, "base_envs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MADE ArithmeticEnv" in proc.stdout  # the override is undone
+    assert (
+        "failed to load: Stop: not an Exception. Its envs are unavailable "
+        "(base/Own-v0, rlrf/Arithmetic-v0 rolled back)" in proc.stdout
+    )
+    assert "IDS []" in proc.stdout
+    assert "ACME hostile-envs:acme" in proc.stdout
+
+
+def test_a_plugin_shadowing_a_builtins_unversioned_id_warns(tmp_path):
+    proc = _run(_LOAD_AND_REPORT, _hostile_dist(tmp_path, "newer_envs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "WARN BuiltinOverrideWarning plugin hostile-envs:newer_envs registered "
+        "rlrf/Arithmetic-v1, so make('rlrf/Arithmetic') now makes its 'acme_envs:Sorting' "
+        "instead of the built-in rlrf/Arithmetic-v0" in proc.stdout
+    )
+    assert "LATEST rlrf/Arithmetic-v1" in proc.stdout  # still allowed, but never silently
+
+
+def test_keyboard_interrupt_in_a_plugin_stops_loading_after_its_rollback(tmp_path):
+    source = """
+        import rlrf
+        def register():
+            rlrf.register("rlrf/Arithmetic-v0", "acme_envs:Sorting", override=True)
+            raise KeyboardInterrupt
+        """
+    _make_dist(tmp_path, "ctrlc-envs", "ctrlc_envs", "ctrlc_envs:register", source)
+    code = """
+        import warnings; warnings.simplefilter("ignore")
+        import rlrf
+        try:
+            rlrf.make("rlrf/Arithmetic-v0")
+        except KeyboardInterrupt:
+            print("INTERRUPTED")
+        print("NOW", rlrf.spec("rlrf/Arithmetic-v0").entry_point)
+    """
+    proc = _run(code, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "INTERRUPTED" in proc.stdout
+    assert "NOW envs.arithmetic:ArithmeticEnv" in proc.stdout
+
+
 def test_no_module_of_rlrf_imports_torch_or_transformers():
     # every module of the core package, not only `import rlrf`: the sampling interface, the
     # CLI and the checker must stay usable without torch
