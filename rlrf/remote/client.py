@@ -34,6 +34,7 @@ import json
 import math
 import os
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,7 +48,14 @@ from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError, RemoteEnvError
 from rlrf.feedback import Feedback, FeedbackKind, truncate_text
 from rlrf.remote._deps import require_openenv
-from rlrf.remote.wire import ACTION_FIELD, INFO_PATH, TOKEN_ENV, feedback_from_wire, json_safe
+from rlrf.remote.wire import (
+    ACTION_FIELD,
+    INFO_PATH,
+    TOKEN_ENV,
+    feedback_from_wire,
+    json_safe,
+    wire_text,
+)
 
 __all__ = ["PREFIX", "OpenEnvEnv", "ServerInfo", "make_remote", "parse_urls"]
 
@@ -242,6 +250,10 @@ def _action_builder(
     return lambda response: {**extra, field_name: response}
 
 
+class _ServerFull(RemoteEnvError):
+    """The server refused a new session: it has ``max_sessions`` open."""
+
+
 def _reward(value: Any) -> tuple[float | None, str | None]:
     """The reward, or ``None`` and why it is missing."""
     if value is None:
@@ -403,7 +415,7 @@ class OpenEnvEnv(RLRFEnv):
             if text.startswith("Server error:"):  # openenv's client: the server answered an error
                 if "CAPACITY_REACHED" in text:
                     self._drop()
-                    raise RemoteEnvError(
+                    raise _ServerFull(
                         f"{self.env_id}: {url} is full ({text.removeprefix('Server error: ')}); "
                         "start it with a larger --max-sessions, or add servers"
                     ) from None
@@ -454,7 +466,19 @@ class OpenEnvEnv(RLRFEnv):
         if seed is not None:
             params["seed"] = int(seed)
         shown = f"reset(seed={seed})"
-        result = self._call(shown, lambda c: c.reset(**params))
+        # A full server may be closing another session right now (a rollout just ended, a
+        # closed client's handshake still in flight): retry until connect_timeout_s runs out.
+        deadline = time.monotonic() + self._connect_timeout
+        pause = 0.02
+        while True:
+            try:
+                result = self._call(shown, lambda c: c.reset(**params))
+                break
+            except _ServerFull:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
         obs = result.observation if isinstance(result.observation, dict) else {}
         metadata = result.metadata or obs.get("metadata") or {}
         if self.server_info.is_rlrf:
@@ -495,7 +519,9 @@ class OpenEnvEnv(RLRFEnv):
         if self._client is None or not self._chat:
             raise RemoteEnvError(f"{self.env_id}: call reset() before step()")
         where = f"step (turn {self._turn + 1})"
-        payload = self._action[self._url or self.urls[0]](action)
+        # Sent as UTF-8: a lone surrogate (unencodable) goes as U+FFFD, or a server echoing the
+        # response could not serialize its reply; the chat keeps the response as given.
+        payload = self._action[self._url or self.urls[0]](wire_text(action))
         result = self._call(where, lambda c: c.step(payload))
         obs = result.observation if isinstance(result.observation, dict) else {}
         metadata = result.metadata or obs.get("metadata") or {}

@@ -167,7 +167,7 @@ def test_capacity_error_when_full(arithmetic):
     with EnvServer("rlrf/Arithmetic-v0", max_sessions=1) as server:
         first = OpenEnvEnv(server.url)
         first.reset(seed=0)
-        second = OpenEnvEnv(server.url)
+        second = OpenEnvEnv(server.url, connect_timeout_s=0.5)
         with pytest.raises(RemoteEnvError, match=r"is full .*--max-sessions"):
             second.reset(seed=0)
         first.close()
