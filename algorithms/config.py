@@ -1,22 +1,19 @@
-"""Every option of training, in one torch-free module: the dataclasses and the presets.
+"""The training loop's options and the machinery every algorithm's config shares; torch-free.
 
 :class:`TrainConfig` holds everything the training loop needs (model, env, optimizer,
-batch shapes, sampling, evaluation, checkpointing). Each algorithm adds its loss options:
-:class:`GRPOTrainConfig` a :class:`GRPOConfig`; :class:`SDPOTrainConfig` an
-:class:`SDPOConfig` (and a GRPOConfig for the token-level variant and the GRPO mix). Every
-field has a docstring (the string literal below it), which becomes ``--help`` in
-:mod:`algorithms.cli`. A train config names its algorithm's objective
-(:meth:`TrainConfig.build_objective`), which is all the trainer knows of the algorithm.
+batch shapes, sampling, evaluation, checkpointing). An algorithm subclasses it, adds its
+loss options as *sections* (fields whose type is a config dataclass: GRPO's ``grpo``,
+SDPO's ``sdpo`` and ``grpo``) and overrides :meth:`TrainConfig.build_objective`, which is
+all the trainer knows of the algorithm. Every field has a docstring (the string literal
+below it), which becomes ``--help`` in :mod:`algorithms.commands.train`.
 
-Field names are flat across the composed configs (no two share a name), so a YAML file or a
-command line can set any of them by name; a nested ``grpo:`` / ``sdpo:`` section in YAML
+Field names are flat across a config's sections (no two share a name), so a YAML file or a
+command line can set any of them by name; a nested section in YAML (``sdpo: {top_k: 5}``)
 works too. An unknown name raises :class:`rlrf.ConfigError` naming the closest valid one.
 
-Presets (:data:`PRESETS`: ``grpo``, ``sdpo``, ``sdpo-srf``) are defined here once, learning
-rate and warm-up included. Every entry point goes through :func:`resolve_config`: the
-command line (``rlrf train --algo NAME``), Python (``train(algorithm=NAME)``,
-``sdpo.train(config=SDPOConfig.successful_rollout())``) and YAML files (an ``algorithm:``
-key), so one algorithm name gives one effective config whichever way it is asked for.
+Nothing here names an algorithm: the algorithms and their presets are registered in
+:mod:`algorithms.registry`, which also resolves what an entry point was given (a preset
+name, a YAML file, a config object) into a train config.
 """
 
 from __future__ import annotations
@@ -29,10 +26,9 @@ import inspect
 import re
 import textwrap
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rlrf.errors import ConfigError
 
@@ -40,35 +36,19 @@ if TYPE_CHECKING:
     from algorithms.objective import Objective
 
 __all__ = [
-    "PRESETS",
-    "AdvantageScale",
-    "Aggregation",
-    "GRPOConfig",
-    "GRPOTrainConfig",
-    "LossLevel",
-    "Preset",
-    "SDPOConfig",
-    "SDPOTrainConfig",
-    "TeacherMode",
+    "FlatField",
     "TrainConfig",
-    "build_config",
     "check_choice",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "field_docs",
     "flat_fields",
-    "load_yaml_config",
-    "read_yaml_config",
-    "resolve_config",
+    "load_yaml",
+    "sections",
     "validate_field_types",
 ]
 
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
-AdvantageScale = Literal["none", "group", "batch"]
-TeacherMode = Literal["ema", "trust_region", "frozen", "live"]
-LossLevel = Literal["logit", "token"]
-Demonstration = Literal["first", "random", "shortest"]
 
 
 def check_choice(name: str, value: object, choices: object) -> None:
@@ -160,163 +140,6 @@ def _type_hints(cls: type) -> dict[str, Any]:
             if dataclasses.is_dataclass(klass) and klass is not cls:
                 hints.update(_type_hints(klass))
         return hints
-
-
-# --- the loss options of each algorithm --------------------------------------------------
-
-
-@dataclass
-class GRPOConfig:
-    """The loss options of GRPO (training options live in the trainer's shared config)."""
-
-    advantage_scale: AdvantageScale = "none"
-    """Divide A_i = r_i − mean by the reward std of its group ("group"), of the batch
-    ("batch"), or not at all ("none", the paper's baseline)."""
-
-    clip_low: float = 0.2
-    """ε_low: the ratio is clipped below at 1 − ε_low."""
-
-    clip_high: float = 0.2
-    """ε_high: the ratio is clipped above at 1 + ε_high (DAPO's clip-higher uses 0.28)."""
-
-    kl_coef: float = 0.0
-    """β of the k3 KL penalty to the frozen initial model; 0 disables it (no reference kept)."""
-
-    aggregation: Aggregation = "token_mean"
-    """How per-token losses become one number, named by the normalizer: token_mean (Σℓ/Σm
-    over the whole batch), seq_mean_token_mean (original GRPO), seq_mean_token_sum_norm
-    (Dr. GRPO, Σℓ / (B · L_max))."""
-
-    filter_zero_advantage_groups: bool = False
-    """Drop groups whose rewards are all equal (A = 0 everywhere) before the update."""
-
-    def __post_init__(self) -> None:
-        validate_field_types(self)
-        check_choice("advantage_scale", self.advantage_scale, AdvantageScale)
-        check_choice("aggregation", self.aggregation, Aggregation)
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ConfigError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0.0:
-            raise ConfigError(f"clip_high must be >= 0, got {self.clip_high}")
-        if self.kl_coef < 0.0:
-            raise ConfigError(f"kl_coef must be >= 0, got {self.kl_coef}")
-
-
-@dataclass
-class SDPOConfig:
-    """The options of SDPO (teacher context, teacher weights, distillation loss).
-
-    The field defaults are the paper's rich-feedback setting with pure SDPO (``grpo_mix=0``).
-    Named settings: :meth:`rich_feedback` (the paper's code/tool-use setting) and
-    :meth:`successful_rollout` (the ``sdpo-srf`` preset's loss options: no environment
-    feedback, a successful sibling's solution is the only teacher context; also exported as
-    ``algorithms.sdpo.SRF``).
-    """
-
-    preset: ClassVar[str | None] = None
-    """The preset this config was made from (:meth:`successful_rollout` sets ``"sdpo-srf"``;
-    not a field): ``train(config=...)`` then takes that preset's training options too."""
-
-    success_threshold: float = 1.0
-    """A sibling rollout with reward >= this is a correct solution (reference config: 0.5)."""
-
-    use_solution: bool = True
-    """Put another successful rollout of the group (see ``demonstration``) into the teacher
-    context."""
-
-    demonstration: Demonstration = "first"
-    """Which successful sibling (reward >= ``success_threshold``, j ≠ i) is the solution:
-    "first" in group order (the paper's reference code), "random" (uniform, seeded by the
-    rollout's sampling seed, policy version, task and index: reproducible and resumable), or
-    "shortest" (fewest characters after stripping reasoning; ties to the first). Other SDPO
-    users report "shortest" preceding collapse; "first" stays the default until measured."""
-
-    use_feedback: bool = True
-    """Put the environment's feedback on the student's own attempt into the teacher context."""
-
-    feedback_only_without_solution: bool = False
-    """Show feedback only when no solution exists (the reference code's behaviour); the default
-    shows both, which the paper's ablation found best."""
-
-    strip_reasoning: bool = True
-    """Remove ``<think>…</think>`` blocks from a solution before showing it to the teacher."""
-
-    teacher_max_prompt_tokens: int = 2048
-    """Cap on the teacher prompt in TOKENS (after the chat template); longer prompts lose
-    tokens from the left of the prompt body, never the instruction or the assistant header."""
-
-    teacher: TeacherMode = "ema"
-    """Teacher weights: "ema" of the student, "trust_region" (lerp of frozen-initial and current
-    logits), "frozen" (initial model), "live" (the current student, unregularized)."""
-
-    teacher_tau: float = 0.01
-    """τ: EMA rate θ' ← (1−τ)θ' + τθ per optimizer step, or the trust-region lerp weight."""
-
-    top_k: int = 20
-    """K: number of the student's largest logits distilled per position (plus a tail bucket)."""
-
-    alpha: float = 1.0
-    """Divergence: 0 forward KL(q‖p), 1 reverse KL(p‖q), in between generalized JSD (0.5 = JSD)."""
-
-    is_clip: float = 2.0
-    """Upper clip of the importance weight exp(log π_θ(y) − log π_old(y)) on each token."""
-
-    loss_level: LossLevel = "logit"
-    """ "logit": top-K distillation; "token": policy gradient with per-token advantage
-    log q(y_t) − log p(y_t) on the sampled token only."""
-
-    grpo_mix: float = 0.0
-    """λ of the paper's Eq. 3: λ · A_GRPO + (1 − λ) · A_SDPO; 0 is pure SDPO (0.9 helped at
-    0.6B; the ``sdpo`` preset uses 0.9)."""
-
-    feedback_max_chars: int = 2000
-    """Cap on the rendered feedback text in characters (a visible truncation marker is added)."""
-
-    def __post_init__(self) -> None:
-        validate_field_types(self)
-        check_choice("teacher", self.teacher, TeacherMode)
-        check_choice("loss_level", self.loss_level, LossLevel)
-        check_choice("demonstration", self.demonstration, Demonstration)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
-        if not 0.0 < self.teacher_tau <= 1.0:
-            raise ConfigError(f"teacher_tau must be in (0, 1], got {self.teacher_tau}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if self.is_clip <= 0.0:
-            raise ConfigError(f"is_clip must be > 0, got {self.is_clip}")
-        if not 0.0 <= self.grpo_mix <= 1.0:
-            raise ConfigError(f"grpo_mix must be in [0, 1], got {self.grpo_mix}")
-        if self.teacher_max_prompt_tokens < 1:
-            raise ConfigError(
-                f"teacher_max_prompt_tokens must be >= 1, got {self.teacher_max_prompt_tokens}"
-            )
-        if self.feedback_max_chars < 0:
-            raise ConfigError(f"feedback_max_chars must be >= 0, got {self.feedback_max_chars}")
-        if not (self.use_solution or self.use_feedback):
-            raise ConfigError(
-                "use_solution and use_feedback are both False, so no rollout could ever get a "
-                "teacher context; enable at least one"
-            )
-
-    @classmethod
-    def rich_feedback(cls, **overrides: Any) -> SDPOConfig:
-        """Return the paper's rich-feedback setting: reverse KL (α = 1), K = 20, EMA τ = 0.01."""
-        return cls(**{"alpha": 1.0, "top_k": 20, "teacher_tau": 0.01, **overrides})
-
-    @classmethod
-    def successful_rollout(cls, **overrides: Any) -> SDPOConfig:
-        """Return the ``sdpo-srf`` preset's SDPO options: no env feedback, JSD, K = 100, τ = 0.05.
-
-        It needs nothing but a scalar reward, so it runs on any RLVR environment. The result
-        remembers the preset (:attr:`preset`), so ``sdpo.train(config=...)`` also takes the
-        preset's learning rate and warm-up.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in PRESETS["sdpo-srf"].values.items() if k in names}
-        config = cls(**{**values, **overrides})
-        config.preset = "sdpo-srf"  # type: ignore[misc]
-        return config
 
 
 # --- the training loop's options ---------------------------------------------------------
@@ -420,7 +243,7 @@ class TrainConfig:
     reuse_freed_memory: bool = True
     """On CPU (Linux, glibc): keep memory freed during a step for the next one instead of
     returning it to the system and faulting it in again (2-6 CPU-s of kernel time per update
-    at 135M; see algorithms/allocator.py). Process-wide; false leaves malloc as it is."""
+    at 135M; see algorithms/engine/allocator.py). Process-wide; false leaves malloc as it is."""
 
     lora_r: int = 0
     """LoRA rank; 0 trains all weights (LoRA needs peft)."""
@@ -478,7 +301,7 @@ class TrainConfig:
     """How several processes share the model: "ddp" (a whole copy on each, gradients
     all-reduced) or "fsdp2" (weights, gradients and AdamW state sharded over the processes
     with torch's fully_shard; for models whose training state does not fit one device; see
-    algorithms.fsdp for when to use which, and what FSDP2 does not combine with)."""
+    algorithms.engine.parallel for when to use which, and what FSDP2 does not combine with)."""
 
     trackers: list[str] = field(default_factory=list)
     """Extra loggers through accelerate ("tensorboard", "wandb"); metrics.jsonl is always
@@ -520,8 +343,12 @@ class TrainConfig:
         if self.parallelism == "fsdp2":
             self._check_fsdp2()
 
-    def _check_fsdp2(self) -> None:
-        """Refuse the options ``parallelism: fsdp2`` does not support, saying what to use."""
+    def fsdp2_refusals(self) -> list[str]:
+        """Say which chosen options ``parallelism: fsdp2`` cannot run, and what to use instead.
+
+        An algorithm's config extends the list with its own (``super().fsdp2_refusals()``
+        first); an empty list means FSDP2 can train this config.
+        """
         ddp = "use parallelism: ddp (the default) for"
         refusals = []
         if self.lora_r > 0:
@@ -540,19 +367,11 @@ class TrainConfig:
                 "mixed_precision: fp16 (its gradient scaler is not wired to sharded "
                 "gradients); use mixed_precision: bf16 or no"
             )
-        grpo = getattr(self, "grpo", None)
-        if grpo is not None and getattr(grpo, "kl_coef", 0.0) > 0:
-            refusals.append(
-                f"kl_coef={grpo.kl_coef} (the frozen reference model is not sharded); "
-                f"set kl_coef: 0, or {ddp} the KL term"
-            )
-        sdpo = getattr(self, "sdpo", None)
-        if sdpo is not None and getattr(sdpo, "teacher", "ema") in ("trust_region", "live"):
-            refusals.append(
-                f"teacher: {sdpo.teacher} (it scores with the student itself, without "
-                "gradient, a data-dependent number of times, which sharded layers cannot do); "
-                f"use teacher: ema or frozen, or {ddp} this teacher"
-            )
+        return refusals
+
+    def _check_fsdp2(self) -> None:
+        """Refuse the options ``parallelism: fsdp2`` does not support, saying what to use."""
+        refusals = self.fsdp2_refusals()
         if refusals:
             raise ConfigError("parallelism: fsdp2 does not support " + "; ".join(refusals))
 
@@ -574,63 +393,9 @@ class TrainConfig:
 
         """
         raise ConfigError(
-            f"{type(self).__name__} names no objective; use GRPOTrainConfig or SDPOTrainConfig, "
-            "or override build_objective()"
+            f"{type(self).__name__} names no objective: an algorithm's config overrides "
+            "build_objective() (see algorithms.grpo.config for an example)"
         )
-
-
-@dataclass
-class GRPOTrainConfig(TrainConfig):
-    """GRPO: the shared training options plus GRPO's loss options (``grpo``)."""
-
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    """GRPO's loss options."""
-
-    @property
-    def algorithm(self) -> str:
-        """Name of the algorithm this config trains."""
-        return "grpo"
-
-    def build_objective(self, model: Any, tokenizer: Any) -> Objective:
-        """Return :class:`algorithms.grpo.GRPOObjective`."""
-        from algorithms.grpo import GRPOObjective
-
-        return GRPOObjective(self, model)
-
-
-@dataclass
-class SDPOTrainConfig(TrainConfig):
-    """SDPO: the shared training options plus SDPO's options (``sdpo``).
-
-    ``grpo`` holds the clipping and advantage options used by the token-level variant
-    (``loss_level="token"``) and by the GRPO mix (``grpo_mix > 0``).
-    """
-
-    sdpo: SDPOConfig = field(default_factory=SDPOConfig)
-    """SDPO's options (teacher context, teacher weights, distillation loss)."""
-
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    """GRPO options for the token-level variant and the GRPO mix."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # SDPO trains every rollout with a teacher signal and has no reference-model term
-        if self.grpo.kl_coef > 0 or self.grpo.filter_zero_advantage_groups:
-            raise ConfigError(
-                "grpo.kl_coef and grpo.filter_zero_advantage_groups are GRPO-only options; "
-                "SDPO ignores them: leave them at 0 / false or use --algo grpo"
-            )
-
-    @property
-    def algorithm(self) -> str:
-        """Name of the algorithm this config trains."""
-        return "sdpo"
-
-    def build_objective(self, model: Any, tokenizer: Any) -> Objective:
-        """Return :class:`algorithms.sdpo.objective.SDPOObjective`."""
-        from algorithms.sdpo.objective import SDPOObjective
-
-        return SDPOObjective(self, model, tokenizer)
 
 
 # --- field introspection ------------------------------------------------------------------
@@ -673,17 +438,29 @@ class FlatField:
     doc: str
 
 
-_SECTIONS = ("grpo", "sdpo")
+def sections(cls: type[TrainConfig]) -> dict[str, type]:
+    """The option sections of a train config: its fields whose type is a config dataclass.
+
+    ``{"grpo": GRPOConfig}`` for GRPO, ``{"sdpo": SDPOConfig, "grpo": GRPOConfig}`` for SDPO,
+    in field order; an algorithm's own options section is its first.
+    """
+    hints = _type_hints(cls)
+    return {
+        f.name: hints[f.name]
+        for f in dataclasses.fields(cls)
+        if isinstance(hints.get(f.name), type) and dataclasses.is_dataclass(hints[f.name])
+    }
 
 
 def flat_fields(cls: type[TrainConfig]) -> dict[str, FlatField]:
     """All settable options of a train config, flattened across its sections."""
     out: dict[str, FlatField] = {}
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     docs = field_docs(cls)
+    section_types = sections(cls)
     for f in dataclasses.fields(cls):
-        if f.name in _SECTIONS:
-            sub = hints[f.name]
+        if f.name in section_types:
+            sub = section_types[f.name]
             sub_hints = typing.get_type_hints(sub)
             sub_docs = field_docs(sub)
             instance = sub()
@@ -723,11 +500,12 @@ def config_from_dict(
 
     """
     fields = flat_fields(cls)
+    section_types = sections(cls)
     top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {}
+    given: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         key = key.replace("-", "_")
-        if key in _SECTIONS and key in {f.name for f in dataclasses.fields(cls)}:
+        if key in section_types:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: section {key!r} must be a mapping")
             for sub_key, sub_value in value.items():
@@ -736,19 +514,23 @@ def config_from_dict(
                 if spec is None or spec.section != key:
                     valid = [n for n, s in fields.items() if s.section == key]
                     raise _unknown(sub_key, valid, f"{where} (section {key!r})")
-                sections.setdefault(key, {})[sub_key] = sub_value
+                given.setdefault(key, {})[sub_key] = sub_value
             continue
         spec = fields.get(key)
         if spec is None:
+            if isinstance(value, dict):
+                raise ConfigError(
+                    f"{where}: {key!r} is not an option section of {cls.__name__} (its "
+                    f"sections: {', '.join(section_types) or 'none'})"
+                )
             raise _unknown(key, sorted(fields), where)
         if spec.section is None:
             top[key] = value
         else:
-            sections.setdefault(spec.section, {})[key] = value
-    hints = typing.get_type_hints(cls)
+            given.setdefault(spec.section, {})[key] = value
     try:
-        for section, sub_values in sections.items():
-            top[section] = hints[section](**sub_values)
+        for section, sub_values in given.items():
+            top[section] = section_types[section](**sub_values)
         return cls(**top)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
@@ -770,7 +552,7 @@ _YAML_FLOAT = re.compile(
 )
 
 
-def _load_yaml(text: str, path: str | Path) -> Any:
+def load_yaml(text: str, path: str | Path) -> Any:
     """Parse a config file; ``1e-5`` is a float (YAML 1.2), not the string of YAML 1.1.
 
     PyYAML implements YAML 1.1, whose float pattern requires a dot, so ``lr: 1e-5`` would
@@ -793,7 +575,7 @@ def _load_yaml(text: str, path: str | Path) -> Any:
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict (an ``algorithm`` key is dropped)."""
     text = Path(path).read_text(encoding="utf-8")
-    data = _load_yaml(text, path)
+    data = load_yaml(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of field names to values")
     data.pop("algorithm", None)
@@ -805,155 +587,3 @@ def config_to_yaml(config: TrainConfig) -> str:
     import yaml
 
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def read_yaml_config(path: str | Path) -> tuple[str | None, dict[str, Any]]:
-    """Read a YAML config file: its ``algorithm`` (a preset name, or None) and its fields."""
-    text = Path(path).read_text(encoding="utf-8")
-    data = _load_yaml(text, path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of field names to values")
-    algorithm = data.pop("algorithm", None)
-    if algorithm is not None and algorithm not in PRESETS:
-        raise ConfigError(f"{path}: algorithm {algorithm!r} is not one of {sorted(PRESETS)}")
-    return algorithm, data
-
-
-# --- presets ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named algorithm: its config class and the field values it sets over the defaults."""
-
-    config_class: type[TrainConfig]
-    """The train config it builds."""
-
-    values: Mapping[str, Any]
-    """Flat field values (learning rate, warm-up, loss options) over the dataclass defaults."""
-
-    summary: str
-    """One line for ``--help``."""
-
-
-PRESETS: dict[str, Preset] = {
-    "grpo": Preset(
-        GRPOTrainConfig,
-        {"lr": 1e-6, "warmup_steps": 0},
-        "GRPO, the paper's baseline (no std scaling, token mean, no KL)",
-    ),
-    # The README's demo measured λ = 0.9 as the winner at 135M (held-out 0.266 -> 0.719,
-    # against 0.266 -> 0.234 for pure SDPO), so the `sdpo` name means the mixed loss;
-    # pure SDPO is `grpo_mix=0` (or SDPOConfig() from Python).
-    "sdpo": Preset(
-        SDPOTrainConfig,
-        {"lr": 1e-6, "warmup_steps": 0, "grpo_mix": 0.9},
-        "SDPO with rich feedback, mixed with GRPO as in the paper's Eq. 3 (λ = 0.9)",
-    ),
-    "sdpo-srf": Preset(
-        SDPOTrainConfig,
-        {
-            "lr": 1e-5,
-            "warmup_steps": 10,
-            "use_feedback": False,
-            "use_solution": True,
-            "alpha": 0.5,
-            "top_k": 100,
-            "teacher_tau": 0.05,
-        },
-        "the successful-rollout variant (no env feedback; paper Table 12: JSD, K=100, τ=0.05)",
-    ),
-}
-"""The algorithm names of ``--algo``, ``train(algorithm=...)`` and YAML's ``algorithm:``."""
-
-DEFAULT_ALGORITHM = "sdpo"
-
-
-def build_config(
-    algorithm: str, values: Mapping[str, Any], *, where: str = "the command line"
-) -> TrainConfig:
-    """Build the config of a preset with flat (or sectioned) field ``values`` over it."""
-    if algorithm not in PRESETS:
-        raise ConfigError(f"algorithm {algorithm!r} is not one of {sorted(PRESETS)}")
-    preset = PRESETS[algorithm]
-    flat = _flatten(values)
-    if preset.config_class is GRPOTrainConfig:
-        sdpo_only = {n for n, s in flat_fields(SDPOTrainConfig).items() if s.section == "sdpo"}
-        bad = sorted(set(flat) & sdpo_only)
-        if bad:
-            raise ConfigError(f"{bad} are SDPO options; algorithm 'grpo' does not use them")
-    return config_from_dict(preset.config_class, {**preset.values, **flat}, where=where)
-
-
-def resolve_config(
-    config: TrainConfig | GRPOConfig | SDPOConfig | str | Path | None = None,
-    *,
-    algorithm: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    where: str = "train() keyword arguments",
-) -> TrainConfig:
-    """Turn what an entry point was given into a train config; every entry point calls this.
-
-    Args:
-        config: a full train config (used as is); a loss config (``GRPOConfig`` /
-            ``SDPOConfig``: its algorithm's preset supplies the training options, the one
-            it remembers from :meth:`SDPOConfig.successful_rollout` included); a YAML file
-            path (its ``algorithm:`` key picks the preset); or None (the preset alone).
-        algorithm: the preset name when ``config`` does not say (default ``"sdpo"``); a
-            YAML file's ``algorithm:`` key wins over it, an explicit ``--algo`` flag is
-            passed here by the command line and wins over the file.
-        overrides: flat field values applied last (``{"lr": 1e-5, "top_k": 100}``).
-        where: named in error messages.
-
-    """
-    overrides = dict(overrides or {})
-    if isinstance(config, TrainConfig):
-        if not overrides:
-            return config
-        merged = {**_as_flat(config), **_flatten(overrides)}
-        return config_from_dict(type(config), merged, where=where)
-    if isinstance(config, (str, Path)):
-        file_algorithm, values = read_yaml_config(config)
-        name = algorithm or file_algorithm or DEFAULT_ALGORITHM
-        if name not in PRESETS:
-            raise ConfigError(f"algorithm {name!r} is not one of {sorted(PRESETS)}")
-        # validate the file's names on their own, so the error names the file
-        config_from_dict(PRESETS[name].config_class, values, where=str(config))
-        return build_config(name, {**_flatten(values), **_flatten(overrides)}, where=where)
-    if isinstance(config, (GRPOConfig, SDPOConfig)):
-        name = getattr(config, "preset", None) or algorithm
-        name = name or ("grpo" if isinstance(config, GRPOConfig) else DEFAULT_ALGORITHM)
-        section = "grpo" if isinstance(config, GRPOConfig) else "sdpo"
-        if section not in {f.name for f in dataclasses.fields(PRESETS[name].config_class)}:
-            raise ConfigError(
-                f"a {type(config).__name__} cannot configure algorithm {name!r}; pass "
-                f"algorithm= matching it or a full train config"
-            )
-        values = {**dataclasses.asdict(config), **_flatten(overrides)}
-        return build_config(name, values, where=where)
-    if config is None:
-        return build_config(algorithm or DEFAULT_ALGORITHM, overrides, where=where)
-    raise ConfigError(f"config must be a config dataclass, got {type(config).__name__}")
-
-
-def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat field names (``grpo:`` / ``sdpo:`` sections merged in; dashes as underscores)."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        key = key.replace("-", "_")
-        if key in _SECTIONS and isinstance(value, dict):
-            out.update({k.replace("-", "_"): v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
-def _as_flat(cfg: TrainConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update({sf.name: getattr(value, sf.name) for sf in dataclasses.fields(value)})
-        else:
-            out[f.name] = value
-    return out

@@ -6,7 +6,7 @@ self-teacher knows better than the student, so this command measures that gap on
 of train tasks, through the same functions training uses:
 
 1. Student rollouts: ``--tasks`` train tasks (the trainer's seeded task sampler), G =
-   ``--group-size`` rollouts each, played by :func:`algorithms.rollout.collect_groups`.
+   ``--group-size`` rollouts each, played by :func:`rlrf.rollout.collect_groups`.
 2. Teacher contexts: :func:`algorithms.sdpo.teacher_contexts_for_group` with the SDPO
    options of the preset (``--algo sdpo``: feedback and a successful sibling; ``--algo
    sdpo-srf``: sibling only), ``--set KEY=VALUE`` overriding any of them (e.g.
@@ -61,12 +61,9 @@ the teacher's answers as groups whose task id is that key: ``"<task index>:<roll
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import json
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -74,9 +71,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rlrf
-from algorithms.config import PRESETS, SDPOConfig, SDPOTrainConfig, resolve_config
-from algorithms.evaluate import EvalConfig, _write_atomic, add_model_arguments, build_backend
-from algorithms.rollout import collect_groups, task_sampler
+from algorithms.config import sections
+from algorithms.evaluation import EvalConfig, _write_atomic, build_backend
+from algorithms.registry import presets, resolve_config
+from algorithms.sdpo.config import SDPOConfig
 from algorithms.sdpo.contexts import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
@@ -85,7 +83,8 @@ from algorithms.sdpo.contexts import (
     teacher_contexts_for_group,
 )
 from rlrf.env import RLRFEnv, env_style
-from rlrf.errors import ConfigError, RLRFError
+from rlrf.errors import ConfigError
+from rlrf.rollout import collect_groups, task_sampler
 from rlrf.sampling import SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, TrajectoryWriter
 
@@ -101,13 +100,12 @@ __all__ = [
     "DiagnoseResult",
     "bootstrap_ci",
     "diagnose",
-    "main",
+    "format_summary",
+    "sdpo_algorithms",
     "verdict",
     "wilson_interval",
 ]
 
-COMMAND_HELP = "measure before training whether SDPO's self-teacher is better than the student"
-"""The help line of this ``rlrf`` subcommand."""
 
 MIN_SIGNAL_FRAC = 0.25
 """Below this share of rollouts with a teacher context, SDPO has too little to distill."""
@@ -118,7 +116,17 @@ MIN_GAIN = 0.10
 OUTPUT = "diagnose.json"
 ROLLOUTS = "rollouts.jsonl"
 
-_ALGOS = sorted(n for n, p in PRESETS.items() if p.config_class is SDPOTrainConfig)
+
+
+def sdpo_algorithms() -> dict[str, str]:
+    """The installed algorithms diagnose applies to (a ``SDPOConfig`` section) -> that section."""
+    out = {}
+    for name, preset in presets().items():
+        for section, cls in sections(preset.config_class).items():
+            if issubclass(cls, SDPOConfig):
+                out[name] = section
+                break
+    return out
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,7 @@ class DiagnoseConfig:
         env: Registered env id, e.g. ``rlrf/Arithmetic-v0``.
         model: ``smollm2-135m``, a local model folder, a run folder or its ``final/``; with
             ``base_url``, the model name the endpoint serves (then (c) is not measured).
-        base_url: OpenAI-compatible endpoint (see :class:`algorithms.evaluate.EvalConfig`).
+        base_url: OpenAI-compatible endpoint (see :class:`algorithms.evaluation.EvalConfig`).
         api_key_env: Environment variable holding the endpoint's API key.
         algo: The SDPO preset whose teacher-context and loss options are used.
         sdpo: SDPO option overrides by field name (``{"use_feedback": False}``).
@@ -184,8 +192,12 @@ class DiagnoseConfig:
                 )
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"--confidence must be in (0, 1), got {self.confidence}")
-        if self.algo not in _ALGOS:
-            raise ConfigError(f"--algo {self.algo!r} is not an SDPO preset; use one of {_ALGOS}")
+        algos = sdpo_algorithms()
+        if self.algo not in algos:
+            raise ConfigError(
+                f"--algo {self.algo!r} is not an installed algorithm with SDPO's options (a "
+                f"SDPOConfig section); use one of {sorted(algos)}"
+            )
         SamplingParams(self.temperature, self.top_p, self.max_tokens)  # range checks
         self.sdpo_config()  # unknown or invalid overrides fail here
 
@@ -198,7 +210,7 @@ class DiagnoseConfig:
                 f"--set {unknown[0]}: not an SDPO option; the options are {sorted(names)}"
             )
         config = resolve_config(algorithm=self.algo, overrides=self.sdpo, where="--set")
-        return config.sdpo  # type: ignore[attr-defined]
+        return getattr(config, sdpo_algorithms()[self.algo])
 
     def eval_config(self) -> EvalConfig:
         """The :class:`EvalConfig` whose backend and output naming this diagnosis reuses."""
@@ -378,7 +390,7 @@ def _is_local(backend: Any) -> bool:
 
 
 def _template_kwargs(policy: Any) -> dict[str, Any]:
-    from algorithms.policy import CHATML_TEMPLATE
+    from algorithms.sampling.hf import CHATML_TEMPLATE
 
     template = getattr(policy, "chat_template", None)
     if template is None:
@@ -407,7 +419,7 @@ def _divergences(
     """
     import torch
 
-    from algorithms.policy import lm_head_logits, response_hidden_states
+    from algorithms.scoring import lm_head_logits, response_hidden_states
     from algorithms.sdpo.loss import distillation_loss
 
     model = policy.model
@@ -480,7 +492,7 @@ def diagnose(
         config: What to diagnose.
         env: An env instance (default ``rlrf.make(config.env, **config.env_kwargs)``).
         backend: A sampling backend (default built from ``config`` as ``rlrf eval`` builds
-            it); an :class:`algorithms.policy.HFPolicy` also gives the divergence (c).
+            it); an :class:`algorithms.sampling.hf.HFPolicy` also gives the divergence (c).
         progress: Show a progress bar (tqdm, on stderr).
 
     Raises:
@@ -751,80 +763,6 @@ def _message(r: dict[str, Any]) -> str:
     )
 
 
-# ---- the command line -----------------------------------------------------------------------
-
-
-def build_parser(prog: str = "rlrf diagnose") -> argparse.ArgumentParser:
-    """The ``rlrf diagnose`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_model_arguments(p, endpoint_note=" (the divergence then is not measured)")
-    p.add_argument("--algo", default="sdpo", choices=_ALGOS, help="SDPO preset (its options)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override an SDPO option, e.g. use_feedback=false, alpha=0.5 (repeatable)",
-    )
-    p.add_argument("--tasks", type=int, default=16, help="train tasks sampled")
-    p.add_argument("--group-size", type=int, default=8, help="G: student rollouts per task")
-    p.add_argument("--teacher-samples", type=int, default=1, help="answers per teacher prompt")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--max-tokens", type=int, default=256, help="token budget per response")
-    p.add_argument("--seed", type=int, default=0, help="task, sampling and bootstrap seed")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level")
-    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per step")
-    p.add_argument("--score-batch", type=int, default=8, help="rows per divergence forward pass")
-    p.add_argument("--env-workers", type=int, default=1, help="threads grading envs")
-    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
-    p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
-    p.add_argument("--out", help="output folder (default diagnoses/<env>--<model>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "rlrf diagnose") -> int:
-    """Run ``rlrf diagnose``; return the process exit status."""
-    from rlrf.cli import parse_key_values
-
-    args = build_parser(prog).parse_args(argv)
-    try:
-        config = DiagnoseConfig(
-            env=args.env, model=args.model, base_url=args.base_url,
-            api_key_env=args.api_key_env, algo=args.algo,
-            sdpo=parse_key_values(args.set, "--set"), tasks=args.tasks,
-            group_size=args.group_size, teacher_samples=args.teacher_samples,
-            temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-            seed=args.seed, bootstrap=args.bootstrap, confidence=args.confidence,
-            batch_tasks=args.batch_tasks, score_batch=args.score_batch,
-            env_workers=args.env_workers, concurrency=args.concurrency,
-            env_kwargs=parse_key_values(args.kwarg), device=args.device, out=args.out,
-        )  # fmt: skip
-        result = diagnose(config, progress=not args.no_progress)
-    except RLRFError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print(format_summary(result.report))
-    print(f"wrote {result.out / OUTPUT}")
-    return 0
-
-
 def format_summary(r: dict[str, Any]) -> str:
     """The numbers and the verdict, as ``rlrf diagnose`` prints them."""
     st, sig, ans, div = r["student"], r["teacher_signal"], r["teacher_answers"], r["divergence"]
@@ -866,8 +804,3 @@ def format_summary(r: dict[str, Any]) -> str:
         lines.append(f"(c) not measured: {div['why_not'] or 'no response tokens'}")
     lines.append(f"verdict: {r['verdict']}: {r['message']}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main(sys.argv[1:], prog="python -m algorithms.diagnose"))

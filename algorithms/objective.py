@@ -1,11 +1,11 @@
 """The one interface between the training loop and an algorithm: :class:`Objective`.
 
-The trainer (:mod:`algorithms.trainer`) rolls out, batches, accumulates gradients, keeps
+The trainer (:mod:`algorithms.engine.trainer`) rolls out, batches, accumulates gradients, keeps
 the processes in lockstep, checkpoints and logs; it knows nothing of GRPO or SDPO. An
 objective says what the algorithm does with that machinery, in six calls:
 
 1. :meth:`Objective.rows`: which rollouts (and turns) of a step's groups become training
-   :class:`~algorithms.batching.Row` s, with their per-row extras (advantage, teacher
+   :class:`~algorithms.engine.batching.Row` s, with their per-row extras (advantage, teacher
    prompt), and what it records in each trajectory's ``info`` (written to
    trajectories.jsonl); plus named counts that the trainer sums over processes.
 2. :meth:`Objective.normalizers`: named float sums over a mini-batch's rows on this process
@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from algorithms.batching import Batch, Row
-from algorithms.policy import chunked_logprobs_from_hidden, shared_prefix_hidden_states
-from algorithms.rollout import turn_prompts
+from algorithms.engine.batching import Batch, Row
+from algorithms.scoring import chunked_logprobs_from_hidden, shared_prefix_hidden_states
 from rlrf.errors import RLRFError
+from rlrf.rollout import turn_prompts
 
 if TYPE_CHECKING:
     from rlrf.env import Message
@@ -83,7 +83,7 @@ class Scorer:
     """What the trainer lends an objective to score a micro-batch.
 
     Attributes:
-        model: the training forward: the LM's body (:class:`algorithms.policy.HiddenStates`)
+        model: the training forward: the LM's body (:class:`algorithms.scoring.HiddenStates`)
             wrapped by accelerate (DDP on several processes); it returns hidden states.
         lm: the plain (unwrapped) LM: its head projects hidden states to logits, and frozen
             copies of it (teacher, reference) score without gradient.
@@ -221,7 +221,7 @@ def rollout_rows(
 ) -> list[Row]:
     """One :class:`Row` per assistant turn (with response tokens) of each rollout in ``keys``.
 
-    A turn's prompt is the chat before it (:func:`algorithms.rollout.turn_prompts`) through
+    A turn's prompt is the chat before it (:func:`rlrf.rollout.turn_prompts`) through
     ``encode``: the messages the env wrote (observations, tool results) are prompt tokens
     there, never response tokens, so no loss trains on them; a turn whose sampler dropped
     the prompt's first tokens (``turn.info["prompt_tokens_dropped"]``, a vLLM engine's

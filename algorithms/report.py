@@ -11,15 +11,14 @@ with ``step``, ``rollout/generations`` (responses sampled so far) and namespaced
 
 and writes ``report.md`` beside the plots, with the headline numbers, a stability section
 (first / last / min / max of every monitored signal and the alarms of
-:mod:`algorithms.monitors`, replayed from ``metrics.jsonl``: entropy collapse, length
+:mod:`algorithms.engine.monitors`, replayed from ``metrics.jsonl``: entropy collapse, length
 blow-up, divergence spike, each with its step) and a few example rollouts with their
 feedback and teacher context. Several runs are overlaid on the same
-axes (``rlrf report RUN_A RUN_B --out cmp/``) for comparisons.
+axes (``rlrf report RUN_A RUN_B --output-dir cmp/``) for comparisons.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,14 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from algorithms.monitors import MONITORED, scan
+from algorithms.engine.monitors import MONITORED, scan
 from rlrf.errors import RLRFError
 from rlrf.trajectory import Group, Trajectory, read_trajectories
 
-__all__ = ["PLOTS", "RunMetrics", "load_run", "main", "write_report"]
+__all__ = ["PLOTS", "RunMetrics", "load_run", "write_report"]
 
-COMMAND_HELP = "regenerate the report of one or more run folders"
-"""The help line of this ``rlrf`` subcommand."""
 
 #: (file name, title, y label, metric keys tried in order) for each plot.
 PLOTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -212,7 +209,7 @@ def _stability(run: RunMetrics) -> list[str]:
     else:
         lines.append(
             "No alarm: no entropy collapse, length blow-up or divergence spike "
-            "(thresholds in `algorithms/monitors.py`)."
+            "(thresholds in `algorithms/engine/monitors.py`)."
         )
     return [*lines, ""]
 
@@ -234,7 +231,7 @@ def write_report(
             run.name = run.path.name
     if out is None:
         if len(loaded) > 1:
-            raise RLRFError("comparing several runs needs --out DIR for the combined report")
+            raise RLRFError("comparing several runs needs --output-dir DIR for the combined report")
         out = loaded[0].path / "report"
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,18 +280,3 @@ def write_report(
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "rlrf report") -> int:
-    """``rlrf report RUN_DIR [RUN_DIR ...] [--out DIR]``."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Regenerate the report of one run, or overlay several runs."
-    )
-    parser.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
-    parser.add_argument(
-        "--out", default=None, help="output folder (default: RUN/report for a single run)"
-    )
-    args = parser.parse_args(argv)
-    report = write_report(args.runs, args.out)
-    print(f"report: {report}")
-    return 0

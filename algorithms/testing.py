@@ -115,12 +115,12 @@ class TargetCharEnv(RLRFEnv):
 def recording_build(
     lengths: list[list[int]] | None = None, built: list[bool] | None = None
 ) -> classmethod:
-    """A stand-in for ``algorithms.policy._PrefixCache.build`` that records each shared-prefix pass.
+    """A stand-in for ``algorithms.scoring._PrefixCache.build`` recording each shared-prefix pass.
 
     Install it with ``monkeypatch.setattr(policy._PrefixCache, "build", recording_build(...))``;
     ``lengths`` gets each pass's prefix lengths, ``built`` whether a reusable cache came back.
     """
-    from algorithms import policy
+    from algorithms import scoring as policy
 
     build = policy._PrefixCache.build.__func__
 

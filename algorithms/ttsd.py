@@ -21,7 +21,7 @@ Two baselines spend the same budget in the same batches, from the same weights a
   feedback; when the chat no longer fits ``max_context_tokens`` (prompt + ``max_new_tokens``),
   the oldest attempt-and-feedback pair is dropped first.
 
-How it is built: TTSD is the shared training loop (:class:`algorithms.trainer.Trainer`) run
+How it is built: TTSD is the shared training loop (:class:`algorithms.engine.trainer.Trainer`) run
 on a one-task view of the env (:class:`OneTaskEnv`, whose ``"train"`` split is just that
 task). One model object is loaded once; its initial ``state_dict`` is kept in memory and
 restored before and after every question, and each question gets a fresh Trainer (so a
@@ -35,7 +35,7 @@ Python API::
                           env_kwargs={"digits": 1, "ops": "+"})
     discovery_at_k(results["ttsd"], 64)
 
-Command line: ``rlrf ttsd --env ID --tasks ...`` (:mod:`algorithms.ttsd_cli`).
+Command line: ``rlrf ttsd --env ID --tasks ...`` (:mod:`algorithms.commands.ttsd`).
 
 Departures from the paper, and why:
 
@@ -58,8 +58,8 @@ Departures from the paper, and why:
   single-turn response. It needs a single-turn env (``max_turns == 1``).
 
 Sampling backend: every method samples through the one backend ``generation_backend`` names
-(:func:`sampling_backend`): the model's own :class:`algorithms.policy.HFPolicy`, or ONE vLLM
-engine in this process (:class:`algorithms.vllm_backend.VLLMBackend`) shared by all methods
+(:func:`sampling_backend`): the model's own :class:`algorithms.sampling.hf.HFPolicy`, or ONE vLLM
+engine in this process (:class:`algorithms.sampling.vllm.VLLMBackend`) shared by all methods
 and questions (an engine per question would cost its start-up each time). With vLLM, TTSD's
 trainer samples through that engine, which takes the weights after every SDPO step, and
 again when the weights are reset to the initial ones (before and after each question), so
@@ -78,14 +78,14 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import rlrf
-from algorithms.config import SDPOTrainConfig
-from algorithms.policy import HFPolicy, SamplingParams
-from algorithms.rollout import collect_groups, grade_responses
+from algorithms.engine.trainer import Trainer, mix_seed, rollout_sampling
+from algorithms.sampling.hf import HFPolicy, SamplingParams
 from algorithms.sdpo import SDPOConfig
-from algorithms.trainer import Trainer, mix_seed, rollout_sampling
+from algorithms.sdpo.config import SDPOTrainConfig
 from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
+from rlrf.rollout import collect_groups, grade_responses
 from rlrf.sampling import Sample, SamplingBackend
 from rlrf.trajectory import Group
 from rlrf.wrappers import Wrapper
@@ -143,14 +143,14 @@ def sampling_backend(config: TTSDConfig, model: Any, tokenizer: Any) -> TokenSam
 
     ``"hf"``: an :class:`HFPolicy` over ``model`` (it always samples the current weights).
     ``"vllm"``: a vLLM engine in this process built from ``model``'s weights
-    (:func:`algorithms.vllm_backend.make_vllm_backend`; the caller closes it).
+    (:func:`algorithms.sampling.vllm.make_vllm_backend`; the caller closes it).
 
     Raises:
         ConfigError: vLLM is missing or unsupported (the message names the extra).
 
     """
     if config.generation_backend == "vllm":
-        from algorithms.vllm_backend import make_vllm_backend
+        from algorithms.sampling.vllm import make_vllm_backend
 
         return make_vllm_backend(config, model, tokenizer)
     return HFPolicy(model, tokenizer, max_batch_size=config.generation_batch_size)
@@ -353,7 +353,7 @@ def ttsd_solve(
             current weights).
         backend: What to sample with: None or an :class:`HFPolicy` of ``model`` (the
             trainer's own sampling), or an engine with ``sync(model, version)`` (a
-            :class:`algorithms.vllm_backend.VLLMBackend`): it is synced to the initial
+            :class:`algorithms.sampling.vllm.VLLMBackend`): it is synced to the initial
             weights first, after every SDPO step (by the trainer), and to the initial
             weights again at the end.
 

@@ -2,7 +2,7 @@
 
 Runs ``rlrf train`` twice on the embedded model (one-digit addition, the same seed and
 settings), once as configured by default (``reuse_freed_memory: true``, see
-``algorithms/allocator.py``) and once with ``--reuse-freed-memory false`` (glibc's own
+``algorithms/engine/allocator.py``) and once with ``--reuse-freed-memory false`` (glibc's own
 behaviour), each in its own process. After every update it records the update's user and
 kernel CPU seconds (``os.times``) and the process's resident size; it prints them per step
 and the medians over steps 2..N (step 1 allocates AdamW's state in both).
@@ -35,7 +35,7 @@ def _rss_gib() -> float:
 def _worker(args: argparse.Namespace, reuse: bool) -> None:
     import torch
 
-    from algorithms.trainer import Trainer
+    from algorithms.engine.trainer import Trainer
     from rlrf.cli import main as rlrf_main
 
     torch.set_num_threads(args.threads)

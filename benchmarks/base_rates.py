@@ -19,9 +19,9 @@ import time
 
 import rlrf
 from algorithms import sdpo
-from algorithms.policy import HFPolicy, SamplingParams
-from algorithms.rollout import collect_groups
+from algorithms.sampling.hf import HFPolicy, SamplingParams
 from rlrf.env import Message, Outcome, RLRFEnv
+from rlrf.rollout import collect_groups
 
 
 class _WithSolution(RLRFEnv):

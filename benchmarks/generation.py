@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from algorithms.policy import HFPolicy, token_logprobs
+from algorithms.sampling.hf import HFPolicy
+from algorithms.scoring import token_logprobs
 from rlrf.sampling import Sample, SamplingParams
 
 QUESTIONS = [
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the result to this file")
     args = ap.parse_args()
 
-    from algorithms.vllm_backend import VLLMBackend
+    from algorithms.sampling.vllm import VLLMBackend
 
     model, tokenizer = _load(args.model, args.device, getattr(torch, args.hf_dtype))
     model.eval()

@@ -39,7 +39,7 @@ fi
 # FSDP2 shards over processes, one GPU each (NCCL refuses two ranks on one GPU): with 2+ GPUs,
 # a short SDPO run sharded over two of them; with one, the gloo CPU test covers the logic.
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-    torchrun --standalone --nproc-per-node 2 -m algorithms.cli --algo sdpo \
+    torchrun --standalone --nproc-per-node 2 -m algorithms.sdpo \
         --env rlrf/Arithmetic-v0 --env-kwargs '{"digits": 1}' --model smollm2-135m \
         --parallelism fsdp2 --mixed-precision bf16 --steps 2 --questions-per-step 4 \
         --rollouts-per-question 4 --max-new-tokens 64 --checkpoint-every 1 \

@@ -25,16 +25,8 @@ from typing import Any
 
 import torch
 
-from algorithms.policy import (
-    HFPolicy,
-    Sample,
-    SamplingParams,
-    _cache_kwarg,
-    _left_padded,
-    _left_positions,
-    _output_cache,
-    _top_p_filter,
-)
+from algorithms.sampling.hf import HFPolicy, Sample, SamplingParams, _top_p_filter
+from algorithms.scoring import cache_kwarg, left_padded, left_positions, output_cache
 
 QUESTIONS = [
     "What is 17 + 25? Answer with the number only.",
@@ -55,10 +47,10 @@ class OldLoopPolicy(HFPolicy):
         was_training = model.training
         model.eval()
         pad = int(self.tokenizer.pad_token_id)
-        ids, attn = _left_padded(rows, max(len(r) for r in rows), pad, device)
-        positions = _left_positions(attn)
+        ids, attn = left_padded(rows, max(len(r) for r in rows), pad, device)
+        positions = left_positions(attn)
         eos = torch.tensor(self.eos_token_ids, device=device)
-        cache_kw = _cache_kwarg(model)
+        cache_kw = cache_kwarg(model)
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
         tokens: list[torch.Tensor] = []
         logps: list[torch.Tensor] = []
@@ -85,7 +77,7 @@ class OldLoopPolicy(HFPolicy):
                     input_ids=token[:, None], attention_mask=attn, position_ids=positions,
                     use_cache=True, **{cache_kw: cache},
                 )  # fmt: skip
-                last, cache = out.logits[:, -1], _output_cache(out)
+                last, cache = out.logits[:, -1], output_cache(out)
         finally:
             model.train(was_training)
         tok = torch.stack(tokens, 1).tolist()

@@ -20,7 +20,7 @@ avg@k at temperature 1, the same evaluation seeds for every method), and reports
 * ``report/``: :func:`algorithms.report.write_report` over every run folder (training reward,
   response length and teacher-student divergence overlaid).
 
-The methods (``algorithms.trainer.train(..., algorithm=...)``):
+The methods (``algorithms.engine.trainer.train(..., algorithm=...)``):
 
 * ``grpo``: advantages r − mean(r), no std scaling, clip 0.2, token mean (the paper's baseline);
 * ``sdpo-mix``: the ``sdpo`` preset as rlrf ships it: SDPO's advantages mixed with GRPO's,
@@ -198,7 +198,7 @@ def run_one(
     algorithm: str, seed: int, setting: Setting, model: str, out: Path, *, reuse: bool
 ) -> dict[str, Any]:
     """Train one method with one seed; return its evaluations and summary numbers."""
-    from algorithms.trainer import train
+    from algorithms.engine.trainer import train
 
     run_dir = out / f"{algorithm}-seed{seed}"
     done = run_dir / "benchmark_run.json"

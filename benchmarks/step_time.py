@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
+from algorithms.sdpo.config import SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 
 
 def _peak_reset(device: str) -> None:
@@ -117,8 +118,8 @@ def main() -> None:
     if args.generation_backend == "vllm":
         print(f"vLLM engine start (weights synced in): {time.perf_counter() - t0:.1f}s")
     tasks = base.sampler.next(args.questions)
-    from algorithms.policy import SamplingParams
-    from algorithms.rollout import collect_groups
+    from algorithms.sampling.hf import SamplingParams
+    from rlrf.rollout import collect_groups
 
     t0 = time.perf_counter()
     groups, stats = collect_groups(

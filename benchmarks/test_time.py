@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from algorithms.trainer import mix_seed
+from algorithms.commands.ttsd import print_summary
+from algorithms.engine.trainer import mix_seed
 from algorithms.ttsd import (
     METHODS,
     TTSDConfig,
@@ -41,7 +42,6 @@ from algorithms.ttsd import (
     write_discovery,
     write_results,
 )
-from algorithms.ttsd_cli import print_summary
 
 SETTINGS = {
     "quick": dict(
@@ -72,8 +72,8 @@ def distinct_tasks(env, split: str, n: int) -> list[str]:
 
 
 def pilot_rates(env, policy, task_ids, n, max_new_tokens, seed) -> dict[str, float]:
-    from algorithms.policy import SamplingParams
-    from algorithms.rollout import collect_groups
+    from algorithms.sampling.hf import SamplingParams
+    from rlrf.rollout import collect_groups
 
     params = SamplingParams(max_new_tokens=max_new_tokens, seed=mix_seed(seed, 10**9 + 7))
     groups, _ = collect_groups(env, policy, task_ids, n, params)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     import rlrf
     from algorithms.models import load_model
-    from algorithms.policy import HFPolicy
+    from algorithms.sampling.hf import HFPolicy
 
     device = "cuda" if torch.cuda.is_available() else None
     print(f"machine: {machine()}")

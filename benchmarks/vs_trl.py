@@ -218,7 +218,7 @@ def _trl_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    from algorithms.trainer import Trainer
+    from algorithms.engine.trainer import Trainer
     from rlrf.cli import main as rlrf_main
 
     # CPU seconds of each update (every thread): unlike wall time, little distorted by load
@@ -301,7 +301,7 @@ def _param_count() -> tuple[int, int]:
 def _step_tokens(run: Path, groups_per_step: int) -> list[dict[str, int]]:
     """Per step: prompt tokens (once per group), response tokens, and decoding steps."""
     from algorithms.models import load_tokenizer
-    from algorithms.policy import encode_chat
+    from algorithms.sampling.hf import encode_chat
 
     tokenizer = load_tokenizer()
     groups = [

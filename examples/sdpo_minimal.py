@@ -37,14 +37,14 @@ from typing import Any
 import torch
 
 import rlrf
-from algorithms.policy import HFPolicy, SamplingParams
-from algorithms.rollout import collect_groups
+from algorithms.sampling.hf import HFPolicy, SamplingParams
 from algorithms.sdpo import (
     SDPOConfig,
     distillation_loss,
     encode_teacher_prompt,
     teacher_contexts_for_group,
 )
+from rlrf.rollout import collect_groups
 from rlrf.trajectory import Group
 
 

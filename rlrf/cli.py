@@ -20,6 +20,7 @@ import rlrf
 from rlrf.env import Message, appended_messages, validate_reset, validate_step
 from rlrf.errors import ConfigError, EnvError, RLRFError
 from rlrf.feedback import render_feedback
+from rlrf.options import add_env_options, merge_env_kwargs, new_parser, unknown_option_message
 
 __all__ = ["build_parser", "main", "parse_key_values"]
 
@@ -75,7 +76,7 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_key_values(pairs: Sequence[str], flag: str = "--kwarg") -> dict[str, object]:
+def parse_key_values(pairs: Sequence[str], flag: str = "--set") -> dict[str, object]:
     """Parse ``KEY=VALUE`` strings; each VALUE is JSON when it parses, else the raw string."""
     out: dict[str, object] = {}
     for pair in pairs:
@@ -91,20 +92,10 @@ def parse_key_values(pairs: Sequence[str], flag: str = "--kwarg") -> dict[str, o
     return out
 
 
-def _add_kwarg_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
-    env = rlrf.make(args.env_id, **parse_key_values(args.kwarg))
+    env = rlrf.make(args.env, **merge_env_kwargs(args.env_kwargs))
     rlrf.check_env(env)
-    print(f"{args.env_id}: all checks passed")
+    print(f"{args.env}: all checks passed")
     return 0
 
 
@@ -124,7 +115,7 @@ def _print_messages(messages: Sequence[Message]) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    env = rlrf.make(args.env_id, **parse_key_values(args.kwarg))
+    env = rlrf.make(args.env, **merge_env_kwargs(args.env_kwargs))
     name = env.env_id
     try:
         for i in range(args.n):
@@ -184,26 +175,26 @@ _BUILTIN_COMMANDS = ("envs", "check", "sample")
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``rlrf`` argument parser (external subcommands are added lazily)."""
-    parser = argparse.ArgumentParser(
-        prog="rlrf", description="Reinforcement Learning with Rich Feedback."
-    )
+    parser = new_parser("rlrf", "Reinforcement Learning with Rich Feedback.")
     parser.add_argument("--version", action="version", version=f"rlrf {rlrf.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("envs", help="list the registered environments")
+    p = sub.add_parser("envs", help="list the registered environments", allow_abbrev=False)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_envs)
 
-    p = sub.add_parser("check", help="run check_env on a registered environment")
-    p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
-    _add_kwarg_option(p)
+    p = sub.add_parser(
+        "check", help="run check_env on a registered environment", allow_abbrev=False
+    )
+    add_env_options(p, positional=True)
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser(
         "sample",
         help="play whole episodes with a scripted response: prompts, rewards, feedback",
+        allow_abbrev=False,
     )
-    p.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
+    add_env_options(p, positional=True)
     p.add_argument("--n", type=int, default=3, help="number of episodes (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (default 0)")
     p.add_argument("--split", default="train", help="task split (default train)")
@@ -213,13 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="response to submit every turn (default: a refusal, then the env's gold "
         "response, alternately)",
     )
-    _add_kwarg_option(p)
     p.set_defaults(func=_cmd_sample)
 
     for name, ep in sorted(_external_commands().items()):
         if name not in sub.choices:
             sub.add_parser(name, help=_help_line(ep), add_help=False)
     return parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             entry = external[command].load()
             return int(entry(argv[1:], prog=f"rlrf {command}") or 0)
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            sub = _subparsers(parser).get(args.command, parser)
+            sub.error(unknown_option_message(sub, unknown))
         if args.command is None:
             parser.print_help()
             return 2

@@ -2,7 +2,7 @@
 
 :class:`SamplingBackend` is one method, ``sample(prompts, n, params) -> list[list[Sample]]``:
 ``n`` samples per chat prompt with their token ids and per-token log-probs. The trainer's
-Hugging Face sampler (:class:`algorithms.policy.HFPolicy`) implements it, and so does
+Hugging Face sampler (:class:`algorithms.sampling.hf.HFPolicy`) implements it, and so does
 :class:`OpenAIBackend` here (any OpenAI-compatible endpoint, sampling only). A new backend
 (vLLM, a remote server) implements the same method; the rollout loop needs nothing else.
 """

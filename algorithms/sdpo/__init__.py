@@ -29,11 +29,11 @@ sibling's solution and/or the environment's feedback on the student's own attemp
    weight w_t = min(exp(log π_θ(y_t) − log π_old(y_t)), ``is_clip``); token mean.
 5. Token-level variant (``loss_level="token"``): no logits, only the sampled token. The
    advantage A_t = sg(log q(y_t) − log p(y_t)) (:func:`token_level_advantages`) goes into
-   :func:`algorithms.grpo.policy_loss` in place of the GRPO advantage; :func:`mixed_advantages`
+   :func:`algorithms.losses.policy_loss` in place of the GRPO advantage; :func:`mixed_advantages`
    gives the paper's Eq. 3, λ · A_GRPO + (1 − λ) · A_SDPO.
 6. Monitors: every step logs the teacher-student divergence, the student's entropy on the
    distilled tokens, the share of rollouts with a teacher signal (and the trainer its response
-   length and gradient norm); :mod:`algorithms.monitors` warns once, naming the step, on an
+   length and gradient norm); :mod:`algorithms.engine.monitors` warns once, naming the step, on an
    entropy collapse, a length blow-up or a divergence spike, and the run report lists them.
 
 Why the logit-level loss is a policy gradient: for reverse KL over a distribution p_θ,
@@ -82,7 +82,7 @@ Departures from the paper and its reference code, and why:
   gradient IS a policy gradient with per-logit advantages, mixing the losses
   λ · L_GRPO + (1 − λ) · L_SDPO gives the same combination PROVIDED both share one per-token
   normalizer: the distillation term is weighted token by token as GRPO aggregates
-  (:func:`algorithms.grpo.aggregation_weights`, GRPO's normalizer over every trained token),
+  (:func:`algorithms.losses.aggregation_weights`, GRPO's normalizer over every trained token),
   exactly as the token-level path's mixed advantages are. Rollouts without a teacher signal
   add 0 to the SDPO term but count in its normalizer. (Before issue 18 the logit-level SDPO
   term was divided by the teacher rows' tokens only, weighting it up by all/teacher tokens.)
@@ -99,14 +99,17 @@ The files follow the method: :mod:`~algorithms.sdpo.contexts` (steps 1-2),
 :mod:`~algorithms.sdpo.teacher` (step 3's weights), :mod:`~algorithms.sdpo.loss` (steps 4-5,
 pure functions), :mod:`~algorithms.sdpo.objective` (what the trainer calls: rows with
 teacher prompts, chunked teacher scoring, the loss of a micro-batch, the EMA update). The
-options are :class:`SDPOConfig` (defined with the presets in :mod:`algorithms.config`).
+options are :class:`SDPOConfig` (:mod:`~algorithms.sdpo.config`, with the presets ``sdpo`` and
+``sdpo-srf``, registered as any algorithm is). Importing this package does not import torch:
+the torch-bearing names load on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from algorithms.config import LossLevel, SDPOConfig
+from algorithms.sdpo.config import LossLevel, SDPOConfig, SDPOTrainConfig, TeacherMode
 from algorithms.sdpo.contexts import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
@@ -120,16 +123,25 @@ from algorithms.sdpo.contexts import (
     truncate_teacher_prompt,
     turn_teacher_contexts,
 )
-from algorithms.sdpo.loss import (
-    distillation_loss,
-    divergence,
-    mixed_advantages,
-    student_topk_indices,
-    token_level_advantages,
-    topk_with_tail,
-)
-from algorithms.sdpo.objective import SDPOObjective
-from algorithms.sdpo.teacher import Teacher, TeacherMode
+
+# torch-bearing names, imported on first use (PEP 562) so the configs stay torch-free
+_LAZY = {
+    "distillation_loss": "algorithms.sdpo.loss",
+    "divergence": "algorithms.sdpo.loss",
+    "mixed_advantages": "algorithms.sdpo.loss",
+    "student_topk_indices": "algorithms.sdpo.loss",
+    "token_level_advantages": "algorithms.sdpo.loss",
+    "topk_with_tail": "algorithms.sdpo.loss",
+    "SDPOObjective": "algorithms.sdpo.objective",
+    "Teacher": "algorithms.sdpo.teacher",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'algorithms.sdpo' has no attribute {name!r}")
+
 
 __all__ = [
     "FEEDBACK_HEADER",
@@ -140,6 +152,7 @@ __all__ = [
     "LossLevel",
     "SDPOConfig",
     "SDPOObjective",
+    "SDPOTrainConfig",
     "Teacher",
     "TeacherMode",
     "build_teacher_messages",
@@ -164,13 +177,13 @@ SRF = SDPOConfig.successful_rollout
 
 
 def train(env: Any = None, model: Any = None, config: Any = None, **kwargs: Any) -> Any:
-    """Train with SDPO; see :func:`algorithms.trainer.train`.
+    """Train with SDPO; see :func:`algorithms.engine.trainer.train`.
 
     ``config`` is an SDPOConfig (e.g. ``SDPOConfig.successful_rollout()``, which brings the
     ``sdpo-srf`` preset's learning rate and warm-up), an SDPOTrainConfig, a YAML file, or
     None for the ``sdpo`` preset; ``kwargs`` override any config field by name (``lr=1e-5``).
     From the shell: ``python -m algorithms.sdpo --env rlrf/Code-v0 --model PATH ...``.
     """
-    from algorithms.trainer import train as _train
+    from algorithms.engine.trainer import train as _train
 
     return _train(env, model, config, algorithm="sdpo", **kwargs)

@@ -2,6 +2,6 @@
 
 import sys
 
-from algorithms.cli import main
+from algorithms.commands.train import main
 
 sys.exit(main(algo="sdpo"))

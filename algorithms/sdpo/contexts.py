@@ -20,7 +20,7 @@ env's ``success``) and still got feedback, "Feedback from your earlier attempt:"
 Multi-turn episodes (rlrf's extension; the paper defines single-turn SDPO only). Episode i
 has assistant turns y_{i,1..T_i}; c_{i,k} is the chat turn k was sampled from (the prompt,
 then every earlier response and the messages the env appended after it:
-:func:`algorithms.rollout.turn_prompts`). EVERY turn is distilled, each with its own
+:func:`rlrf.rollout.turn_prompts`). EVERY turn is distilled, each with its own
 teacher context (:func:`turn_teacher_contexts`):
 
 - the chat: c_{i,k}, so the teacher sees exactly what the student saw before y_{i,k}
@@ -52,10 +52,10 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from algorithms.config import SDPOConfig
-from algorithms.rollout import turn_prompts
+from algorithms.sdpo.config import SDPOConfig
 from rlrf.errors import ConfigError
 from rlrf.feedback import render_feedback
+from rlrf.rollout import turn_prompts
 
 if TYPE_CHECKING:
     from rlrf.env import Message
@@ -224,7 +224,7 @@ def turn_teacher_contexts(
     missing). The solution is a successful sibling's FINAL response, chosen once per
     rollout by ``config.demonstration``; turn k's feedback is the env's feedback on turn k
     (:func:`rlrf.render_feedback`, capped at ``feedback_max_chars``); turn k's chat is the
-    chat it was sampled from (:func:`algorithms.rollout.turn_prompts`).
+    chat it was sampled from (:func:`rlrf.rollout.turn_prompts`).
     """
     cfg = config or SDPOConfig()
     responses = [t.response for t in group.trajectories]

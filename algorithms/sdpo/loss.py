@@ -9,7 +9,7 @@ however confident the distribution), compared by :func:`divergence` (α = 0 forw
 α = 1 reverse KL(p‖q), else the generalized JSD); per token ℓ_t = D_t · w_t with the detached
 importance weight w_t = min(ρ_t, ``is_clip``); token mean. :func:`token_level_advantages` and
 :func:`mixed_advantages` give the token-level variant and the paper's Eq. 3 for
-:func:`algorithms.grpo.policy_loss`; :func:`entropy_from_logits` is the student-entropy
+:func:`algorithms.losses.policy_loss`; :func:`entropy_from_logits` is the student-entropy
 monitor.
 """
 
@@ -174,12 +174,12 @@ def distillation_loss(
         top_k: K, when ``topk_indices`` is None.
         alpha: divergence, see :func:`divergence`.
         is_clip: upper clip of the importance weight.
-        aggregation: see :func:`algorithms.grpo.aggregate` (SDPO uses ``token_mean``).
-        normalizer: the WHOLE batch's normalizer, as in :func:`algorithms.grpo.policy_loss`.
+        aggregation: see :func:`algorithms.losses.aggregate` (SDPO uses ``token_mean``).
+        normalizer: the WHOLE batch's normalizer, as in :func:`algorithms.losses.policy_loss`.
         token_weights: [B, T] per-token weights that replace ``aggregation`` and
             ``normalizer`` for the LOSS only: loss = Σ_t m_t · w_t · ℓ_t (the statistics
             stay aggregated by ``aggregation`` / ``normalizer``). The GRPO mix passes GRPO's
-            own aggregation weights (:func:`algorithms.grpo.aggregation_weights`) so that
+            own aggregation weights (:func:`algorithms.losses.aggregation_weights`) so that
             both terms of Eq. 3 share one normalizer.
 
     Returns:
@@ -278,7 +278,7 @@ def distillation_loss(
 def token_level_advantages(teacher_logprobs: Tensor, student_logprobs: Tensor) -> Tensor:
     """Per-token SDPO advantage A_t = sg(log q(y_t) − log p(y_t)) on the sampled tokens: [B, T].
 
-    Feed it to :func:`algorithms.grpo.policy_loss` as ``advantages`` (with the rollout's
+    Feed it to :func:`algorithms.losses.policy_loss` as ``advantages`` (with the rollout's
     mask): that is the token-level SDPO loss −A_t · log p(y_t) (with PPO's ratio and clip
     when the mini-batch is off-policy), a drop-in replacement for GRPO's advantage.
     """

@@ -23,7 +23,7 @@ the chunk's ``[N, V]`` logits are recomputed in the backward pass instead of sto
 memory does not grow with ``T x V``. Only the N positions that are distilled (rows with a
 teacher, inside the response) go through the LM head. The teacher's forward runs each
 group's common teacher-prompt prefix once (the question, often a sibling's solution) and
-reuses its keys/values for every row (:func:`algorithms.policy.shared_prefix_hidden_states`).
+reuses its keys/values for every row (:func:`algorithms.scoring.shared_prefix_hidden_states`).
 
 Normalizers: ``pg`` (GRPO's aggregation normalizer, for the token-level loss and the mix)
 and ``sdpo`` (tokens of rows with a teacher, the distillation's token mean), both summed
@@ -31,15 +31,15 @@ over the whole mini-batch by the trainer. Pure SDPO's logit-level loss is a toke
 the distilled tokens (``sdpo``). With the GRPO mix (the paper's Eq. 3, λ · A_GRPO + (1 − λ) ·
 A_SDPO per token) BOTH terms are aggregated by GRPO's aggregation and ``pg``, at the logit
 level (the distillation term weighted token by token with
-:func:`algorithms.grpo.aggregation_weights`) as at the token level (mixed advantages in one
+:func:`algorithms.losses.aggregation_weights`) as at the token level (mixed advantages in one
 surrogate): a row without a teacher adds 0 to the SDPO term but counts in the normalizer.
 The statistics (``divergence``, ``entropy``, ...) stay token means over the distilled tokens.
 
-Monitors (:mod:`algorithms.monitors`): every step logs ``train/divergence`` and
+Monitors (:mod:`algorithms.engine.monitors`): every step logs ``train/divergence`` and
 ``train/entropy`` (the student's entropy on the distilled tokens, from the logits the top-K
 selection computes anyway; the token-level loss runs one extra LM-head pass without gradient
 for them), ``rollout/teacher_signal_frac``, and the trainer's response length and gradient
-norm; a :class:`~algorithms.monitors.StabilityMonitor` warns once per kind when one moves
+norm; a :class:`~algorithms.engine.monitors.StabilityMonitor` warns once per kind when one moves
 the way that preceded collapse in published runs.
 """
 
@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from algorithms import grpo
-from algorithms.monitors import StabilityMonitor
+from algorithms import losses
+from algorithms.engine.monitors import StabilityMonitor
 from algorithms.objective import rollout_rows, rollouts_with_reward
-from algorithms.policy import lm_head_logits, shared_prefix_hidden_states
+from algorithms.scoring import lm_head_logits, shared_prefix_hidden_states
 from algorithms.sdpo.contexts import encode_teacher_prompt, turn_teacher_contexts
 from algorithms.sdpo.loss import (
     distillation_loss,
@@ -71,9 +71,9 @@ from algorithms.sdpo.teacher import Teacher
 from rlrf.errors import ConfigError
 
 if TYPE_CHECKING:
-    from algorithms.batching import Batch, Row
-    from algorithms.config import SDPOTrainConfig
+    from algorithms.engine.batching import Batch, Row
     from algorithms.objective import Encode, Scorer, TurnKey
+    from algorithms.sdpo.config import SDPOTrainConfig
     from rlrf.trajectory import Group
 
 __all__ = ["SDPOObjective"]
@@ -133,7 +133,7 @@ class SDPOObjective:
         keys = rollouts_with_reward(groups)
         # GRPO's advantages feed the token-level loss and the mix (SDPOTrainConfig refuses
         # filter_zero_advantage_groups, so every rollout with a reward is kept)
-        advantages, keep, zero_groups = grpo.rollout_advantages(groups, keys, self.grpo)
+        advantages, keep, zero_groups = losses.rollout_advantages(groups, keys, self.grpo)
         contexts: dict[TurnKey, list[int] | None] = {}
         for gi, g in enumerate(groups):
             for ti, (traj, turn_ctxs) in enumerate(
@@ -179,7 +179,7 @@ class SDPOObjective:
         """``pg``: GRPO's normalizer; ``sdpo``: response tokens of rows with a teacher."""
         teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
         return {
-            "pg": grpo.normalizer_of(rows, self.grpo, self.config.max_new_tokens),
+            "pg": losses.normalizer_of(rows, self.grpo, self.config.max_new_tokens),
             "sdpo": float(teacher_tokens),
         }
 
@@ -267,7 +267,7 @@ class SDPOObjective:
         # mean over the distilled tokens
         mix_weights = None
         if s.grpo_mix > 0:
-            mix_weights = grpo.aggregation_weights(batch.mask, g.aggregation, norm["pg"])
+            mix_weights = losses.aggregation_weights(batch.mask, g.aggregation, norm["pg"])
         for start in range(0, hidden.shape[1], chunk_size):
             sl = slice(start, start + chunk_size)
             # Only the positions that are distilled (teacher rows, inside the response) go
@@ -332,7 +332,7 @@ class SDPOObjective:
         stats["timing/teacher"] = torch.tensor(teacher_s)
         if s.grpo_mix > 0:
             lp = scorer.logprobs(hidden, batch.response_ids)
-            pg_loss, pg_stats = grpo.policy_loss(
+            pg_loss, pg_stats = losses.policy_loss(
                 lp,
                 batch.old_logprobs,
                 batch.advantages,
@@ -393,7 +393,7 @@ class SDPOObjective:
             s.grpo_mix,
             teacher_mask=batch.has_teacher,
         )
-        loss, stats = grpo.policy_loss(
+        loss, stats = losses.policy_loss(
             lp,
             batch.old_logprobs,
             adv,
@@ -404,7 +404,7 @@ class SDPOObjective:
             normalizer=norm["pg"],
         )
         with torch.no_grad():
-            gap = grpo.aggregate(
+            gap = losses.aggregate(
                 (t_lp_y - lp.detach()).float(), tmask, "token_mean", norm["sdpo"] or None
             )
         stats = {k: v.detach().float().cpu() for k, v in stats.items()}
@@ -430,7 +430,7 @@ class SDPOObjective:
 
         Called once per step after the updates: it also feeds the step's monitored values
         (divergence, entropy, response length, teacher-signal share) to the live
-        :class:`~algorithms.monitors.StabilityMonitor`, which warns once per kind.
+        :class:`~algorithms.engine.monitors.StabilityMonitor`, which warns once per kind.
         """
         with_ctx = stats.get("teacher_signal", 0.0)
         without = stats.get("no_teacher_signal", 0.0)

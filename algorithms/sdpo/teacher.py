@@ -43,7 +43,7 @@ from typing import Any, get_args
 import torch
 from torch import Tensor, nn
 
-from algorithms.config import TeacherMode
+from algorithms.sdpo.config import TeacherMode
 from rlrf.errors import ConfigError
 
 __all__ = ["Teacher", "TeacherMode"]
@@ -178,7 +178,7 @@ class Teacher:
         sharded = self.module is not None and _is_sharded(self.module)
         if self.module is not None:
             if sharded:  # a full (one-process) state into FSDP2 shards
-                from algorithms.fsdp import load_full_into
+                from algorithms.engine.parallel import load_full_into
 
                 load_full_into(self.module, state["module"])
             else:
@@ -186,7 +186,7 @@ class Teacher:
         if state["shadow"] is not None and self._shadow is not None:
             for mine, saved in zip(self._shadow, state["shadow"], strict=True):
                 if sharded:
-                    from algorithms.fsdp import shard_like
+                    from algorithms.engine.parallel import shard_like
 
                     saved = shard_like(saved, mine)
                 mine.copy_(saved)
@@ -201,8 +201,8 @@ def _is_sharded(module: nn.Module) -> bool:
 def _frozen_copy(student: nn.Module) -> nn.Module:
     if _is_sharded(student):
         # FSDP2: a hook-free copy whose parameters keep the student's shards, so the EMA
-        # update is shard-local (algorithms.fsdp)
-        from algorithms.fsdp import frozen_copy
+        # update is shard-local (algorithms.engine.parallel)
+        from algorithms.engine.parallel import frozen_copy
 
         return frozen_copy(student)
     module = copy.deepcopy(student)

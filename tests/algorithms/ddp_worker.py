@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 
-from algorithms import policy
-from algorithms.batching import Row
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
+from algorithms import scoring as policy
+from algorithms.engine.batching import Row
+from algorithms.engine.trainer import Trainer, TrainingError
+from algorithms.grpo.config import GRPOTrainConfig
+from algorithms.sdpo.config import SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer, TrainingError
 
 # name -> (algorithm, number of rows, config overrides, rank whose rows get a NaN advantage)
 CASES: dict[str, tuple[str, int, dict[str, Any], int | None]] = {

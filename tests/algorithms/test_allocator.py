@@ -16,7 +16,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
-    from algorithms.allocator import reuse_freed_memory
+    from algorithms.engine.allocator import reuse_freed_memory
     if sys.argv[1] == "tuned":
         assert reuse_freed_memory()
     def faults():
@@ -51,10 +51,10 @@ def test_a_freed_block_is_reused_without_faulting_its_pages_in_again() -> None:
 def test_the_trainer_tunes_malloc_on_cpu_unless_told_not_to(
     reuse: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from algorithms import allocator
-    from algorithms.config import GRPOTrainConfig
+    from algorithms.engine import allocator
+    from algorithms.engine.trainer import Trainer
+    from algorithms.grpo.config import GRPOTrainConfig
     from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-    from algorithms.trainer import Trainer
 
     calls: list[bool] = []
     monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(True) or True)

@@ -30,7 +30,7 @@ from algorithms.diagnose import (
     verdict,
     wilson_interval,
 )
-from algorithms.policy import HFPolicy
+from algorithms.sampling.hf import HFPolicy
 from algorithms.sdpo import FEEDBACK_HEADER, SOLUTION_HEADER, TEACHER_INSTRUCTION
 from algorithms.testing import TargetCharEnv, save_tiny, tiny_tokenizer
 from rlrf.cli import main as rlrf_main
@@ -177,7 +177,7 @@ def test_tiny_model_through_the_cli(tmp_path, capsys):
     folder = save_tiny(tmp_path / "tiny")
     out = tmp_path / "diag"
     args = ["diagnose", "--env", "diagtest/TargetChar-v0", "--model", str(folder),
-            "--tasks", "3", "--group-size", "3", "--max-tokens", "5", "--out", str(out),
+            "--tasks", "3", "--rollouts-per-question", "3", "--max-new-tokens", "5", "--output-dir", str(out),
             "--no-progress", "--set", "top_k=7"]  # fmt: skip
     assert rlrf_main(args) == 0
     printed = capsys.readouterr().out
@@ -197,7 +197,7 @@ def test_tiny_model_through_the_cli(tmp_path, capsys):
 
 def _fails_cleanly(capsys, tmp_path: Path, args: Sequence[str], *needles: str) -> None:
     out = tmp_path / "out"
-    assert rlrf_main(["diagnose", *args, "--out", str(out), "--no-progress"]) == 1
+    assert rlrf_main(["diagnose", *args, "--output-dir", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("rlrf diagnose: error: "), err
     for needle in needles:

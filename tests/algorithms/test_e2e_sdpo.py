@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from algorithms import sdpo
-from algorithms.policy import encode_chat
+from algorithms.engine.trainer import train
+from algorithms.sampling.hf import encode_chat
 from algorithms.testing import tiny_model, tiny_tokenizer
-from algorithms.trainer import train
 from rlrf.env import Message, Outcome, RLRFEnv
 from rlrf.feedback import Feedback, FeedbackKind
 

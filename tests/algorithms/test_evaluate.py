@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import algorithms.evaluate as evaluation
+import algorithms.evaluation as evaluation
 import rlrf
-from algorithms.evaluate import EvalConfig, evaluate, pass_at_k
+from algorithms.evaluation import EvalConfig, evaluate, pass_at_k
 from algorithms.testing import save_tiny
 from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv, Sample, SamplingParams
 from rlrf.cli import main as rlrf_main
@@ -106,9 +106,9 @@ def tiny_folder(tmp_path_factory):
 def test_tiny_hf_model_end_to_end_through_the_cli(tmp_path, capsys, tiny_folder):
     model = tiny_folder
     out = tmp_path / "eval"
-    args = ["eval", "--env", "evaltest/TargetChar-v0", "--model", str(model), "--k", "3",
-            "--tasks", "3", "--max-tokens", "6", "--out", str(out), "--no-progress",
-            "--batch-tasks", "2", "--kwarg", "n_test=5", "--kwarg", "targets=\"ab\""]  # fmt: skip
+    args = ["eval", "--env", "evaltest/TargetChar-v0", "--model", str(model), "--rollouts-per-question", "3",
+            "--tasks", "3", "--max-new-tokens", "6", "--output-dir", str(out), "--no-progress",
+            "--batch-tasks", "2", "--env-kwargs", "n_test=5", "--env-kwargs", "targets=\"ab\""]  # fmt: skip
     assert rlrf_main(args) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -265,7 +265,7 @@ class BisectingBackend:
 
 
 def test_gymnasium_style_env_is_played_by_seed_and_resumes(tmp_path, monkeypatch):
-    from algorithms.rollout import EVAL_SEED
+    from rlrf.rollout import EVAL_SEED
 
     cfg = EvalConfig(env="evaltest/Guess-v0", k=2, tasks=4, out=str(tmp_path / "e"))
     result = evaluate(cfg, backend=BisectingBackend(), progress=False)
@@ -352,7 +352,7 @@ def fake_server():
 
 def _fails_cleanly(capsys, tmp_path, args, *needles):
     out = tmp_path / "eval-out"
-    rc = rlrf_main(["eval", *args, "--out", str(out), "--no-progress", "--tasks", "2"])
+    rc = rlrf_main(["eval", *args, "--output-dir", str(out), "--no-progress", "--tasks", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert len(err.splitlines()) == 1 and err.startswith("rlrf eval: error: "), err
@@ -386,7 +386,7 @@ def test_folder_that_is_not_a_model(capsys, tmp_path):
 
 
 def test_run_folder_resolves_to_its_final_model(tmp_path):
-    from algorithms.evaluate import resolve_eval_model
+    from algorithms.evaluation import resolve_eval_model
 
     (tmp_path / "run" / "final").mkdir(parents=True)
     (tmp_path / "run" / "final" / "config.json").write_text("{}")
@@ -422,7 +422,7 @@ def test_unset_api_key_variable(capsys, tmp_path, monkeypatch):
 )
 def test_bad_endpoint_answers(capsys, tmp_path, fake_server, mode, needles):
     url, _ = fake_server(mode)
-    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--k", "4",
+    args = ["--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--rollouts-per-question", "4",
             "--max-retries", "0"]  # fmt: skip
     _fails_cleanly(capsys, tmp_path, args, url, *needles)
 
@@ -440,8 +440,8 @@ def test_endpoint_failure_mid_run_keeps_finished_tasks_for_the_rerun(tmp_path, f
     url, server = fake_server("ok")
     server.fail_after = 2  # one request per task (n=k): tasks 1 and 2 finish, task 3 fails
     out = tmp_path / "e"
-    args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--k", "2",
-            "--tasks", "4", "--concurrency", "1", "--max-retries", "0", "--out", str(out),
+    args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", url, "--model", "m", "--rollouts-per-question", "2",
+            "--tasks", "4", "--concurrency", "1", "--max-retries", "0", "--output-dir", str(out),
             "--no-progress"]  # fmt: skip
     assert rlrf_main(args) == 1
     err = capsys.readouterr().err.strip()
@@ -483,8 +483,8 @@ def test_real_server_eval_then_resume(katan, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KATAN_KEY", "katan-key")
     out = tmp_path / "eval"
     args = ["eval", "--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
-            "--api-key-env", "KATAN_KEY", "--k", "2", "--tasks", "2", "--max-tokens", "16",
-            "--concurrency", "2", "--tokenizer", "smollm2-135m", "--out", str(out)]  # fmt: skip
+            "--api-key-env", "KATAN_KEY", "--rollouts-per-question", "2", "--tasks", "2", "--max-new-tokens", "16",
+            "--concurrency", "2", "--tokenizer", "smollm2-135m", "--output-dir", str(out)]  # fmt: skip
     assert rlrf_main(args) == 0
     bar = capsys.readouterr().err  # tqdm: done/total [elapsed<remaining (the ETA), rate]
     assert "2/2 [" in bar and ("task/s" in bar or "s/task" in bar)

@@ -29,12 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if __name__ == "__main__":  # launched by torchrun as a script
     sys.path.insert(0, str(ROOT))
 
-from algorithms import fsdp  # noqa: E402
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig  # noqa: E402
+from algorithms.engine import parallel as fsdp  # noqa: E402
+from algorithms.engine.trainer import Trainer  # noqa: E402
 from algorithms.grpo import GRPOConfig  # noqa: E402
+from algorithms.grpo.config import GRPOTrainConfig  # noqa: E402
 from algorithms.sdpo import SDPOConfig  # noqa: E402
+from algorithms.sdpo.config import SDPOTrainConfig  # noqa: E402
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer  # noqa: E402
-from algorithms.trainer import Trainer  # noqa: E402
 from rlrf.errors import ConfigError  # noqa: E402
 from tests.algorithms.ddp_worker import make_rows  # noqa: E402
 from tests.torchrun import two_processes  # noqa: E402

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
+from algorithms.sdpo.config import SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 
 pytestmark = [
     pytest.mark.gpu,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-import algorithms.trainer as trainer_module
-from algorithms.config import GRPOTrainConfig
+import algorithms.engine.trainer as trainer_module
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 
 
 def test_one_process_adds_no_zero_term_and_still_decays_unreached_parameters(tmp_path, monkeypatch):

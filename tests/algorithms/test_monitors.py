@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from algorithms.monitors import (
+from algorithms.engine.monitors import (
     Alarm,
     MonitorThresholds,
     StabilityMonitor,
@@ -106,10 +106,10 @@ SMALL = dict(
 
 
 def _trainer(tmp_path, **sdpo_options):
-    from algorithms.config import SDPOTrainConfig
+    from algorithms.engine.trainer import Trainer
     from algorithms.sdpo import SDPOConfig
+    from algorithms.sdpo.config import SDPOTrainConfig
     from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-    from algorithms.trainer import Trainer
 
     config = SDPOTrainConfig(output_dir=str(tmp_path), sdpo=SDPOConfig(**sdpo_options), **SMALL)
     trainer = Trainer(
@@ -126,7 +126,7 @@ def test_objective_entropy_and_divergence_are_those_of_the_distilled_positions(
 ):
     """train/entropy is the student's entropy, token-averaged over the distilled positions
     (teacher rows, inside the response); train/divergence the top-K divergence there."""
-    from algorithms.batching import Row, collate
+    from algorithms.engine.batching import Row, collate
     from algorithms.sdpo import distillation_loss
 
     trainer = _trainer(tmp_path, loss_level=loss_level, alpha=0.5, top_k=8)

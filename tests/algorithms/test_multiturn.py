@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from algorithms.config import GRPOTrainConfig, SDPOConfig, SDPOTrainConfig
-from algorithms.policy import encode_chat
-from algorithms.rollout import turn_prompts
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
+from algorithms.sampling.hf import encode_chat
 from algorithms.sdpo import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
     SDPOObjective,
     turn_teacher_contexts,
 )
+from algorithms.sdpo.config import SDPOConfig, SDPOTrainConfig
 from algorithms.testing import tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 from rlrf import Feedback, FeedbackKind, Group, RLRFEnv, Trajectory, Turn
+from rlrf.rollout import turn_prompts
 
 PROMPT = ({"role": "user", "content": "Write a line, then revise it."},)
 OBS = "Noted. Now send your final line."  # what the env writes after the first turn
@@ -318,7 +319,7 @@ class SplitRecorder(LateFeedback):
 
 @pytest.mark.slow
 def test_evaluation_of_a_stateful_env_plays_held_out_seeds_with_split_test(tmp_path):
-    from algorithms.rollout import EVAL_SEED
+    from rlrf.rollout import EVAL_SEED
 
     SplitRecorder.resets = []
     cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**TRAIN, "eval_tasks": 2, "eval_k": 2})

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from algorithms.config import TrainConfig
+from algorithms.engine.trainer import Trainer
 from algorithms.objective import Objective, rollout_rows, rollouts_with_reward
 from algorithms.testing import tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 from rlrf import Outcome, RLRFEnv
 from rlrf.errors import ConfigError
 
@@ -109,8 +109,8 @@ def test_an_incomplete_objective_is_refused_by_name(tmp_path):
 
 
 def test_checkpoints_from_before_the_objective_key_still_load(tmp_path):
-    from algorithms.checkpoint import load_checkpoint, save_checkpoint
-    from algorithms.config import SDPOTrainConfig
+    from algorithms.engine.checkpoint import load_checkpoint, save_checkpoint
+    from algorithms.sdpo.config import SDPOTrainConfig
     from algorithms.testing import TargetCharEnv
 
     def make(out):

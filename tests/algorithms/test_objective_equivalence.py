@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 import torch
 
-from algorithms.batching import Row, collate
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig
+from algorithms.engine.batching import Row, collate
+from algorithms.engine.trainer import Trainer
 from algorithms.grpo import GRPOConfig
+from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.sdpo import SDPOConfig
+from algorithms.sdpo.config import SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 
 FIXTURE = Path(__file__).with_name("objective_equivalence.json")
 

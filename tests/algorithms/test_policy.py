@@ -7,14 +7,14 @@ import functools
 import pytest
 import torch
 
-from algorithms.policy import (
+from algorithms.sampling.hf import (
     ChatTemplateError,
     HFPolicy,
     SamplingBackend,
     SamplingParams,
     encode_chat,
-    token_logprobs,
 )
+from algorithms.scoring import token_logprobs
 from algorithms.testing import tiny_model, tiny_tokenizer
 from rlrf.errors import ConfigError
 
@@ -105,7 +105,7 @@ def test_no_chat_template_is_a_clear_error():
 
 
 def test_each_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
-    from algorithms import policy as policy_module
+    from algorithms.sampling import hf as policy_module
 
     pol = HFPolicy(tiny_model(seed=2), tiny_tokenizer(), max_batch_size=5)
     plain_pol = HFPolicy(pol.model, pol.tokenizer, max_batch_size=5)
@@ -122,7 +122,7 @@ def test_each_prompt_is_prefilled_once_with_the_same_samples(monkeypatch):
     monkeypatch.setattr(pol.model, "forward", counting)
     shared = pol.sample(PROMPTS, 4, params)  # 8 rows in chunks of 5 + 3
     assert prefill_rows == [2, 1]  # distinct prompts per chunk, not rows
-    monkeypatch.setattr(policy_module, "_select_rows", lambda cache, index: None)
+    monkeypatch.setattr(policy_module, "select_rows", lambda cache, index: None)
     prefill_rows.clear()
     plain = plain_pol.sample(PROMPTS, 4, params)
     # the first chunk finds the cache not copyable and prefills plainly; later chunks no
@@ -152,9 +152,9 @@ def _reference_top_p_filter(logits, top_p):
 def _reference_select_rows(cache, index):
     from transformers.cache_utils import DynamicCache
 
-    from algorithms.policy import _plain_layers
+    from algorithms.scoring import plain_layers
 
-    layers = _plain_layers(cache)
+    layers = plain_layers(cache)
     if layers is None:
         return None
     out = DynamicCache()
@@ -164,7 +164,7 @@ def _reference_select_rows(cache, index):
 
 
 def _reference_prefill(pol, rows, ids, attn, positions, copy_rows):
-    from algorithms.policy import _output_cache
+    from algorithms.scoring import output_cache
 
     distinct: dict[tuple[int, ...], int] = {}
     owner = [distinct.setdefault(tuple(r), len(distinct)) for r in rows]
@@ -175,27 +175,27 @@ def _reference_prefill(pol, rows, ids, attn, positions, copy_rows):
             use_cache=True, logits_to_keep=1,
         )  # fmt: skip
         index = torch.tensor(owner)
-        cache = _reference_select_rows(_output_cache(out), index)
+        cache = _reference_select_rows(output_cache(out), index)
         if cache is not None:
             return out.logits[index, -1], cache
     out = pol.model(
         input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
         logits_to_keep=1,
     )  # fmt: skip
-    return out.logits[:, -1], _output_cache(out)
+    return out.logits[:, -1], output_cache(out)
 
 
 @torch.no_grad()
 def _reference_generate(pol, rows, params, generator, copy_rows=True):
     """``(token ids, log-probs)`` per row, cut after the first EOS, as the old loop gave."""
-    from algorithms.policy import _cache_kwarg, _left_padded, _left_positions, _output_cache
+    from algorithms.scoring import cache_kwarg, left_padded, left_positions, output_cache
 
     model = pol.model
     pad = int(pol.tokenizer.pad_token_id)
-    ids, attn = _left_padded(rows, max(len(r) for r in rows), pad, torch.device("cpu"))
-    positions = _left_positions(attn)
+    ids, attn = left_padded(rows, max(len(r) for r in rows), pad, torch.device("cpu"))
+    positions = left_positions(attn)
     eos = torch.tensor(pol.eos_token_ids)
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     finished = torch.zeros(len(rows), dtype=torch.bool)
     tokens, logps = [], []
     last, cache = _reference_prefill(pol, rows, ids, attn, positions, copy_rows)
@@ -220,7 +220,7 @@ def _reference_generate(pol, rows, params, generator, copy_rows=True):
             input_ids=token[:, None], attention_mask=attn, position_ids=positions,
             use_cache=True, **{cache_kw: cache},
         )  # fmt: skip
-        last, cache = out.logits[:, -1], _output_cache(out)
+        last, cache = out.logits[:, -1], output_cache(out)
     tok = torch.stack(tokens, 1).tolist()
     lp = torch.stack(logps, 1).tolist()
     result = []
@@ -304,10 +304,10 @@ def test_sampling_continues_the_random_stream_like_the_reference(eos_prone_polic
 
 def test_plain_prefill_samples_equal_the_reference(monkeypatch, eos_prone_policy):
     """Where the cache cannot be copied row-wise, the batched prefill gives the same samples."""
-    from algorithms import policy as policy_module
+    from algorithms.sampling import hf as policy_module
 
     pol = HFPolicy(eos_prone_policy.model, eos_prone_policy.tokenizer, max_batch_size=6)
-    monkeypatch.setattr(policy_module, "_select_rows", lambda cache, index: None)
+    monkeypatch.setattr(policy_module, "select_rows", lambda cache, index: None)
     params = SamplingParams(max_new_tokens=30, seed=4)
     prompt_ids = [pol.encode(p) for p in SAME_SAMPLES_PROMPTS]
     expected = _reference_sample_ids(pol, prompt_ids, 2, params, copy_rows=False)

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from algorithms.report import main, write_report
+from algorithms.commands.report import main
+from algorithms.report import write_report
 from rlrf import Feedback, FeedbackKind, Group, Trajectory, TrajectoryWriter, Turn
 from rlrf.errors import RLRFError
 
@@ -56,9 +57,9 @@ def test_single_run_report(tmp_path):
 
 def test_overlay_needs_out_and_writes_both(tmp_path, capsys):
     a, b = _run(tmp_path, "grpo", [0.1, 0.1]), _run(tmp_path, "sdpo", [0.1, 0.4])
-    with pytest.raises(RLRFError, match="needs --out"):
+    with pytest.raises(RLRFError, match="needs --output-dir"):
         write_report([a, b])
-    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert main([str(a), str(b), "--output-dir", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "report.md").read_text()
     assert "| grpo |" in text and "| sdpo |" in text
 

@@ -19,7 +19,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from algorithms.checkpoint import (
+from algorithms.engine.checkpoint import (
     CheckpointError,
     CheckpointWarning,
     RunInterrupted,
@@ -28,9 +28,9 @@ from algorithms.checkpoint import (
     restore_log,
     save_checkpoint,
 )
-from algorithms.config import GRPOTrainConfig
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 from rlrf.errors import ConfigError
 from rlrf.trajectory import Group, Trajectory, TrajectoryWriter, Turn, read_trajectories
 
@@ -38,9 +38,9 @@ SCRIPT = textwrap.dedent(
     """
     import sys, time
     import safetensors.torch
-    from algorithms.config import SDPOTrainConfig
+    from algorithms.sdpo.config import SDPOTrainConfig
     from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-    from algorithms.trainer import Trainer
+    from algorithms.engine.trainer import Trainer
 
     out, resume, slow = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3])
     cfg = SDPOTrainConfig(
@@ -399,8 +399,8 @@ def test_a_corrupted_middle_line_is_dropped_with_a_warning_naming_it(tmp_path):
 
 
 def test_the_command_line_turns_ctrl_c_into_a_resume_hint(tmp_path, monkeypatch, capsys):
-    from algorithms import cli
-    from algorithms import trainer as trainer_module
+    from algorithms.commands import train as cli
+    from algorithms.engine import trainer as trainer_module
 
     class Interrupted:
         def __init__(self, config, **kwargs):

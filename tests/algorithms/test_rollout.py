@@ -8,7 +8,8 @@ from typing import ClassVar
 import pytest
 
 import rlrf
-from algorithms.rollout import (
+from rlrf import Sample, SamplingParams
+from rlrf.rollout import (
     RolloutErrorWarning,
     SeedSampler,
     collect_groups,
@@ -16,7 +17,6 @@ from algorithms.rollout import (
     task_sampler,
     turn_prompts,
 )
-from rlrf import Sample, SamplingParams
 from tests.toy_envs import CountdownEnv, EchoEnv, GuessEnv
 
 
@@ -306,7 +306,7 @@ def test_split_reaches_a_gymnasium_style_reset():
 
 @pytest.mark.slow
 def test_a_tiny_model_plays_a_stateful_env_with_token_ids_and_logprobs():
-    from algorithms.policy import HFPolicy
+    from algorithms.sampling.hf import HFPolicy
     from algorithms.testing import tiny_model, tiny_tokenizer
 
     policy = HFPolicy(tiny_model(), tiny_tokenizer())

@@ -59,7 +59,7 @@ def test_gymnasium_style_plugin_env_is_checked_and_rolled_out(plugin_path):
     code = """
         import random, sys
         import rlrf
-        from algorithms.rollout import collect_groups, task_sampler
+        from rlrf.rollout import collect_groups, task_sampler
         from rlrf import Sample, SamplingParams
 
         assert "acme_games" not in sys.modules

@@ -446,9 +446,9 @@ QUESTION = "Question: which letter comes first in the alphabet? "
 
 def _trainer(tmp_path, **sdpo_options):
     """A trainer on the tiny model whose (EMA) teacher is perturbed away from the student."""
-    from algorithms.config import SDPOTrainConfig
+    from algorithms.engine.trainer import Trainer
+    from algorithms.sdpo.config import SDPOTrainConfig
     from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-    from algorithms.trainer import Trainer
 
     config = SDPOTrainConfig(output_dir=str(tmp_path), sdpo=SDPOConfig(**sdpo_options), **TRAIN)
     trainer = Trainer(
@@ -474,7 +474,7 @@ def _logits(model, prompts, responses):
 def _rows(trainer, spec, old_offset=None):
     """Rows (prompt, response, advantage, teacher text or None) whose old log-probs are the
     student's current ones (on-policy) plus ``old_offset`` [B, L] when given."""
-    from algorithms.batching import Row, collate
+    from algorithms.engine.batching import Row, collate
 
     tok = trainer.tokenizer
     prompts = [tok.encode(QUESTION + p) for p, _, _, _ in spec]
@@ -498,7 +498,7 @@ def _rows(trainer, spec, old_offset=None):
 
 def _grads(trainer, rows, *, on_policy=True):
     """The trainer's loss on ``rows`` (whole-batch normalizers) and its flat gradient."""
-    from algorithms.batching import collate
+    from algorithms.engine.batching import collate
 
     trainer.unwrapped.zero_grad(set_to_none=True)
     loss, _ = trainer._loss(collate(rows), trainer._normalizers(rows), on_policy=on_policy)
@@ -520,7 +520,7 @@ def _reference_grad(trainer, loss_fn):
 
 
 def _student_teacher(trainer, rows):
-    from algorithms.batching import collate
+    from algorithms.engine.batching import collate
 
     batch = collate(rows)
     student = _logits(trainer.unwrapped, [r.prompt_ids for r in rows], batch.responses)
@@ -654,7 +654,7 @@ def _distance_to_teacher(trainer, rows, variant, idx=None):
 
 def _one_step(trainer, rows, lr=0.02):
     """A normalized gradient step on the trainer's SDPO loss (on-policy)."""
-    from algorithms.batching import collate
+    from algorithms.engine.batching import collate
 
     params = [p for p in trainer.unwrapped.parameters() if p.requires_grad]
     trainer.unwrapped.zero_grad(set_to_none=True)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from algorithms.config import SDPOConfig, SDPOTrainConfig
-from algorithms.policy import HFPolicy
-from algorithms.rollout import RolloutStats
+from algorithms.engine.trainer import Trainer
+from algorithms.sampling.hf import HFPolicy
+from algorithms.sdpo.config import SDPOConfig, SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
+from rlrf.rollout import RolloutStats
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sdpo_minimal.py"
 

@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from algorithms import policy
-from algorithms.policy import response_hidden_states, shared_prefix_hidden_states
+from algorithms import scoring as policy
+from algorithms.scoring import response_hidden_states, shared_prefix_hidden_states
 from algorithms.testing import recording_build, tiny_model
 
 PAD = 2

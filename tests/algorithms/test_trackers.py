@@ -6,9 +6,9 @@ import json
 import struct
 from pathlib import Path
 
-from algorithms.config import GRPOTrainConfig
+from algorithms.engine.trainer import Trainer
+from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer
 
 
 def _scalar_tags(event_file: Path) -> dict[str, list[int]]:

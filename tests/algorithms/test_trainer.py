@@ -10,9 +10,11 @@ import torch
 import yaml
 
 from algorithms import grpo, sdpo
-from algorithms.config import GRPOTrainConfig, SDPOTrainConfig, config_from_dict
+from algorithms.config import config_from_dict
+from algorithms.engine.trainer import Trainer, TrainingError, train
+from algorithms.grpo.config import GRPOTrainConfig
+from algorithms.sdpo.config import SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
-from algorithms.trainer import Trainer, TrainingError, train
 from rlrf import Outcome, RLRFEnv
 from rlrf.errors import ConfigError
 
@@ -215,7 +217,7 @@ def test_unknown_field_names_the_closest():
 def test_grpo_mix_with_teacher_rows_shorter_than_the_batch(loss_level):
     """Rows without a teacher are trained too (GRPO part); the teacher rows' responses are
     shorter than the batch's longest, which once broke the chunked teacher gather."""
-    from algorithms.batching import Row, collate
+    from algorithms.engine.batching import Row, collate
 
     config = SDPOTrainConfig(
         sdpo=sdpo.SDPOConfig(grpo_mix=0.9, loss_level=loss_level),
@@ -245,7 +247,7 @@ def test_grpo_mix_with_teacher_rows_shorter_than_the_batch(loss_level):
 
 @pytest.mark.parametrize("loss_level", ["logit", "token"])
 def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
-    from algorithms.batching import Row, collate
+    from algorithms.engine.batching import Row, collate
 
     config = SDPOTrainConfig(sdpo=sdpo.SDPOConfig(grpo_mix=0.9, loss_level=loss_level), **SMALL)
     trainer = Trainer(
@@ -262,7 +264,7 @@ def test_grpo_mix_micro_batch_without_any_teacher_row(loss_level):
 
 def _count_prefix_caches(monkeypatch) -> list[bool]:
     """Record, per shared-prefix pass, whether a reusable cache was built."""
-    from algorithms import policy
+    from algorithms import scoring as policy
 
     built: list[bool] = []
     monkeypatch.setattr(policy._PrefixCache, "build", recording_build(built=built))
@@ -288,7 +290,7 @@ def _trainer_loss_and_grads(config, seed, rows_spec, monkeypatch):
     The teacher is perturbed so that it differs from the student. Returns the trainer, the
     batch, the normalizers, the loss and the gradients (the model's are zeroed afterwards).
     """
-    from algorithms.batching import Row, collate
+    from algorithms.engine.batching import Row, collate
 
     trainer = Trainer(
         config, env=TargetCharEnv(targets="ab"), model=tiny_model(seed), tokenizer=tiny_tokenizer()

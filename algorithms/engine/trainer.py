@@ -5,12 +5,12 @@ The trainer names no algorithm: the config builds its objective
 rollouts train, their loss and what happens after an optimizer step (see
 :mod:`algorithms.objective`). One step:
 
-1. Draw ``questions_per_step`` train tasks (:func:`algorithms.rollout.task_sampler`: task
+1. Draw ``questions_per_step`` train tasks (:func:`rlrf.rollout.task_sampler`: task
    ids of a task-style env, reset seeds of a Gymnasium-style one; seeded and resumable),
-   play G episodes each with the current policy (:func:`algorithms.rollout.collect_groups`,
+   play G episodes each with the current policy (:func:`rlrf.rollout.collect_groups`,
    every turn of multi-turn envs); rollouts with a missing reward (an env error included)
    are skipped and counted.
-2. The objective turns the groups into training rows (:mod:`algorithms.batching`) with
+2. The objective turns the groups into training rows (:mod:`algorithms.engine.batching`) with
    their per-row extras (advantages, teacher prompts), recording what it used in
    ``Trajectory.info``.
 3. ``epochs`` passes over the rows, each split into ``mini_batches`` optimizer steps, each
@@ -26,7 +26,7 @@ rollouts train, their loss and what happens after an optimizer step (see
 Speed: the rows of a mini-batch are ordered by group, so a micro-batch mostly holds whole
 groups, whose prompts are identical: the student's forward (:class:`Scorer
 <algorithms.objective.Scorer>`) runs such a common prefix once and reuses its keys/values
-for every row (:func:`algorithms.policy.shared_prefix_hidden_states`, with gradient), in
+for every row (:func:`algorithms.scoring.shared_prefix_hidden_states`, with gradient), in
 sub-batches cut by length to waste little padding; log-probs go through the LM head chunk by
 chunk (``logit_chunk_size``). Objectives that score other prompts (a teacher's) do the same.
 
@@ -38,7 +38,7 @@ checkpoint was written (so a line torn by a crash at any byte goes, and nothing 
 twice), so a run killed with SIGKILL and resumed ends bit-identical on CPU to an
 uninterrupted one (tested). ``resume=True`` without a checkpoint is an error, never a silent
 restart. Ctrl-C lets a checkpoint being written finish, then stops with
-:class:`~algorithms.checkpoint.RunInterrupted`, whose message says how to resume.
+:class:`~algorithms.engine.checkpoint.RunInterrupted`, whose message says how to resume.
 Checkpoints are written every ``checkpoint_every`` steps and at the last step;
 ``checkpoint_every: 0`` writes none, only ``final/`` (the trained model and tokenizer).
 
@@ -46,7 +46,7 @@ Multi-GPU / multi-node: launch the same command with ``accelerate launch`` (for 
 ``accelerate launch --multi_gpu --num_processes 4 -m algorithms.sdpo --env ... --model ...``;
 on CPU ``torchrun --nproc_per_node 2 -m algorithms.sdpo ...`` uses gloo). Each process rolls
 out its share of the step's tasks. The training forward goes through the accelerate/DDP
-wrapper of :class:`algorithms.policy.HiddenStates` (the LM's body), so DDP averages the gradients;
+wrapper of :class:`algorithms.scoring.HiddenStates` (the LM's body), so DDP averages the gradients;
 the loss is scaled by the number of processes to make that a sum, and the normalizers are
 summed over processes. Every process makes the same collective calls whatever its share: the
 mini-batch count is fixed, a process with no rows in a mini-batch joins the gradient
@@ -55,7 +55,8 @@ process refuses the step together. Every process evaluates its share of the held
 tasks; the main process checkpoints and logs the metrics and trajectories of every
 process. Tested with two CPU processes (``tests/algorithms/test_multiprocess.py``). For models
 whose training state does not fit one device, ``parallelism: fsdp2`` shards it with torch's
-FSDP2 instead (:mod:`algorithms.fsdp`; ``tests/algorithms/test_fsdp.py``); accelerate's own
+FSDP2 instead (:mod:`algorithms.engine.parallel`; ``tests/algorithms/test_fsdp.py``);
+accelerate's own
 FSDP / DeepSpeed plugins are refused.
 """
 
@@ -78,9 +79,11 @@ import numpy as np
 import torch
 
 import rlrf
-from algorithms import allocator, fsdp
-from algorithms.batching import Batch, Row, collate, split_rows
-from algorithms.checkpoint import (
+from algorithms.config import TrainConfig, config_to_dict, config_to_yaml
+from algorithms.engine import allocator
+from algorithms.engine import parallel as fsdp
+from algorithms.engine.batching import Batch, Row, collate, split_rows
+from algorithms.engine.checkpoint import (
     RunInterrupted,
     capture_rng,
     deferred_sigint,
@@ -93,12 +96,13 @@ from algorithms.checkpoint import (
     resume_hint,
     save_checkpoint,
 )
-from algorithms.config import TrainConfig, config_to_dict, config_to_yaml, resolve_config
-from algorithms.metrics import MetricsLogger, Timer
+from algorithms.engine.metrics import MetricsLogger, Timer
 from algorithms.objective import Objective, Scorer, TrainingError
-from algorithms.policy import HFPolicy, HiddenStates, SamplingBackend, SamplingParams
-from algorithms.rollout import RolloutStats, collect_groups, eval_tasks, task_sampler
+from algorithms.registry import resolve_config
+from algorithms.sampling.hf import HFPolicy, SamplingBackend, SamplingParams
+from algorithms.scoring import HiddenStates
 from rlrf.errors import ConfigError
+from rlrf.rollout import RolloutStats, collect_groups, eval_tasks, task_sampler
 from rlrf.trajectory import Group, TrajectoryWriter
 
 __all__ = ["RunResult", "Trainer", "TrainingError", "mix_seed", "rollout_sampling", "train"]
@@ -233,7 +237,7 @@ class Trainer:
         # engine in this process whose weights follow the trainer's (synced after updates).
         self.vllm: Any = None
         if cfg.generation_backend == "vllm":
-            from algorithms.vllm_backend import make_vllm_backend
+            from algorithms.sampling.vllm import make_vllm_backend
 
             self.vllm = make_vllm_backend(cfg, self.unwrapped, tokenizer)
         self.objective: Objective = cfg.build_objective(self.unwrapped, tokenizer)
@@ -972,7 +976,7 @@ def train(
     Args:
         env: An env instance or a registered id (default: ``config.env``).
         model: A model name/path (``"smollm2-135m"``), a model object (with ``tokenizer=``),
-            an :class:`algorithms.policy.HFPolicy`, or None for ``config.model``.
+            an :class:`algorithms.sampling.hf.HFPolicy`, or None for ``config.model``.
         config: A train config, a loss config (``GRPOConfig`` / ``SDPOConfig``: the
             preset supplies the training options), a YAML file, or None for the preset of
             ``algorithm`` (see :func:`algorithms.config.resolve_config`).

@@ -6,7 +6,7 @@ gradients and AdamW state over the processes of a ``torchrun`` / ``accelerate la
 
 - every decoder layer is its own FSDP unit (all-gathered for its forward and again for its
   backward, its gradient reduce-scattered right after), and the LM's body
-  (:class:`algorithms.policy.HiddenStates`) is the root unit. The root holds what is left:
+  (:class:`algorithms.scoring.HiddenStates`) is the root unit. The root holds what is left:
   the embedding, the final norm and the LM head. With tied embeddings (SmolLM2) the
   embedding and the LM head are one parameter, so they must live in one unit; the root is
   that unit for tied and untied models alike.
@@ -65,9 +65,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from algorithms.batching import Batch
+from algorithms.engine.batching import Batch
 from algorithms.objective import Scorer
-from algorithms.policy import HiddenStates
+from algorithms.scoring import HiddenStates
 from rlrf.errors import ConfigError
 
 __all__ = [
@@ -115,16 +115,16 @@ def check_launch(accelerate_kind: str, num_processes: int, fsdp: bool) -> None:
             f"accelerate is configured for {accelerate_kind}; rlrf shards with FSDP2 itself "
             "(the chunked LM-head losses need its own wrapping). Launch without accelerate's "
             "FSDP/DeepSpeed config and set parallelism: fsdp2, e.g. `torchrun "
-            "--nproc-per-node N -m algorithms.cli --algo sdpo ... --parallelism fsdp2` (or "
-            "`accelerate launch --multi_gpu --num_processes N -m algorithms.cli ... "
+            "--nproc-per-node N -m algorithms.sdpo ... --parallelism fsdp2` (or "
+            "`accelerate launch --multi_gpu --num_processes N -m algorithms.sdpo ... "
             "--parallelism fsdp2`), or use data parallel (DDP, the default): `accelerate "
-            "launch --multi_gpu --num_processes N -m algorithms.cli ...`"
+            "launch --multi_gpu --num_processes N -m algorithms.sdpo ...`"
         )
     if fsdp and num_processes < 2:
         raise ConfigError(
             "parallelism: fsdp2 shards over processes but this run has one; launch it on "
-            "several (`torchrun --nproc-per-node N -m algorithms.cli ... --parallelism fsdp2`, "
-            "or `accelerate launch --multi_gpu --num_processes N -m algorithms.cli ...`), or "
+            "several (`torchrun --nproc-per-node N -m algorithms.sdpo ... --parallelism fsdp2`, "
+            "or `accelerate launch --multi_gpu --num_processes N -m algorithms.sdpo ...`), or "
             "set parallelism: ddp for a single process"
         )
 

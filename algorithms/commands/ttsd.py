@@ -19,8 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from rlrf.cli import parse_key_values
 from rlrf.errors import ConfigError
+from rlrf.options import (
+    add_env_options,
+    add_output_dir,
+    merge_env_kwargs,
+    new_parser,
+    parse_args,
+)
 
 if TYPE_CHECKING:
     from algorithms.ttsd import QuestionResult
@@ -33,23 +39,16 @@ COMMAND_HELP = "test-time self-distillation on hard questions"
 
 def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
     """Build the argument parser of ``rlrf ttsd``."""
-    from algorithms.cli import _add_fields
+    from algorithms.commands.train import add_config_fields
     from algorithms.ttsd import METHODS, TTSDConfig
 
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Solve hard questions by test-time self-distillation (SDPO on one "
+    p = new_parser(
+        prog,
+        "Solve hard questions by test-time self-distillation (SDPO on one "
         "question at a time), against best-of-k sampling and multi-turn retrying on the "
         "same attempt budget.",
     )
-    p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
+    add_env_options(p)
     p.add_argument("--tasks", nargs="+", default=None, metavar="ID", help="task ids to solve")
     p.add_argument(
         "--split", default="test", help="without --tasks: take tasks from this split (test)"
@@ -65,8 +64,8 @@ def build_parser(prog: str = "rlrf ttsd") -> argparse.ArgumentParser:
         help="methods to run (default: all)",
     )
     # every TTSDConfig field, with its docstring as help (the same flags as `rlrf train`)
-    _add_fields(p, TTSDConfig)
-    p.add_argument("--output-dir", default="runs/ttsd", help="where results go (runs/ttsd)")
+    add_config_fields(p, TTSDConfig)
+    add_output_dir(p, "runs/ttsd", "where results go")
     p.add_argument("--no-plot", action="store_true", help="skip discovery.png")
     return p
 
@@ -115,7 +114,7 @@ def print_summary(
 
 def main(argv: Sequence[str] | None = None, prog: str = "rlrf ttsd") -> int:
     """Run ``rlrf ttsd``; return the exit status."""
-    args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(build_parser(prog), list(sys.argv[1:] if argv is None else argv))
     import rlrf
     from algorithms.config import config_from_dict, flat_fields
     from algorithms.ttsd import (
@@ -131,7 +130,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf ttsd") -> int:
         config = config_from_dict(
             TTSDConfig, {k: v for k, v in vars(args).items() if k in fields}, where="rlrf ttsd"
         )
-        env = rlrf.make(args.env, **parse_key_values(args.kwarg))
+        env = rlrf.make(args.env, **merge_env_kwargs(args.env_kwargs))
         tasks = args.tasks or list(env.task_ids(args.split))[: args.num_tasks]
         if not tasks:
             raise ConfigError(f"split {args.split!r} of {args.env} has no tasks; pass --tasks")

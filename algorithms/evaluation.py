@@ -4,7 +4,7 @@ The model is the embedded SmolLM2-135M (``smollm2-135m``), a local Hugging Face 
 training run's ``final/`` folder (or the run folder itself), or, with ``--base-url``, any
 OpenAI-compatible chat endpoint (vLLM's, llama.cpp's, a hosted API) serving ``--model``.
 Each selected task of the split is rolled out ``k`` times through
-:func:`algorithms.rollout.collect_groups`, so multi-turn and stateful envs are played whole,
+:func:`rlrf.rollout.collect_groups`, so multi-turn and stateful envs are played whole,
 exactly as training plays them.
 
 What it writes to ``--out`` (default ``evals/<env>--<model>``):
@@ -36,14 +36,11 @@ the run stops with one line naming the failure; finished tasks stay on disk for 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import math
 import os
 import re
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -52,14 +49,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import rlrf
-from algorithms.rollout import EVAL_SEED, Task, collect_groups
+from algorithms.sampling.endpoint import EndpointBackend, EndpointError
 from rlrf.env import env_style
-from rlrf.errors import ConfigError, RLRFError, TrajectoryFormatError
+from rlrf.errors import ConfigError, TrajectoryFormatError
+from rlrf.rollout import EVAL_SEED, Task, collect_groups
 from rlrf.sampling import OpenAIBackend, SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, TrajectoryWriter, read_trajectories
 
 if TYPE_CHECKING:
-    from rlrf.env import Message, RLRFEnv
+    from rlrf.env import RLRFEnv
 
 __all__ = [
     "DEFAULT_SEED_TASKS",
@@ -69,9 +67,8 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "build_backend",
-    "build_parser",
     "evaluate",
-    "main",
+    "format_summary",
     "pass_at_k",
     "pass_ks",
     "resolve_eval_model",
@@ -82,9 +79,6 @@ __all__ = [
 DEFAULT_SEED_TASKS = 100
 """Tasks (reset seeds) of a Gymnasium-style env when ``--tasks`` is not given."""
 
-COMMAND_HELP = "evaluate a model or an OpenAI-compatible endpoint on an env (avg@k, pass@k)"
-"""The help line of this ``rlrf`` subcommand."""
-
 RESULTS = "trajectories.jsonl"
 CONFIG = "eval_config.json"
 OUTPUTS = (RESULTS, CONFIG, "tasks.jsonl", "summary.json", "report.md", "eval.png")
@@ -93,10 +87,6 @@ OUTPUTS = (RESULTS, CONFIG, "tasks.jsonl", "summary.json", "report.md", "eval.pn
 # The settings that define an evaluation: results produced under other values are not mixed.
 _IDENTITY = ("env", "env_kwargs", "model", "base_url", "split", "k", "temperature", "top_p",
              "max_tokens", "seed", "generation_backend")  # fmt: skip
-
-
-class EndpointError(RLRFError):
-    """An OpenAI-compatible endpoint failed: unreachable, refused the key, answered garbage."""
 
 
 @dataclass(frozen=True)
@@ -315,147 +305,6 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
 # ---- backends -------------------------------------------------------------------------------
 
 
-class EndpointBackend(OpenAIBackend):
-    """:class:`rlrf.OpenAIBackend` with counted retries and one-line errors.
-
-    Args:
-        model: The model name the server expects.
-        base_url: The endpoint, e.g. ``http://127.0.0.1:8000/v1``.
-        api_key: Bearer token (``None``: local servers that need none).
-        max_workers: Requests in flight at once (one prompt per request).
-        max_retries: Retries per request (the ``openai`` client's own backoff).
-        timeout: Seconds per attempt.
-        env_workers: Threads stepping or grading envs (the env's ``thread_safe`` permitting).
-        samples_per_request: Cap on ``n`` per request; the rest is topped up.
-        tokenizer: Re-tokenizes responses so their length is known in tokens.
-
-    Attributes:
-        attempts: HTTP attempts sent (retries included).
-        retries: Attempts that were retries.
-
-    """
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str,
-        api_key: str | None = None,
-        *,
-        max_workers: int = 8,
-        max_retries: int = 3,
-        timeout: float = 120.0,
-        samples_per_request: int | None = None,
-        tokenizer: Any = None,
-    ) -> None:
-        import openai
-
-        super().__init__(
-            model, base_url, api_key, tokenizer=tokenizer, max_workers=max_workers,
-            request_logprobs=False, timeout=timeout,
-        )  # fmt: skip
-        self.base_url = base_url
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.samples_per_request = samples_per_request
-        self.attempts = 0
-        self.retries = 0
-        self._lock = threading.Lock()
-        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count]})
-        self.client = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key or "EMPTY",
-            timeout=timeout,
-            max_retries=max_retries,
-            http_client=http_client,
-        )
-
-    def _count(self, request: Any) -> None:
-        retry = request.headers.get("x-stainless-retry-count", "0") not in ("", "0")
-        with self._lock:
-            self.attempts += 1
-            self.retries += retry
-
-    def _request(self, messages: Sequence[Message], n: int, params: SamplingParams) -> list[Any]:
-        import openai
-
-        n = min(n, self.samples_per_request or n)
-        url, tries = self.base_url, f"{self.max_retries + 1} attempt(s) with backoff"
-        try:
-            choices = super()._request(messages, n, params)
-        except openai.AuthenticationError as e:
-            raise EndpointError(
-                f"{url} refused the API key (HTTP 401: {_server_message(e)}); put the right key "
-                "in the environment variable named by --api-key-env"
-            ) from e
-        except openai.PermissionDeniedError as e:
-            raise EndpointError(
-                f"{url} denied access (HTTP 403: {_server_message(e)}); check the API key's "
-                f"permissions for model {self.model!r}"
-            ) from e
-        except openai.NotFoundError as e:
-            raise EndpointError(
-                f"{url} has no model {self.model!r} or no chat-completions route (HTTP 404: "
-                f"{_server_message(e)}); check --model and --base-url (usually ending in /v1)"
-            ) from e
-        except openai.BadRequestError as e:
-            hint = (
-                f"if it limits the samples per request, pass --samples-per-request 1 (or what it "
-                f"allows); else check --max-tokens ({params.max_new_tokens})"
-                if n > 1
-                else f"check --max-tokens ({params.max_new_tokens}) and --temperature"
-            )
-            raise EndpointError(
-                f"{url} refused a request for n={n} sample(s) (HTTP 400: {_server_message(e)}); "
-                + hint
-            ) from e
-        except openai.APITimeoutError as e:
-            raise EndpointError(
-                f"{url} did not answer within {self.timeout:g} s ({tries}); raise "
-                "--request-timeout or lower --concurrency"
-            ) from e
-        except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            raise EndpointError(
-                f"cannot connect to {url} ({tries}): {type(cause).__name__}: {cause}; is the "
-                "server running and --base-url right?"
-            ) from e
-        except openai.APIStatusError as e:
-            raise EndpointError(
-                f"{url} answered HTTP {e.status_code} ({tries}): {_server_message(e)}"
-            ) from e
-        except (openai.APIError, ValueError, TypeError, AttributeError) as e:
-            raise EndpointError(
-                f"{url} answered something that is not an OpenAI chat completion "
-                f"({type(e).__name__}: {str(e)[:200]}); is --base-url an OpenAI-compatible "
-                "/v1 endpoint?"
-            ) from e
-        if not choices:
-            raise EndpointError(
-                f"{url} returned no choices for model {self.model!r}; the server answered "
-                "but generated nothing (check that it serves this model)"
-            )
-        for choice in choices:
-            message = getattr(choice, "message", None)
-            if message is None or not isinstance(
-                getattr(message, "content", None), (str, type(None))
-            ):
-                raise EndpointError(
-                    f"{url} returned a choice without a message ({str(choice)[:200]}); is "
-                    "--base-url an OpenAI-compatible /v1 endpoint?"
-                )
-        return choices
-
-
-def _server_message(e: Any) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        message = err.get("message") if isinstance(err, dict) else err
-        if message:
-            return str(message)[:300]
-    return str(getattr(e, "message", e))[:300]
-
-
 def resolve_eval_model(model: str) -> str:
     """Resolve ``--model`` (no endpoint) to a local model folder, or raise one clear error.
 
@@ -524,7 +373,7 @@ def build_backend(config: EvalConfig) -> SamplingBackend:
     path = resolve_eval_model(config.model)
     import torch
 
-    from algorithms.policy import HFPolicy
+    from algorithms.sampling.hf import HFPolicy
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -626,7 +475,7 @@ def select_tasks(env: RLRFEnv, split: str, n: int | None) -> list[Task]:
 
     A task-style env lists its tasks; a Gymnasium-style env picks its task from the reset
     seed, so it is evaluated on ``n`` fixed seeds (default :data:`DEFAULT_SEED_TASKS`): the
-    held-out seeds of :func:`algorithms.rollout.eval_tasks` for ``"test"``, ``0..n-1`` else.
+    held-out seeds of :func:`rlrf.rollout.eval_tasks` for ``"test"``, ``0..n-1`` else.
     """
     if env_style(env) == "task":
         if split not in env.splits:
@@ -877,146 +726,38 @@ def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
     return "\n".join(text) + "\n"
 
 
-# ---- the command line -----------------------------------------------------------------------
-
-
-def add_model_arguments(p: argparse.ArgumentParser, *, endpoint_note: str = "") -> None:
-    """Add ``--env``, ``--model``, ``--base-url`` and ``--api-key-env`` (eval, diagnose)."""
-    p.add_argument("--env", required=True, help="registered env id, e.g. rlrf/Arithmetic-v0")
-    p.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="smollm2-135m, a local model folder, a run folder or its final/; with --base-url, "
-        f"the served model name{endpoint_note}",
-    )
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the endpoint's API key (default: OPENAI_API_KEY if set)",
-    )
-
-
-def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
-    """The ``rlrf eval`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_model_arguments(p)
-    p.add_argument("--split", default="test", help="task split")
-    p.add_argument(
-        "--tasks",
-        type=int,
-        help="evaluate the first N tasks of the split (default: all; Gymnasium-style envs: "
-        f"N fixed reset seeds, default {DEFAULT_SEED_TASKS})",
-    )
-    p.add_argument("--k", type=int, default=4, help="samples per task")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    p.add_argument("--max-tokens", type=int, default=256, help="token budget per response")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
-    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per generate (local model)")
-    p.add_argument("--env-workers", type=int, default=1, help="threads stepping/grading envs")
-    p.add_argument(
-        "--samples-per-request",
-        type=int,
-        help="cap n per endpoint request, for servers that limit it (default: k)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        help="model folder or smollm2-135m whose tokenizer counts an endpoint's response tokens",
-    )
-    p.add_argument("--max-retries", type=int, default=3, help="retries per endpoint request")
-    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds per attempt")
-    p.add_argument("--device", help="device of a local model (cuda if available, else cpu)")
-    p.add_argument(
-        "--generation-backend",
-        choices=("hf", "vllm"),
-        default="hf",
-        help="sampler of a local model: hf, or vllm (an engine in this process)",
-    )
-    p.add_argument(
-        "--kwarg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="env constructor keyword argument (VALUE parsed as JSON when possible)",
-    )
-    p.add_argument("--out", help="output folder (default evals/<env>--<model>)")
-    p.add_argument(
-        "--fresh", action="store_true", help="discard earlier results in --out instead of resuming"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "rlrf eval") -> int:
-    """Run ``rlrf eval``; return the process exit status."""
-    from rlrf.cli import parse_key_values
-
-    args = build_parser(prog).parse_args(argv)
-    try:
-        config = EvalConfig(
-            env=args.env,
-            model=args.model,
-            base_url=args.base_url,
-            api_key_env=args.api_key_env,
-            split=args.split,
-            tasks=args.tasks,
-            k=args.k,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-            concurrency=args.concurrency,
-            batch_tasks=args.batch_tasks,
-            env_workers=args.env_workers,
-            samples_per_request=args.samples_per_request,
-            tokenizer=args.tokenizer,
-            max_retries=args.max_retries,
-            request_timeout=args.request_timeout,
-            env_kwargs=parse_key_values(args.kwarg),
-            device=args.device,
-            generation_backend=args.generation_backend,
-            out=args.out,
-        )
-        result = evaluate(config, fresh=args.fresh, progress=not args.no_progress)
-    except RLRFError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished tasks are kept, re-run to resume", file=sys.stderr)
-        return 130
+def format_summary(config: EvalConfig, result: EvalResult) -> str:
+    """The lines ``rlrf eval`` prints at the end of a run."""
     s, k = result.summary, config.k
     passes = "  ".join(f"pass@{j} {_fmt(v)}" for j, v in s["pass@"].items())
-    print(f"{config.env} | {config.model} | {config.split}: {s['tasks']} tasks x k={k}")
-    print(f"avg@{k} {_fmt(s[f'avg@{k}'])}  {passes}  mean reward {_fmt(s['reward_mean'])}")
-    print(f"tasks whose {k} rewards differ (GRPO signal): {_fmt(s['tasks_with_reward_spread'])}")
+    lines = [
+        f"{config.env} | {config.model} | {config.split}: {s['tasks']} tasks x k={k}",
+        f"avg@{k} {_fmt(s[f'avg@{k}'])}  {passes}  mean reward {_fmt(s['reward_mean'])}",
+        f"tasks whose {k} rewards differ (GRPO signal): {_fmt(s['tasks_with_reward_spread'])}",
+    ]
     tokens = s["response_tokens_mean"]
     length = (
         f"{tokens:.1f} tokens" if tokens is not None else f"{s['response_chars_mean']:.0f} chars"
     )
-    print(f"mean response {length}; cut at --max-tokens: {_fmt(s['truncated_fraction'], 2)}")
+    lines.append(
+        f"mean response {length}; cut at --max-new-tokens: {_fmt(s['truncated_fraction'], 2)}"
+    )
     kinds = ", ".join(f"{kind} {n}" for kind, n in s["feedback_kinds"].items())
-    print(f"feedback: {kinds or 'none'}")
+    lines.append(f"feedback: {kinds or 'none'}")
     missing = s["tasks_missing_reward"]
     if missing:
-        print(
+        lines.append(
             f"missing rewards: {len(missing)} task(s) not scored (re-run to retry them): "
             + ", ".join(missing[:10])
             + (" ..." if len(missing) > 10 else "")
         )
     if s["env_errors"]:
-        print(f"env errors: {s['env_errors']} episode(s), e.g. {s['env_error_examples'][0]}")
+        lines.append(
+            f"env errors: {s['env_errors']} episode(s), e.g. {s['env_error_examples'][0]}"
+        )
     if "endpoint" in s:
-        print(f"endpoint: {s['endpoint']['attempts']} attempts, {s['endpoint']['retries']} retries")
-    print(f"wrote {result.out / 'report.md'} (resumed {result.resumed} finished task(s))")
-    return 0
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main(sys.argv[1:], prog="python -m algorithms.evaluate"))
+        lines.append(
+            f"endpoint: {s['endpoint']['attempts']} attempts, {s['endpoint']['retries']} retries"
+        )
+    lines.append(f"wrote {result.out / 'report.md'} (resumed {result.resumed} finished task(s))")
+    return "\n".join(lines)

