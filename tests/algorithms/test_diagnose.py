@@ -221,7 +221,7 @@ def test_bad_input(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_hint_reading_model_where_sdpo_learns_is_diagnosed_as_helped(tmp_path):
-    from tests.algorithms.test_e2e_sdpo import LENGTH, SEED, HintEnv, _pretrained_model
+    from tests.algorithms.sdpo.test_e2e_sdpo import LENGTH, SEED, HintEnv, _pretrained_model
 
     tok = tiny_tokenizer()
     model = _pretrained_model(tok, SEED)

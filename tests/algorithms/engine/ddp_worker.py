@@ -1,8 +1,8 @@
 """Run trainer updates on several processes (``torchrun``); the tests compare with one process.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        tests/algorithms/ddp_worker.py OUT_DIR CASE [CASE ...]
-    python -m torch.distributed.run ... tests/algorithms/ddp_worker.py OUT_DIR --train
+        tests/algorithms/engine/ddp_worker.py OUT_DIR CASE [CASE ...]
+    python -m torch.distributed.run ... tests/algorithms/engine/ddp_worker.py OUT_DIR --train
 
 Every case builds the same tiny model and the same fixed rows on every process; process r
 trains on ``rows[r::world]`` (uneven on purpose) and writes ``OUT_DIR/CASE.rankR.pt`` with

@@ -11,7 +11,7 @@ refused with the command to use instead.
 This file is also the worker the tests launch::
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \\
-        tests/algorithms/test_fsdp.py OUT_DIR update|train|resume
+        tests/algorithms/engine/test_parallel.py OUT_DIR update|train|resume
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 if __name__ == "__main__":  # launched by torchrun as a script
     sys.path.insert(0, str(ROOT))
 
@@ -37,7 +37,7 @@ from algorithms.sdpo import SDPOConfig  # noqa: E402
 from algorithms.sdpo.config import SDPOTrainConfig  # noqa: E402
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer  # noqa: E402
 from rlrf.errors import ConfigError  # noqa: E402
-from tests.algorithms.ddp_worker import make_rows  # noqa: E402
+from tests.algorithms.engine.ddp_worker import make_rows  # noqa: E402
 from tests.torchrun import two_processes  # noqa: E402
 
 CASES = ("grpo", "sdpo", "sdpo_gc")  # _gc: with gradient (activation) checkpointing

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.algorithms.ddp_worker import CASES, make_rows, make_trainer, run_case
+from tests.algorithms.engine.ddp_worker import CASES, make_rows, make_trainer, run_case
 from tests.torchrun import two_processes
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def two_process_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _two_processes(out: Path, *args: str) -> None:
-    two_processes(ROOT / "tests" / "algorithms" / "ddp_worker.py", out, *args)
+    two_processes(Path(__file__).with_name("ddp_worker.py"), out, *args)
 
 
 def _load(out: Path, case: str, rank: int) -> dict:

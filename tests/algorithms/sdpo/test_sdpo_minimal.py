@@ -17,7 +17,7 @@ from algorithms.sdpo.config import SDPOConfig, SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
 from rlrf.rollout import RolloutStats
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sdpo_minimal.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sdpo_minimal.py"
 
 
 def _example():

@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _run(script: Path, out: Path, resume: bool, slow: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     return subprocess.Popen(
         [sys.executable, str(script), str(out), "1" if resume else "0", str(slow)],
         env=env,
