@@ -339,6 +339,7 @@ class OpenEnvEnv(RLRFEnv):
         if served.get("splits"):
             self.splits = tuple(served["splits"])
         self._client: Any = None
+        self._socket: Any = None
         self._url: str | None = None
         self._chat: list[Message] = []
         self._turn = 0
@@ -431,6 +432,18 @@ class OpenEnvEnv(RLRFEnv):
                 f"{self.env_id}: {what} on {url} lost the session ({type(e).__name__}: {e})"
             ) from None
 
+    def _current_socket(self) -> Any:
+        # openenv's client keeps its WebSocket private and silently reconnects when the
+        # server closed it; which socket carried the reset tells whether the session is ours.
+        return getattr(getattr(self._client, "async_client", None), "_ws", None)
+
+    def _same_socket(self) -> bool:
+        ws = self._current_socket()
+        if ws is None or ws is not self._socket:
+            return False
+        state = getattr(ws, "state", None)
+        return getattr(state, "name", "OPEN") not in ("CLOSING", "CLOSED")
+
     def close(self) -> None:
         """End this instance's session on the server."""
         self._drop()
@@ -494,6 +507,7 @@ class OpenEnvEnv(RLRFEnv):
             info = {"turn": 0, "observation": obs, "metadata": metadata}
         self._chat, self._turn = chat, 0
         self._task_id = info.get("task_id")
+        self._socket = self._current_socket()
         return list(chat), info
 
     def _chat_from(self, messages: Any, where: str) -> list[Message]:
@@ -519,10 +533,27 @@ class OpenEnvEnv(RLRFEnv):
         if self._client is None or not self._chat:
             raise RemoteEnvError(f"{self.env_id}: call reset() before step()")
         where = f"step (turn {self._turn + 1})"
+        if not self._same_socket():
+            self._drop()
+            raise RemoteEnvError(
+                f"{self.env_id}: {where} lost the session on {self._url}: the server closed "
+                "it (idle past its --idle-timeout, or restarted); reset() opens a new one"
+            )
         # Sent as UTF-8: a lone surrogate (unencodable) goes as U+FFFD, or a server echoing the
         # response could not serialize its reply; the chat keeps the response as given.
         payload = self._action[self._url or self.urls[0]](wire_text(action))
-        result = self._call(where, lambda c: c.step(payload))
+        try:
+            result = self._call(where, lambda c: c.step(payload))
+        except RemoteEnvError:
+            if self._client is not None and not self._same_socket():
+                # openenv's client reconnects by itself: a fresh session knows no episode
+                url = self._url
+                self._drop()
+                raise RemoteEnvError(
+                    f"{self.env_id}: {where} lost the session on {url}: the server closed it "
+                    "(idle past its --idle-timeout, or restarted); reset() opens a new one"
+                ) from None
+            raise
         obs = result.observation if isinstance(result.observation, dict) else {}
         metadata = result.metadata or obs.get("metadata") or {}
         reward, missing_why = _reward(result.reward)

@@ -46,8 +46,7 @@ def echo_server(tmp_path_factory):
     )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1"]
-        + ["--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=root / "echo_env",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
