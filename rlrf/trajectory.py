@@ -9,6 +9,13 @@ stream (:class:`TrajectoryWriter` flushes every record), so a run never holds it
 history in memory and a crash loses at most the line being written: readers skip a torn last
 line (even one ending inside a UTF-8 character) with a warning, and appending removes it.
 
+A trajectory file may come from anyone (a collaborator's run folder), so the reader treats it
+as untrusted: every field is checked for its type and range before a record is built (finite
+rewards, integer token ids, messages with string roles and contents, a teacher context that is
+text or messages), nesting deeper than :data:`MAX_RECORD_DEPTH` is refused before parsing,
+and anything wrong raises :class:`~rlrf.errors.TrajectoryFormatError` naming ``file:line`` and
+the field, never another exception.
+
 >>> import tempfile, os
 >>> t = Trajectory("rlrf/Echo-v0", "a", ({"role": "user", "content": "Say a."},),
 ...                [Turn("a", reward=1.0)], success=True)
@@ -22,10 +29,13 @@ line (even one ending inside a UTF-8 character) with a warning, and appending re
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +57,10 @@ __all__ = [
 
 #: Version of the on-disk record layout. Readers refuse records from a newer version.
 SCHEMA_VERSION = 1
+
+#: Deepest nesting of arrays and objects a record may have (rlrf writes about 10, plus what
+#: ``info`` holds); deeper lines are refused before they are parsed.
+MAX_RECORD_DEPTH = 100
 
 
 class TruncatedFileWarning(RLRFWarning):
@@ -285,6 +299,13 @@ def _encode(record: Group | Trajectory) -> str:
         raise TypeError(f"can only write Group or Trajectory, got {type(record).__name__}")
     payload = {"schema_version": SCHEMA_VERSION, "type": kind, **record.to_dict()}
     try:
+        # The reader's checks, here too: a file rlrf writes is always one rlrf can read.
+        _check_group(payload) if kind == "group" else _check_trajectory(payload, "")
+    except _BadField as e:
+        raise TrajectoryFormatError(
+            f"cannot write {kind} for task {record.task_id!r}: {e} (a reader would refuse it)"
+        ) from None
+    try:
         # NaN/Infinity are not JSON; other readers would choke on Python's extension.
         return json.dumps(payload, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -295,27 +316,210 @@ def _encode(record: Group | Trajectory) -> str:
 
 
 def _decode(line: str, where: str) -> Group | Trajectory:
+    depth = _json_depth(line)
+    if depth > MAX_RECORD_DEPTH:
+        raise TrajectoryFormatError(
+            f"{where}: nested {depth} levels deep; a trajectory record has at most "
+            f"{MAX_RECORD_DEPTH} (was the file written by rlrf?)"
+        )
     try:
         payload = json.loads(line)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit integer
         raise TrajectoryFormatError(f"{where}: not valid JSON ({e})") from e
     if not isinstance(payload, dict) or "schema_version" not in payload:
-        raise TrajectoryFormatError(f"{where}: not an rlrf trajectory record")
-    version = payload.pop("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise TrajectoryFormatError(
-            f"{where}: written with trajectory schema version {version}, but this rlrf reads "
-            f"versions up to {SCHEMA_VERSION}; upgrade rlrf to read it"
+            f"{where}: not an rlrf trajectory record (a JSON object with 'schema_version')"
+        )
+    version = payload.pop("schema_version")
+    if not _is_int(version) or version > SCHEMA_VERSION:
+        raise TrajectoryFormatError(
+            f"{where}: written with trajectory schema version {_show(version)}, but this rlrf "
+            f"reads versions up to {SCHEMA_VERSION}; upgrade rlrf to read it"
         )
     kind = payload.pop("type", None)
+    if kind not in ("group", "trajectory"):
+        raise TrajectoryFormatError(f"{where}: unknown record type {_show(kind)}")
     try:
         if kind == "group":
+            _check_group(payload)
             return Group.from_dict(payload)
-        if kind == "trajectory":
-            return Trajectory.from_dict(payload)
-    except (KeyError, TypeError) as e:
+        _check_trajectory(payload, "")
+        return Trajectory.from_dict(payload)
+    except _BadField as e:
+        raise TrajectoryFormatError(
+            f"{where}: {e}; the record was not written by rlrf's TrajectoryWriter, or was "
+            "edited since"
+        ) from None
+    except TrajectoryFormatError as e:  # a feedback record's own check
+        raise TrajectoryFormatError(f"{where}: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise TrajectoryFormatError(f"{where}: missing or malformed field ({e!r})") from e
-    raise TrajectoryFormatError(f"{where}: unknown record type {kind!r}")
+
+
+# ---- checks of untrusted records: each raises _BadField naming the field ------------------
+
+
+class _BadField(Exception):
+    """A field of a record is missing or has the wrong type (internal to the reader)."""
+
+
+# A JSON string, escapes included (the unrolled form: linear, no backtracking).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_MAX_INT = 1 << 63
+
+
+def _json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text``, without parsing it."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub('""', text))
+    return max(accumulate(_STEP[c] for c in brackets), default=0)
+
+
+def _show(value: Any) -> str:
+    """A short description of an untrusted value (its repr could be huge, or raise)."""
+    if isinstance(value, (str, bool, float)) or value is None:
+        return repr(value)[:60]
+    if isinstance(value, int):
+        return repr(value) if abs(value) < _MAX_INT else f"an integer of {value.bit_length()} bits"
+    return f"a {type(value).__name__}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < _MAX_INT
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _need(d: dict[str, Any], at: str, key: str, what: str, ok: Any, *, optional: bool = False):
+    if key not in d:
+        if optional:
+            return None
+        raise _BadField(f"field {at}{key} is missing")
+    value = d[key]
+    if not ok(value):
+        raise _BadField(f"field {at}{key} must be {what}, got {_show(value)}")
+    return value
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _opt_int(v: Any) -> bool:
+    return v is None or _is_int(v)
+
+
+def _dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _check_messages(value: Any, at: str) -> None:
+    if not isinstance(value, list):
+        raise _BadField(f"field {at} must be a list of messages, got {_show(value)}")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise _BadField(f"field {at}[{i}] must be a message object, got {_show(m)}")
+        _need(m, f"{at}[{i}].", "role", "a string", _str)
+        _need(m, f"{at}[{i}].", "content", "a string", _str)
+
+
+def _check_info(info: dict[str, Any], at: str) -> None:
+    # The one key of info that rlrf itself reads back (SDPO's teacher context, in reports).
+    if "teacher_context" in info:
+        ctx = info["teacher_context"]
+        if ctx is not None and not isinstance(ctx, str):
+            _check_messages(ctx, f"{at}info.teacher_context")
+
+
+def _check_group(d: dict[str, Any]) -> None:
+    _need(d, "", "env_id", "a string", _str)
+    _need(d, "", "task_id", "a string", _str)
+    items = _need(d, "", "trajectories", "a list", lambda v: isinstance(v, list))
+    for i, t in enumerate(items):
+        if not isinstance(t, dict):
+            raise _BadField(f"field trajectories[{i}] must be an object, got {_show(t)}")
+        _check_trajectory(t, f"trajectories[{i}].")
+
+
+def _check_trajectory(d: dict[str, Any], at: str) -> None:
+    _need(d, at, "env_id", "a string", _str)
+    _need(d, at, "task_id", "a string", _str)
+    _check_messages(_need(d, at, "prompt", "a list", lambda v: True), f"{at}prompt")
+    turns = _need(d, at, "turns", "a list", lambda v: isinstance(v, list))
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise _BadField(f"field {at}turns[{i}] must be an object, got {_show(turn)}")
+        _check_turn(turn, f"{at}turns[{i}].")
+    _need(d, at, "seed", "an integer or null", _opt_int, optional=True)
+    _need(d, at, "success", "true or false", lambda v: isinstance(v, bool), optional=True)
+    _need(
+        d, at, "policy_version", "an integer >= 0", lambda v: _is_int(v) and v >= 0, optional=True
+    )
+    timings = _need(d, at, "timings", "an object", _dict, optional=True) or {}
+    for key, value in timings.items():
+        if not _is_number(value):
+            raise _BadField(f"field {at}timings.{key} must be a finite number, got {_show(value)}")
+    _check_info(_need(d, at, "info", "an object", _dict, optional=True) or {}, at)
+    error = _need(
+        d, at, "error", "an object or null", lambda v: v is None or _dict(v), optional=True
+    )
+    if error:
+        for key in ("method", "error_type", "message"):
+            _need(error, f"{at}error.", key, "a string", _str)
+        _need(error, f"{at}error.", "turn", "an integer >= 0", lambda v: _is_int(v) and v >= 0)
+
+
+def _check_turn(d: dict[str, Any], at: str) -> None:
+    _need(d, at, "response", "a string", _str)
+    _need(d, at, "reward", "a finite number or null", lambda v: v is None or _is_number(v))
+    feedback = _need(d, at, "feedback", "a list", lambda v: isinstance(v, list), optional=True)
+    for i, f in enumerate(feedback or ()):
+        if not isinstance(f, dict):
+            raise _BadField(f"field {at}feedback[{i}] must be an object, got {_show(f)}")
+        _need(f, f"{at}feedback[{i}].", "text", "a string", _str)
+        _need(f, f"{at}feedback[{i}].", "source", "a string", _str, optional=True)
+        details = Feedback.from_dict(f).details
+        if details is not None:
+            _check_details(details, f"{at}feedback[{i}].details")
+    ids = _need(d, at, "response_token_ids", "a list", lambda v: v is None or isinstance(v, list))
+    for i, token in enumerate(ids or ()):
+        if not (_is_int(token) and token >= 0):
+            raise _BadField(
+                f"field {at}response_token_ids[{i}] must be a token id >= 0, got {_show(token)}"
+            )
+    logprobs = _need(d, at, "logprobs", "a list", lambda v: v is None or isinstance(v, list))
+    for i, lp in enumerate(logprobs or ()):
+        if not _is_number(lp):
+            raise _BadField(f"field {at}logprobs[{i}] must be a finite number, got {_show(lp)}")
+    if "observation" in d:
+        _check_messages(d["observation"], f"{at}observation")
+    _check_info(_need(d, at, "info", "an object", _dict, optional=True) or {}, at)
+
+
+_DETAIL_CHECKS = {"str": _str, "int": _is_int, "float": _is_number, "None": lambda v: v is None}
+
+
+def _check_details(details: Any, at: str) -> None:
+    """Check a feedback detail's fields against their annotations (``str | None``, ...)."""
+    for f in fields(details):
+        value = getattr(details, f.name)
+        if isinstance(value, tuple):  # ToolCallDetails.violations
+            for i, item in enumerate(value):
+                if not is_dataclass(item):
+                    raise _BadField(f"field {at}.{f.name}[{i}] must be an object")
+                _check_details(item, f"{at}.{f.name}[{i}]")
+            continue
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if not any(_DETAIL_CHECKS.get(k, lambda v: False)(value) for k in kinds):
+            raise _BadField(f"field {at}.{f.name} must be {' or '.join(kinds)}, got {_show(value)}")
 
 
 class TrajectoryWriter:
