@@ -217,7 +217,6 @@ def rollout_rows(
     encode: Encode,
     *,
     advantages: Mapping[RolloutKey, float],
-    teacher_prompts: Mapping[TurnKey, list[int] | None] | None = None,
 ) -> list[Row]:
     """One :class:`Row` per assistant turn (with response tokens) of each rollout in ``keys``.
 
@@ -226,10 +225,9 @@ def rollout_rows(
     there, never response tokens, so no loss trains on them; a turn whose sampler dropped
     the prompt's first tokens (``turn.info["prompt_tokens_dropped"]``, a vLLM engine's
     context cut) gets the prompt without them. A rollout's advantage goes to
-    each of its rows; ``teacher_prompts[(group, trajectory, turn)]`` is that turn's teacher
-    prompt (absent: None).
+    each of its rows. An objective that attaches more to a row builds its own row class from
+    these (``(row.group, row.trajectory, row.turn)`` is the row's :data:`TurnKey`).
     """
-    teacher_prompts = teacher_prompts or {}
     rows: list[Row] = []
     for gi, ti in keys:
         traj = groups[gi].trajectories[ti]
@@ -246,7 +244,6 @@ def rollout_rows(
                     response_ids=list(turn.response_token_ids),
                     old_logprobs=list(turn.logprobs or ()),
                     advantage=advantages[(gi, ti)],
-                    teacher_prompt_ids=teacher_prompts.get((gi, ti, k)),
                     group=gi,
                     trajectory=ti,
                     turn=k,

@@ -20,7 +20,6 @@ The folder is written in a temporary sibling and renamed into place, so an inter
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import keyword
 import os
@@ -34,6 +33,7 @@ from string import Template
 from typing import Literal
 
 from rlrf.errors import ConfigError, RLRFError
+from rlrf.options import new_parser, parse_args
 from rlrf.registration import ENTRY_POINT_GROUP
 
 __all__ = ["COMMAND_HELP", "Style", "main", "scaffold"]
@@ -135,7 +135,7 @@ def scaffold(
 
 def main(argv: Sequence[str] | None = None, prog: str = "rlrf init") -> int:
     """Run ``rlrf init``; return the process exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = new_parser(prog, __doc__.split("\n\n")[0])
     parser.add_argument("name", help="distribution name and env-id namespace, e.g. acme-envs")
     parser.add_argument(
         "--style",
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf init") -> int:
     parser.add_argument("--dir", help="folder to create (default ./NAME)")
     parser.add_argument("--env-name", help="env name in the id NAME/ENV_NAME-v0 (default: "
                         "Reverse, or Guess with --style gymnasium)")  # fmt: skip
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         root = scaffold(args.name, args.dir, style=args.style, env_name=args.env_name)
     except RLRFError as e:

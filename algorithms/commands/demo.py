@@ -25,11 +25,12 @@ takes any local HF folder.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from rlrf.options import new_parser, parse_args
 
 __all__ = ["DEMO_SETTINGS", "main"]
 
@@ -56,7 +57,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     """Run the demo; return the process exit status."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser = new_parser(prog, __doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         default="smollm2-135m",
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
         metavar="FIELD=VALUE",
         help="override any other config field, e.g. --set lr=1e-5",
     )
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
 
     from algorithms.config import flat_fields
     from algorithms.engine.trainer import Trainer

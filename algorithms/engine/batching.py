@@ -2,9 +2,11 @@
 
 A training :class:`Row` is one turn of one trajectory: its prompt tokens (the chat before
 the turn, through the policy's chat template), the sampled response tokens, the sampler's
-log-probs (π_old), the rollout's scalar advantage, and, for SDPO, the teacher prompt tokens
-(None when the rollout has no teacher signal). :func:`collate` pads a list of rows into a
-:class:`Batch` whose tensors are response-aligned (position t is response token t).
+log-probs (π_old) and the rollout's scalar advantage. An objective that needs more per row
+subclasses it (SDPO's :class:`~algorithms.sdpo.objective.SDPORow` adds the teacher prompt);
+:func:`collate` pads a list of rows into a :class:`Batch` whose tensors are response-aligned
+(position t is response token t) and keeps the rows, so an objective reads its own fields
+from ``batch.rows``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ class Row:
     response_ids: list[int]
     old_logprobs: list[float]
     advantage: float = 0.0
-    teacher_prompt_ids: list[int] | None = None
     group: int = 0
     trajectory: int = 0
     turn: int = 0
@@ -40,7 +41,6 @@ class Batch:
     mask: torch.Tensor  # [B, L] bool
     old_logprobs: torch.Tensor  # [B, L] float32
     advantages: torch.Tensor  # [B] float32
-    has_teacher: torch.Tensor  # [B] bool
 
     @property
     def prompts(self) -> list[list[int]]:
@@ -70,14 +70,12 @@ def collate(rows: Sequence[Row], device: torch.device | str = "cpu") -> Batch:
         mask[i, :n] = True
         old[i, :n] = torch.tensor(r.old_logprobs, dtype=torch.float32)
     adv = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
-    has_teacher = torch.tensor([r.teacher_prompt_ids is not None for r in rows])
     return Batch(
         rows=list(rows),
         response_ids=ids.to(device),
         mask=mask.to(device),
         old_logprobs=old.to(device),
         advantages=adv.to(device),
-        has_teacher=has_teacher.to(device),
     )
 
 

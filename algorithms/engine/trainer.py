@@ -53,11 +53,11 @@ mini-batch count is fixed, a process with no rows in a mini-batch joins the grad
 all-reduce with a zero loss, and a non-finite loss still goes through backward before every
 process refuses the step together. Every process evaluates its share of the held-out
 tasks; the main process checkpoints and logs the metrics and trajectories of every
-process. Tested with two CPU processes (``tests/algorithms/engine/test_multiprocess.py``). For models
-whose training state does not fit one device, ``parallelism: fsdp2`` shards it with torch's
-FSDP2 instead (:mod:`algorithms.engine.parallel`; ``tests/algorithms/engine/test_parallel.py``);
-accelerate's own
-FSDP / DeepSpeed plugins are refused.
+process. Tested with two CPU processes (``tests/algorithms/engine/test_multiprocess.py``).
+For models whose training state does not fit one device, ``parallelism: fsdp2`` shards it
+with torch's FSDP2 instead (:mod:`algorithms.engine.parallel`;
+``tests/algorithms/engine/test_parallel.py``); accelerate's own FSDP / DeepSpeed plugins are
+refused.
 """
 
 from __future__ import annotations

@@ -48,12 +48,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from algorithms import losses
+from algorithms.engine.batching import Row
 from algorithms.engine.monitors import StabilityMonitor
 from algorithms.objective import rollout_rows, rollouts_with_reward
 from algorithms.scoring import lm_head_logits, shared_prefix_hidden_states
@@ -71,12 +73,25 @@ from algorithms.sdpo.teacher import Teacher
 from rlrf.errors import ConfigError
 
 if TYPE_CHECKING:
-    from algorithms.engine.batching import Batch, Row
+    from algorithms.engine.batching import Batch
     from algorithms.objective import Encode, Scorer, TurnKey
     from algorithms.sdpo.config import SDPOTrainConfig
     from rlrf.trajectory import Group
 
-__all__ = ["SDPOObjective"]
+__all__ = ["SDPOObjective", "SDPORow", "has_teacher"]
+
+
+@dataclass
+class SDPORow(Row):
+    """A training row with its turn's teacher prompt (None: no solution and no feedback)."""
+
+    teacher_prompt_ids: list[int] | None = None
+
+
+def has_teacher(batch: Batch) -> torch.Tensor:
+    """[B] bool on the batch's device: which rows have a teacher prompt."""
+    flags = [getattr(r, "teacher_prompt_ids", None) is not None for r in batch.rows]
+    return torch.tensor(flags, dtype=torch.bool, device=batch.mask.device)
 
 
 class SDPOObjective:
@@ -166,9 +181,10 @@ class SDPOObjective:
             "teacher_signal": float(with_ctx),
             "no_teacher_signal": float(len(turn_keys) - with_ctx),
         }
-        rows = rollout_rows(
-            groups, sorted(keep), encode, advantages=advantages, teacher_prompts=contexts
-        )
+        rows = [
+            SDPORow(**vars(r), teacher_prompt_ids=contexts.get((r.group, r.trajectory, r.turn)))
+            for r in rollout_rows(groups, sorted(keep), encode, advantages=advantages)
+        ]
         if s.grpo_mix == 0:
             # pure SDPO: a turn without a teacher has no loss at all; the GRPO mix trains it
             rows = [r for r in rows if r.teacher_prompt_ids is not None]
@@ -177,7 +193,9 @@ class SDPOObjective:
 
     def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
         """``pg``: GRPO's normalizer; ``sdpo``: response tokens of rows with a teacher."""
-        teacher_tokens = sum(len(r.response_ids) for r in rows if r.teacher_prompt_ids is not None)
+        teacher_tokens = sum(
+            len(r.response_ids) for r in rows if getattr(r, "teacher_prompt_ids", None) is not None
+        )
         return {
             "pg": losses.normalizer_of(rows, self.grpo, self.config.max_new_tokens),
             "sdpo": float(teacher_tokens),
@@ -194,7 +212,7 @@ class SDPOObjective:
         else:
             loss, stats = self._logit_loss(batch, norm, scorer, on_policy)
         if norm.get("sdpo"):
-            n_local = float((batch.mask & batch.has_teacher[:, None]).sum())
+            n_local = float((batch.mask & has_teacher(batch)[:, None]).sum())
             self._pending["share"] += n_local / norm["sdpo"]
             for key in ("divergence", "entropy"):
                 if key in stats:
@@ -205,7 +223,7 @@ class SDPOObjective:
         self, batch: Batch, scorer: Scorer
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher hidden states of the rows that have a teacher prompt (no gradient)."""
-        index = torch.nonzero(batch.has_teacher.cpu(), as_tuple=False)[:, 0]
+        index = torch.nonzero(has_teacher(batch).cpu(), as_tuple=False)[:, 0]
         if index.numel() == 0:  # with grpo_mix > 0 a micro-batch may hold no teacher row
             return index.to(batch.mask.device), []
         rows = [batch.rows[i] for i in index.tolist()]
@@ -255,7 +273,7 @@ class SDPOObjective:
         t0 = time.perf_counter()
         t_index, t_hiddens = self._teacher_hidden(batch, scorer)
         teacher_s = time.perf_counter() - t0
-        tmask = batch.mask & batch.has_teacher[:, None]
+        tmask = batch.mask & has_teacher(batch)[:, None]
         head = scorer.lm
         total = hidden.new_zeros((), dtype=torch.float32)
         stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
@@ -357,7 +375,7 @@ class SDPOObjective:
         t0 = time.perf_counter()
         t_index, t_hiddens = self._teacher_hidden(batch, scorer)
         t_lp_y = torch.zeros_like(lp, dtype=torch.float32)
-        tmask = batch.mask & batch.has_teacher[:, None]
+        tmask = batch.mask & has_teacher(batch)[:, None]
         k = min(s.top_k, scorer.lm.config.vocab_size)
         monitor_sums = torch.zeros(2)  # divergence, entropy over the distilled tokens
         with torch.no_grad():
@@ -391,7 +409,7 @@ class SDPOObjective:
             batch.advantages,
             token_level_advantages(t_lp_y, lp),
             s.grpo_mix,
-            teacher_mask=batch.has_teacher,
+            teacher_mask=has_teacher(batch),
         )
         loss, stats = losses.policy_loss(
             lp,

@@ -9,12 +9,12 @@ flags show in ``ps``); when it is set, every other request must send it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 
-from rlrf.errors import ConfigError, RLRFError
+from rlrf.errors import RLRFError
+from rlrf.options import add_env_options, merge_env_kwargs, new_parser, parse_args
 from rlrf.remote.wire import TOKEN_ENV
 
 __all__ = ["COMMAND_HELP", "build_parser", "main"]
@@ -24,13 +24,13 @@ COMMAND_HELP = "serve a registered env over OpenEnv's protocol (HTTP + WebSocket
 
 def build_parser(prog: str = "rlrf serve") -> argparse.ArgumentParser:
     """The ``rlrf serve`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=(__doc__ or "").split("\n\n")[0],
+    parser = new_parser(
+        prog,
+        (__doc__ or "").split("\n\n")[0],
         epilog=f"Set {TOKEN_ENV} to require 'Authorization: Bearer <token>' on every request "
         "but /health; rlrf clients read the same variable.",
     )
-    parser.add_argument("env_id", help="registered id, e.g. rlrf/Arithmetic-v0")
+    add_env_options(parser, positional=True)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
@@ -54,38 +54,20 @@ def build_parser(prog: str = "rlrf serve") -> argparse.ArgumentParser:
         default=4 * 2**20,
         help="largest WebSocket message or HTTP body accepted (default 4 MiB)",
     )
-    parser.add_argument(
-        "--env-kwargs",
-        default="{}",
-        metavar="JSON",
-        help="keyword arguments for rlrf.make, as a JSON object (e.g. '{\"n_tasks\": 50}')",
-    )
     parser.add_argument("--log-level", default="warning", help="uvicorn's log level")
     return parser
 
 
-def _env_kwargs(text: str) -> dict[str, object]:
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise ConfigError(
-            f"--env-kwargs is not JSON ({e}); give an object like '{{\"k\": 1}}'"
-        ) from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"--env-kwargs must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None, prog: str = "rlrf serve") -> int:
     """Run ``rlrf serve``; return the exit status."""
-    args = build_parser(prog).parse_args(argv)
+    args = parse_args(build_parser(prog), argv)
     try:
         from rlrf.remote.server import EnvServer
 
         token = os.environ.get(TOKEN_ENV) or None
         server = EnvServer(
-            args.env_id,
-            _env_kwargs(args.env_kwargs),
+            args.env,
+            merge_env_kwargs(args.env_kwargs),
             host=args.host,
             port=args.port,
             max_sessions=args.max_sessions,
@@ -105,7 +87,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf serve") -> int:
         )
     auth = "bearer token required" if token else "no token"
     print(
-        f"{prog}: serving {args.env_id} at {server.url} (sessions at "
+        f"{prog}: serving {args.env} at {server.url} (sessions at "
         f"ws{server.url[4:]}/ws, at most "
         f"{args.max_sessions}; {auth})",
         flush=True,

@@ -231,8 +231,12 @@ def test_rlrf_serve_command_with_token(tmp_path):
         proc.wait(timeout=20)
 
 
-def test_serve_command_reports_bad_env_kwargs():
+def test_serve_command_reports_bad_env_kwargs(capsys):
     from rlrf.remote.cli import main
 
-    assert main(["rlrf/Arithmetic-v0", "--env-kwargs", "[1]", "--port", "0"]) == 1
+    with pytest.raises(SystemExit) as e:  # the shared --env-kwargs: a usage error, exit 2
+        main(["rlrf/Arithmetic-v0", "--env-kwargs", "[1]", "--port", "0"])
+    assert e.value.code == 2
+    assert "expected a JSON object or KEY=VALUE, got '[1]'" in capsys.readouterr().err
+    assert main(["rlrf/Arithmetic-v0", "--env-kwargs", "no_such_kwarg=1", "--port", "0"]) == 1
     assert main(["rlrf/NoSuchEnv-v0", "--port", "0"]) == 1

@@ -25,6 +25,7 @@ from algorithms.engine.batching import Row
 from algorithms.engine.trainer import Trainer, TrainingError
 from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.sdpo.config import SDPOTrainConfig
+from algorithms.sdpo.objective import SDPORow
 from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
 
 # name -> (algorithm, number of rows, config overrides, rank whose rows get a NaN advantage)
@@ -94,7 +95,7 @@ def make_rows(case: str) -> list[Row]:
         if algo == "sdpo" and i % 2 == 0:  # process 1 (odd rows) gets no teacher row
             teacher = prefix + [rng.randrange(3, 90) for _ in range(rng.randint(5, 14))]
         rows.append(
-            Row(
+            SDPORow(
                 prompt_ids=prompt,
                 response_ids=response,
                 old_logprobs=[-rng.uniform(3.0, 6.0) for _ in response],

@@ -15,6 +15,7 @@ from algorithms.engine.monitors import (
     StabilityWarning,
     scan,
 )
+from algorithms.sdpo.objective import SDPORow, has_teacher
 
 ENTROPY, LENGTH, DIV = "train/entropy", "rollout/response_tokens_mean", "train/divergence"
 
@@ -126,7 +127,7 @@ def test_objective_entropy_and_divergence_are_those_of_the_distilled_positions(
 ):
     """train/entropy is the student's entropy, token-averaged over the distilled positions
     (teacher rows, inside the response); train/divergence the top-K divergence there."""
-    from algorithms.engine.batching import Row, collate
+    from algorithms.engine.batching import collate
     from algorithms.sdpo import distillation_loss
 
     trainer = _trainer(tmp_path, loss_level=loss_level, alpha=0.5, top_k=8)
@@ -137,9 +138,9 @@ def test_objective_entropy_and_divergence_are_those_of_the_distilled_positions(
     tok = trainer.tokenizer
     q = "Question: which letter comes first? "
     rows = [
-        Row(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.5, tok.encode(q + "1 a")),
-        Row(tok.encode(q + "1"), tok.encode("ab"), [-1.0] * 2, -0.5, None),
-        Row(tok.encode(q + "2"), tok.encode("xyz"), [-3.0] * 3, 1.0, tok.encode(q + "2 b")),
+        SDPORow(tok.encode(q + "1"), tok.encode("abcdefg"), [-2.0] * 7, 0.5, teacher_prompt_ids=tok.encode(q + "1 a")),
+        SDPORow(tok.encode(q + "1"), tok.encode("ab"), [-1.0] * 2, -0.5, teacher_prompt_ids=None),
+        SDPORow(tok.encode(q + "2"), tok.encode("xyz"), [-3.0] * 3, 1.0, teacher_prompt_ids=tok.encode(q + "2 b")),
     ]
     batch = collate(rows)
     _, stats = trainer._loss(batch, trainer._normalizers(rows), on_policy=True)
@@ -156,7 +157,7 @@ def test_objective_entropy_and_divergence_are_those_of_the_distilled_positions(
         t = logits(
             trainer.objective.teacher.module, [r.teacher_prompt_ids or r.prompt_ids for r in rows]
         )
-    tmask = batch.mask & batch.has_teacher[:, None]
+    tmask = batch.mask & has_teacher(batch)[:, None]
     entropy = -(s.softmax(-1) * s.log_softmax(-1)).sum(-1)
     assert float(stats["entropy"]) == pytest.approx(float(entropy[tmask].mean()), rel=1e-4)
     ref, _ = distillation_loss(s, t, tmask, top_k=8, alpha=0.5)

@@ -14,6 +14,7 @@ from algorithms.config import config_from_dict
 from algorithms.engine.trainer import Trainer, TrainingError, train
 from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.sdpo.config import SDPOTrainConfig
+from algorithms.sdpo.objective import SDPORow, has_teacher
 from algorithms.testing import TargetCharEnv, recording_build, tiny_model, tiny_tokenizer
 from rlrf import Outcome, RLRFEnv
 from rlrf.errors import ConfigError
@@ -229,7 +230,7 @@ def test_grpo_mix_with_teacher_rows_shorter_than_the_batch(loss_level):
     tok = trainer.tokenizer
     prompt = tok.encode("hello")
     long_row = Row(prompt, tok.encode("abcdefghijkl"), [-1.0] * 12, advantage=1.0)
-    short_row = Row(
+    short_row = SDPORow(
         prompt,
         tok.encode("abcde"),
         [-1.0] * 5,
@@ -290,7 +291,7 @@ def _trainer_loss_and_grads(config, seed, rows_spec, monkeypatch):
     The teacher is perturbed so that it differs from the student. Returns the trainer, the
     batch, the normalizers, the loss and the gradients (the model's are zeroed afterwards).
     """
-    from algorithms.engine.batching import Row, collate
+    from algorithms.engine.batching import collate
 
     trainer = Trainer(
         config, env=TargetCharEnv(targets="ab"), model=tiny_model(seed), tokenizer=tiny_tokenizer()
@@ -304,7 +305,8 @@ def _trainer_loss_and_grads(config, seed, rows_spec, monkeypatch):
         return None if text is None else tok.encode(_QUESTION + text)
 
     rows = [
-        Row(enc(prompt), tok.encode(resp), [old] * len(resp), 0.0, enc(teacher))
+        SDPORow(enc(prompt), tok.encode(resp), [old] * len(resp), 0.0,
+                teacher_prompt_ids=enc(teacher))
         for prompt, resp, old, teacher in rows_spec
     ]
     batch = collate(rows)
@@ -344,7 +346,7 @@ def test_trainer_sdpo_loss_equals_the_unchunked_reference(alpha, monkeypatch):
     with torch.no_grad():
         teacher_prompts = [r.teacher_prompt_ids or r.prompt_ids for r in rows]
         teacher = _full_logits(trainer.objective.teacher.module, teacher_prompts, batch.responses)
-    mask = batch.mask & batch.has_teacher[:, None]
+    mask = batch.mask & has_teacher(batch)[:, None]
     ref, _ = sdpo.distillation_loss(
         student, teacher, mask, batch.old_logprobs, batch.response_ids,
         top_k=8, alpha=alpha, is_clip=config.sdpo.is_clip, normalizer=norm["sdpo"],

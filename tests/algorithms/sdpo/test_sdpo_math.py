@@ -19,6 +19,7 @@ from algorithms.sdpo import (
     token_level_advantages,
     topk_with_tail,
 )
+from algorithms.sdpo.objective import SDPORow, has_teacher
 from rlrf.errors import ConfigError
 
 B, T, V = 2, 3, 11
@@ -488,9 +489,9 @@ def _rows(trainer, spec, old_offset=None):
         if old_offset is not None:
             old = old + old_offset
     return [
-        Row(
-            p, r, old[i, : len(r)].tolist(), adv,
-            None if t is None else tok.encode(QUESTION + t), group=i, trajectory=0,
+        SDPORow(
+            p, r, old[i, : len(r)].tolist(), adv, group=i, trajectory=0,
+            teacher_prompt_ids=None if t is None else tok.encode(QUESTION + t),
         )
         for i, (p, r, (_, _, adv, t)) in enumerate(zip(prompts, responses, spec, strict=True))
     ]  # fmt: skip
@@ -548,8 +549,8 @@ def test_logit_and_token_level_mixing_share_one_normalizer(tmp_path):
     rows = _rows(trainer, spec)
     batch, student, teacher = _student_teacher(trainer, rows)
     n_all = float(batch.mask.sum())
-    assert n_all == 9 and float(batch.mask[batch.has_teacher].sum()) == 2
-    tmask = batch.mask & batch.has_teacher[:, None]
+    assert n_all == 9 and float(batch.mask[has_teacher(batch)].sum()) == 2
+    tmask = batch.mask & has_teacher(batch)[:, None]
 
     sdpo_term: dict[str, torch.Tensor] = {}
     grpo_term: dict[str, torch.Tensor] = {}
@@ -642,7 +643,7 @@ def _distance_to_teacher(trainer, rows, variant, idx=None):
     on-policy token-level loss is exactly its gradient)."""
     with torch.no_grad():
         batch, student, teacher = _student_teacher(trainer, rows)
-        tmask = batch.mask & batch.has_teacher[:, None]
+        tmask = batch.mask & has_teacher(batch)[:, None]
         if variant == "token":
             ids = batch.response_ids[..., None]
             gap = (teacher.log_softmax(-1) - student.log_softmax(-1)).gather(-1, ids)[..., 0]
