@@ -57,7 +57,7 @@ from rlrf.remote.wire import (
     wire_text,
 )
 
-__all__ = ["PREFIX", "OpenEnvEnv", "ServerInfo", "make_remote", "parse_urls"]
+__all__ = ["PREFIX", "OpenEnvEnv", "ServerInfo", "StepTiming", "make_remote", "parse_urls"]
 
 #: The ``rlrf.make`` prefix naming OpenEnv servers instead of a registered id.
 PREFIX = "openenv:"
@@ -267,6 +267,17 @@ def _reward(value: Any) -> tuple[float | None, str | None]:
     return float(value), None
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """Where the last ``step`` spent its time (``env_s`` is None on servers that do not say)."""
+
+    round_trip_s: float
+    """From sending the action to having the observation, as this client saw it."""
+
+    env_s: float | None
+    """The server's ``env.step`` alone (``rlrf serve`` reports it); the rest is the wire."""
+
+
 class OpenEnvEnv(RLRFEnv):
     """An rlrf env whose episodes run on an OpenEnv server (``rlrf serve`` or any other).
 
@@ -339,6 +350,7 @@ class OpenEnvEnv(RLRFEnv):
         if served.get("splits"):
             self.splits = tuple(served["splits"])
         self._client: Any = None
+        self.last_step_timing: StepTiming | None = None
         self._socket: Any = None
         self._url: str | None = None
         self._chat: list[Message] = []
@@ -534,14 +546,16 @@ class OpenEnvEnv(RLRFEnv):
             raise RemoteEnvError(f"{self.env_id}: call reset() before step()")
         where = f"step (turn {self._turn + 1})"
         if not self._same_socket():
+            url = self._url
             self._drop()
             raise RemoteEnvError(
-                f"{self.env_id}: {where} lost the session on {self._url}: the server closed "
-                "it (idle past its --idle-timeout, or restarted); reset() opens a new one"
+                f"{self.env_id}: {where} lost the session on {url}: the server closed "
+                "it (idle past its --idle-timeout, stopped, or restarted); reset() opens a new one"
             )
         # Sent as UTF-8: a lone surrogate (unencodable) goes as U+FFFD, or a server echoing the
         # response could not serialize its reply; the chat keeps the response as given.
         payload = self._action[self._url or self.urls[0]](wire_text(action))
+        started = time.perf_counter()
         try:
             result = self._call(where, lambda c: c.step(payload))
         except RemoteEnvError:
@@ -551,11 +565,16 @@ class OpenEnvEnv(RLRFEnv):
                 self._drop()
                 raise RemoteEnvError(
                     f"{self.env_id}: {where} lost the session on {url}: the server closed it "
-                    "(idle past its --idle-timeout, or restarted); reset() opens a new one"
+                    "(idle past its --idle-timeout, stopped, or restarted); reset() opens a new one"
                 ) from None
             raise
         obs = result.observation if isinstance(result.observation, dict) else {}
         metadata = result.metadata or obs.get("metadata") or {}
+        env_s = metadata.get("env_step_s") if isinstance(metadata, dict) else None
+        self.last_step_timing = StepTiming(
+            round_trip_s=time.perf_counter() - started,
+            env_s=float(env_s) if isinstance(env_s, (int, float)) else None,
+        )
         reward, missing_why = _reward(result.reward)
         self._turn += 1
         done = bool(result.done)

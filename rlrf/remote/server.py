@@ -222,7 +222,9 @@ class ServedEnvironment(Environment):
         name = self._env.env_id
         response = action.response
         where = f"step (turn {self._turn + 1})"
+        started = time.perf_counter()
         result = self._call(where, lambda: self._env.step(response))
+        env_s = time.perf_counter() - started
         r = validate_step(result, f"{name}.{where}")
         added = appended_messages(self._chat, response, r.observation)
         self._chat = list(r.observation)
@@ -244,7 +246,8 @@ class ServedEnvironment(Environment):
             task_id=self._task_id,
             turn=self._turn,
             info=json_safe(rest),
-            metadata={"rlrf_wire": WIRE_VERSION, "env_id": name},
+            # how long env.step took here, so a client can split its round trip (benchmarks)
+            metadata={"rlrf_wire": WIRE_VERSION, "env_id": name, "env_step_s": env_s},
         )
 
     @property
@@ -550,6 +553,7 @@ class EnvServer:
         self.max_sessions = max_sessions
         self._socket = _bind(host, port)
         self._host = host
+        self._port = int(self._socket.getsockname()[1])  # still known after stop()
         config = uvicorn.Config(
             self.app,
             log_level=log_level,
@@ -568,7 +572,7 @@ class EnvServer:
     @property
     def port(self) -> int:
         """The port listened on."""
-        return int(self._socket.getsockname()[1])
+        return self._port
 
     @property
     def url(self) -> str:
