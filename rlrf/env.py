@@ -544,8 +544,10 @@ def _check_chat(obs: Any, where: str) -> None:
 def validate_step(result: Any, where: str) -> StepResult:
     """Check what ``step`` returned and give its typed view.
 
-    The tuple must be ``(chat, reward, terminated, truncated, info)``: a chat observation, a
-    finite reward (``None`` or ``info["reward_missing"]`` marks a missing one), bools, a
+    The tuple must be ``(chat, reward, terminated, truncated, info)``: a chat observation
+    (on a step that ends the episode anything, e.g. ``[]``: nothing continues from it, and
+    the typed view then holds ``[]``), a finite reward (``None`` or
+    ``info["reward_missing"]`` marks a missing one), bools, a
     dict whose ``"feedback"`` is :class:`Feedback` items (or absent) and whose optional
     ``"success"`` is a bool (default: ``reward >= 1``). Raises :class:`EnvError` naming
     ``where`` (for example ``"acme/Guess-v0.step (turn 2)"``).
@@ -562,11 +564,14 @@ def validate_step(result: Any, where: str) -> StepResult:
             f"truncated, info){hint}"
         )
     obs, reward, terminated, truncated, info = result
-    _check_chat(obs, where)
-    value = _check_reward(reward, where)
     for name, flag in (("terminated", terminated), ("truncated", truncated)):
         if not isinstance(flag, (bool, np.bool_)):
             raise EnvError(f"{where} returned {name}={flag!r}; it must be a bool")
+    if not (terminated or truncated):
+        _check_chat(obs, where)
+    elif not ChatSpace().contains(obs):
+        obs = []  # nothing continues from a final observation: it may be anything
+    value = _check_reward(reward, where)
     if not isinstance(info, dict):
         raise EnvError(f"{where} returned info of type {type(info).__name__}; info is a dict")
     feedback = _check_feedback(info.get("feedback"), where)

@@ -120,6 +120,38 @@ def test_gymnasium_style_env_passes():
     check_env(CapFeedback(GuessEnv(), 50))
 
 
+class EmptyFinalObservation(GuessEnv):
+    """Returns ``[]`` (or ``None``) as the observation of the step that ends the episode."""
+
+    def __init__(self, final=()):
+        super().__init__()
+        self.final = list(final) if final is not None else None
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if terminated or truncated:
+            return self.final, reward, terminated, truncated, info
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("final", [(), None])
+def test_a_final_observation_may_be_anything(final):
+    env = EmptyFinalObservation(final)
+    check_env(env)
+    env.reset(seed=0)
+    env.step("1")
+    env.step("2")
+    r = rlrf.env.validate_step(env.step("3"), "EmptyFinalObservation.step")
+    assert r.truncated and r.observation == []
+
+
+def test_a_non_final_observation_must_still_be_a_chat():
+    env = _Guess("not_chat")
+    env.reset(seed=0)
+    with pytest.raises(rlrf.errors.EnvError, match="is not a chat"):
+        rlrf.env.validate_step(env.step("1"), "_Guess.step")
+
+
 class AnswerInFeedback(EchoEnv):
     def evaluate(self, task_id, response, history=()):
         if response.strip() == task_id:

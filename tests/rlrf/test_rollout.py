@@ -183,6 +183,22 @@ def test_an_env_that_raises_ends_only_that_rollout():
     assert "error" not in trajs[trajs.index(next(t for t in trajs if t.error is None))].to_dict()
 
 
+class EmptyFinalObservation(GuessEnv):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return ([] if terminated or truncated else obs), reward, terminated, truncated, info
+
+
+def test_an_empty_final_observation_keeps_the_rollout():
+    groups, stats = collect_groups(
+        EmptyFinalObservation(), ScriptedBackend(["1", "50"]), [0, 1], 3, SamplingParams(seed=0)
+    )
+    trajs = [t for g in groups for t in g.trajectories]
+    assert stats.env_errors == 0 and stats.missing_rewards == 0
+    assert all(t.error is None and t.reward is not None for t in trajs)
+    assert all(len(t.turns) == 3 and t.turns[-1].observation == () for t in trajs)
+
+
 class BrokenContract(GuessEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
