@@ -305,21 +305,37 @@ def katan():
         yield served
 
 
+def _assert_judged(env: JudgeEnv, outcomes) -> None:
+    """What a working judge server gives: a parsed verdict per answer, with its critique."""
+    assert env.client.stats["failures"] == 0, [o.info for o in outcomes]
+    for outcome in outcomes:
+        assert outcome.reward is not None, outcome.info.get("judge_error")
+        assert 0.0 <= outcome.reward <= 1.0
+        assert isinstance(outcome.info["judge_score"], float)
+        (fb,) = outcome.feedback_items
+        assert fb.kind is FeedbackKind.JUDGE_CRITIQUE and fb.text.strip()
+        assert fb.details.model == "judge"
+
+
+@pytest.mark.parametrize("mode", ["unauthorized", "garbage", "invalid_json", "empty"])
+def test_the_real_model_check_fails_against_a_broken_server(serve, mode):
+    """The assertions of the real-model test below fail on a server that does not judge."""
+    env = _env(serve(mode).url)
+    outcomes = env.evaluate_many("list-primes", ["2, 3, 5, 7, 11, 13, 17, 19", "banana"])
+    with pytest.raises(AssertionError):
+        _assert_judged(env, outcomes)
+
+
 @pytest.mark.slow
 def test_real_model_judge_then_server_killed(katan, monkeypatch):
     url, proc = katan
     monkeypatch.setenv("RLRF_JUDGE_API_KEY", "local-test-key")
     env = JudgeEnv(base_url=url, model="judge", max_tokens=16, timeout_s=60, max_retries=0)
     outcomes = env.evaluate_many("list-primes", ["2, 3, 5, 7, 11, 13, 17, 19", "banana"])
-    for outcome in outcomes:
-        # The 135M judge (cut at 16 tokens) often gives no usable score: then the reward is
-        # missing, never a fake 0. Either way the server must really have answered.
-        if outcome.reward is None:
-            _assert_missing(outcome)
-            assert "cannot connect" not in outcome.info["judge_error"]
-        else:
-            assert 0.0 <= outcome.reward <= 1.0
-            assert all(f.kind is FeedbackKind.JUDGE_CRITIQUE for f in outcome.feedback_items)
+    # At temperature 0 the 135M judge (cut at 16 tokens) answers '```json { "score": 0,
+    # "critique":' for both: a cut-off verdict that still parses. A missing reward here means
+    # the server did not really judge (401, garbage, invalid JSON: see the test above).
+    _assert_judged(env, outcomes)
     assert env.client.stats["requests"] == 2
     # Kill the server mid-run: the next steps report a missing reward, nothing raises.
     proc.kill()

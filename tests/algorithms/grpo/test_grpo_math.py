@@ -161,17 +161,17 @@ def test_micro_batches_sum_to_the_whole_batch(mode):
 
 def test_normalizer_none_is_the_micro_batch_own_value():
     logp, old, adv, mask, _ = fixed_batch()
+    # fixed_batch: B = 4 rows of width T = 6 with 6 + 3 + 1 + 4 = 14 unmasked tokens; the
+    # normalizers written out by hand, not taken from the code under test.
+    by_hand = {"token_mean": 14.0, "seq_mean_token_mean": 4.0, "seq_mean_token_sum_norm": 24.0}
     for mode in MODES:
+        assert grpo.default_normalizer(mask, mode) == by_hand[mode]
         a, _ = policy_loss(logp, old, adv, mask, aggregation=mode)
-        b, _ = policy_loss(
-            logp,
-            old,
-            adv,
-            mask,
-            aggregation=mode,
-            normalizer=grpo.default_normalizer(mask, mode),
-        )
+        b, _ = policy_loss(logp, old, adv, mask, aggregation=mode, normalizer=by_hand[mode])
         assert a.item() == b.item()
+        # and the normalizer matters: twice as large halves the loss
+        c, _ = policy_loss(logp, old, adv, mask, aggregation=mode, normalizer=2 * by_hand[mode])
+        assert c.item() == pytest.approx(a.item() / 2, rel=1e-12)
 
 
 @pytest.mark.parametrize("mode", MODES)
