@@ -45,11 +45,21 @@ def test_local_folder_round_trip(tmp_path):
         num_key_value_heads=1,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tiny_tokenizer().save_pretrained(tmp_path)
+    saved = LlamaForCausalLM(config)
+    saved.save_pretrained(tmp_path)
+    saved_tokenizer = tiny_tokenizer()
+    saved_tokenizer.save_pretrained(tmp_path)
     model, tokenizer = models.load_model(tmp_path)
     assert model.config.vocab_size == 64
     assert tokenizer.pad_token is not None
+    # The very weights that were saved (not a fresh random init of the same shapes) ...
+    want, got = saved.state_dict(), model.state_dict()
+    assert sorted(got) == sorted(want)
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name].float(), tensor.float(), rtol=0, atol=0, msg=name)
+    # ... and the same tokenizer.
+    text = "hello world 123"
+    assert tokenizer(text)["input_ids"] == saved_tokenizer(text)["input_ids"]
 
 
 @pytest.mark.slow
