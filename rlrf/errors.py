@@ -12,6 +12,7 @@ __all__ = [
     "EnvCheckError",
     "EnvError",
     "EnvNotFoundError",
+    "GroupMismatchError",
     "InvalidEnvIdError",
     "MissingExtraError",
     "PluginError",
@@ -64,6 +65,10 @@ class EnvError(RLRFError):
 
 class EnvCheckError(EnvError):
     """:func:`rlrf.check_env` found a problem; the message says which check and how to fix it."""
+
+
+class GroupMismatchError(EnvError):
+    """The rollouts of one group got different tasks or prompts from the same ``reset`` seed."""
 
 
 class RemoteEnvError(EnvError):

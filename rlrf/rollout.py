@@ -62,7 +62,7 @@ from rlrf.env import (
     validate_reset,
     validate_step,
 )
-from rlrf.errors import EnvError, RLRFWarning
+from rlrf.errors import EnvError, GroupMismatchError, RLRFWarning
 from rlrf.sampling import Sample, SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, RolloutError, Trajectory, Turn
 from rlrf.wrappers import FeedbackWrapper, Wrapper
@@ -655,6 +655,7 @@ def _collect_episodes(
         t0 = time.perf_counter()
         _map(pool, start, episodes)
         stats.env_s += time.perf_counter() - t0
+        _check_groups_share_a_task(name, episodes)
         for k in range(max_turns):
             active = [ep for ep in episodes if not ep.done]
             if not active:
@@ -681,6 +682,38 @@ def _collect_episodes(
         task_id = next((t.task_id for t in trajs if t.error is None), trajs[0].task_id)
         groups.append(Group(env_id=env_id, task_id=task_id, trajectories=trajs))
     return groups
+
+
+def _check_groups_share_a_task(name: str, episodes: list[_Episode]) -> None:
+    """Every started rollout of a group got its group's task and prompt, else raise.
+
+    A group compares its G rollouts' rewards, so rollouts of different tasks in one group
+    would make every advantage meaningless: the run stops instead.
+    """
+    first: dict[int, _Episode] = {}
+    for ep in episodes:
+        if ep.traj.error is not None:
+            continue
+        ref = first.setdefault(ep.group, ep)
+        if ref.traj.task_id == ep.traj.task_id and ref.chat == ep.chat:
+            continue
+        call = (
+            f"reset(seed={ep.task})"
+            if isinstance(ep.task, int)
+            else f"reset(options={{'task_id': {ep.task!r}}})"
+        )
+        if ref.traj.task_id != ep.traj.task_id:
+            what = f"tasks {ref.traj.task_id!r} and {ep.traj.task_id!r}"
+        else:
+            what = f"task {ep.traj.task_id!r} with different prompts"
+        raise GroupMismatchError(
+            f"{name}.{call} gave the rollouts of one group {what}: each rollout resets its "
+            "own env with the group's seed, and a group's rewards are compared only if they "
+            "answer the same task. Make reset pick the task and the prompt from the seed "
+            "(and options) alone: draw from self.np_random after super().reset(seed=seed), "
+            "never from global random state, the clock or a counter kept across instances "
+            "(`rlrf check` tests this)"
+        )
 
 
 def _sample_turn(

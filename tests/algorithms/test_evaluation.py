@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -287,6 +288,22 @@ def test_gymnasium_style_env_is_played_by_seed_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(evaluation, "build_backend", lambda config: pytest.fail("loaded"))
     again = evaluate(cfg, progress=False)
     assert again.resumed == 4 and again.summary["avg@2"] == s["avg@2"]
+
+
+class SeedIgnoringGuess(GuessEnv):
+    def reset(self, *, seed=None, options=None):
+        chat, _ = super().reset(seed=seed, options=options)
+        self.secret = int(random.Random().randint(10, 10**6))
+        return chat, {"task_id": f"secret-{self.secret}"}
+
+
+def test_eval_stops_when_a_group_mixes_tasks(tmp_path):
+    rlrf.register("evaltest/SeedIgnoringGuess-v0", SeedIgnoringGuess, override=True)
+    out = tmp_path / "e"
+    cfg = EvalConfig(env="evaltest/SeedIgnoringGuess-v0", k=2, tasks=2, out=str(out))
+    with pytest.raises(rlrf.errors.GroupMismatchError, match=r"reset\(seed=\d+\) gave the"):
+        evaluate(cfg, backend=BisectingBackend(), progress=False)
+    assert not (out / "summary.json").exists()
 
 
 # ---- bad input: one line, nothing written -------------------------------------------------

@@ -199,6 +199,48 @@ def test_an_empty_final_observation_keeps_the_rollout():
     assert all(len(t.turns) == 3 and t.turns[-1].observation == () for t in trajs)
 
 
+class SeedIgnoringGuess(GuessEnv):
+    """Picks the secret from global random state: the seed does not pick the task."""
+
+    def reset(self, *, seed=None, options=None):
+        chat, _ = super().reset(seed=seed, options=options)
+        self.secret = random.Random().randint(10, 10**6)
+        return chat, {"task_id": f"secret-{self.secret}"}
+
+
+class PromptDrift(GuessEnv):
+    """Same task id for a seed, but a prompt counting instances across the process."""
+
+    made = 0
+
+    def reset(self, *, seed=None, options=None):
+        chat, info = super().reset(seed=seed, options=options)
+        PromptDrift.made += 1
+        chat[0] = {"role": "user", "content": f"Game {PromptDrift.made}: guess my number."}
+        return chat, info
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        (
+            SeedIgnoringGuess(),
+            r"SeedIgnoringGuess.reset\(seed=3\) gave the rollouts of one "
+            r"group tasks 'secret-\d+' and 'secret-\d+'",
+        ),
+        (
+            PromptDrift(),
+            r"PromptDrift.reset\(seed=3\) gave the rollouts of one group task "
+            r"'secret-\d+' with different prompts",
+        ),
+    ],
+)
+def test_a_group_whose_rollouts_got_different_tasks_stops_the_run(env, needle):
+    with pytest.raises(rlrf.errors.GroupMismatchError, match=needle) as info:
+        collect_groups(env, ScriptedBackend(["1"]), [3], 4, SamplingParams(seed=0))
+    assert "draw from self.np_random after super().reset(seed=seed)" in str(info.value)
+
+
 class BrokenContract(GuessEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
