@@ -377,8 +377,17 @@ class TrainConfig:
 
     @property
     def algorithm(self) -> str:
-        """Name of the algorithm this config trains."""
-        return "base"
+        """Name of the algorithm this config trains (written to ``config.yaml``).
+
+        By default the first installed algorithm whose preset builds this class (a plugin's
+        config needs no override); the class name when none does.
+        """
+        from algorithms.registry import presets  # the registry imports this module
+
+        for name, preset in presets().items():
+            if preset.config_class is type(self):
+                return name
+        return type(self).__name__
 
     def build_objective(self, model: Any, tokenizer: Any) -> Objective:
         """Return the objective that trains with this config (see :mod:`algorithms.objective`).

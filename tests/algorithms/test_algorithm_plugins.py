@@ -47,10 +47,6 @@ REINFORCE = '''
         reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
         """REINFORCE's options."""
 
-        @property
-        def algorithm(self):
-            return "reinforce"
-
         def build_objective(self, model, tokenizer):
             return Reinforce(self.reinforce)
 
