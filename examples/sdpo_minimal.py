@@ -20,9 +20,14 @@ Where this file departs from the trainer (``rlrf train --algo sdpo``), to stay s
 process, one optimizer step per batch (so the importance weight is 1), full ``[T, V]`` logits
 from a plain forward per answer (the trainer chunks the LM head, shares prompt prefixes and
 accumulates micro-batches), pure SDPO (the ``sdpo`` preset mixes GRPO in, ``grpo_mix=0.9``),
-only the first turn of an episode, no evaluation, checkpoints or logging. The losses are the
-library's own functions, and the first update equals the trainer's
-(``tests/algorithms/test_sdpo_minimal.py``).
+only the first turn of an episode, teacher prompts and feedback not capped in length (the
+trainer cuts the question from the left at ``teacher_max_prompt_tokens`` and the feedback at
+``feedback_max_chars``), the loss in float64 by its textbook formula (the trainer's float32
+version guards against cancellation), no evaluation, checkpoints or logging.
+
+Steps 2-5 are written out here, importing nothing from ``algorithms.sdpo`` or
+``algorithms.losses`` (sampling and grading come from the library); the first update equals
+the trainer's (``tests/algorithms/sdpo/test_sdpo_minimal.py``), and so do the teacher chats.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +45,6 @@ import torch
 
 import rlrf
 from algorithms.sampling.hf import HFPolicy, SamplingParams
-from algorithms.sdpo import (
-    SDPOConfig,
-    distillation_loss,
-    encode_teacher_prompt,
-    teacher_contexts_for_group,
-)
 from rlrf.rollout import collect_groups
 from rlrf.trajectory import Group
 
@@ -82,8 +83,8 @@ class Args:
     """Divergence: 0 forward KL, 1 reverse KL (the paper's rich-feedback choice), 0.5 JSD."""
     teacher_tau: float = 0.01
     """EMA rate of the teacher's weights per step."""
-    teacher_max_prompt_tokens: int = 2048
-    """Teacher prompts longer than this lose tokens from the left of the question."""
+    success_threshold: float = 1.0
+    """A sibling answer with at least this reward is shown to the teacher as a solution."""
 
 
 # --- 1. sample groups ---------------------------------------------------------------------
@@ -105,6 +106,36 @@ def sample_groups(env: Any, policy: HFPolicy, args: Args, step: int) -> list[Gro
 # --- 2. teacher contexts --------------------------------------------------------------------
 
 
+def teacher_messages(group: Group, args: Args) -> list[list[dict] | None]:
+    """Each answer's teacher chat: its question + a solved sibling's answer + its feedback."""
+    rewards = group.rewards
+    out: list[list[dict] | None] = []
+    for i, traj in enumerate(group.trajectories):
+        if rewards[i] is None:  # the env could not grade it: nothing to distill
+            out.append(None)
+            continue
+        # the first OTHER answer that succeeded, its <think> blocks removed
+        solved = [re.sub(r"<think>.*?</think>", "", t.response, flags=re.S).strip()
+                  for j, (t, r) in enumerate(zip(group.trajectories, rewards, strict=True))
+                  if j != i and r is not None and r >= args.success_threshold]  # fmt: skip
+        solution = next((text for text in solved if text), None)
+        feedback = "\n\n".join(f.text for f in traj.turns[0].feedback if f.text)
+        sections = []
+        if solution:
+            sections.append(f"Correct solution:\n\n{solution}")
+        if feedback.strip():
+            won = traj.success or rewards[i] >= args.success_threshold
+            header = "Feedback from your earlier attempt:" if won else (
+                "Feedback from your unsuccessful earlier attempt:")  # fmt: skip
+            sections.append(f"{header}\n\n{feedback}")
+        chat = [dict(m) for m in traj.prompt]
+        last_user = max(k for k, m in enumerate(chat) if m["role"] == "user")
+        end = "\n\nCorrectly solve the original question."
+        chat[last_user]["content"] += "\n\n" + "\n\n".join(sections) + end
+        out.append(chat if sections else None)  # None: no solved sibling and no feedback
+    return out
+
+
 @dataclass
 class Row:
     """One answer to distill: the student's prompt, the answer, the teacher's prompt."""
@@ -116,20 +147,15 @@ class Row:
 
 def make_rows(groups: list[Group], policy: HFPolicy, args: Args) -> list[Row]:
     """One row per graded answer that has a teacher context (a solution and/or feedback)."""
-    config = SDPOConfig(teacher_max_prompt_tokens=args.teacher_max_prompt_tokens)
     rows = []
     for group in groups:
-        for traj, context in zip(
-            group.trajectories, teacher_contexts_for_group(group, config), strict=True
-        ):
-            if context is None or not traj.turns[0].response_token_ids:
-                continue  # missing reward, or no solution and no feedback: nothing to learn
-            teacher_ids = encode_teacher_prompt(
-                policy.tokenizer,
-                context,
-                max_tokens=args.teacher_max_prompt_tokens,
-                enable_thinking=False,
+        for traj, chat in zip(group.trajectories, teacher_messages(group, args), strict=True):
+            if chat is None or not traj.turns[0].response_token_ids:
+                continue
+            text = policy.tokenizer.apply_chat_template(
+                chat, tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
+            teacher_ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
             rows.append(
                 Row(policy.encode(traj.prompt), list(traj.turns[0].response_token_ids), teacher_ids)
             )
@@ -142,10 +168,23 @@ def make_rows(groups: list[Group], policy: HFPolicy, args: Args) -> list[Row]:
 def answer_logits(
     model: Any, prompt: list[int], answer: list[int], args: Args, width: int
 ) -> torch.Tensor:
-    """Logits ``[width, V]`` predicting each answer token after ``prompt``, zero-padded."""
+    """Logits ``[width, V]`` (float64) predicting each answer token after ``prompt``, 0-padded."""
     logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
-    logits = logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)].float() / args.temperature
+    logits = logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)].double() / args.temperature
     return torch.nn.functional.pad(logits, (0, 0, 0, width - len(answer)))
+
+
+def top_k_and_tail(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """log-probs ``[..., K+1]``: at the K indices, then the log of the mass outside them."""
+    logp = torch.log_softmax(logits, dim=-1)
+    tail = torch.logsumexp(logp.scatter(-1, idx, float("-inf")), dim=-1, keepdim=True)
+    return torch.cat([logp.gather(-1, idx), tail], dim=-1)
+
+
+def kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) = Σ p (log p − log q) over the last dim; terms with p = 0 count 0."""
+    terms = logp.exp() * (logp - logq)
+    return torch.where(logp > float("-inf"), terms, torch.zeros_like(terms)).sum(-1)
 
 
 def sdpo_loss(
@@ -157,22 +196,23 @@ def sdpo_loss(
         [answer_logits(student, r.prompt_ids, r.response_ids, args, width) for r in rows]
     )
     with torch.no_grad():  # the teacher reads its richer prompt and is never trained
-        teacher_logits = torch.stack(
-            [
-                answer_logits(teacher, r.teacher_prompt_ids, r.response_ids, args, width)
-                for r in rows
-            ]
-        )
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        mask[i, : len(r.response_ids)] = True
-        ids[i, : len(r.response_ids)] = torch.tensor(r.response_ids)
-    # top-K of the student, tail bucket, divergence, token mean over the answers' tokens
-    return distillation_loss(
-        student_logits, teacher_logits, mask, None, ids,
-        top_k=args.top_k, alpha=args.alpha,
-    )  # fmt: skip
+        teacher_logits = torch.stack([answer_logits(
+            teacher, r.teacher_prompt_ids, r.response_ids, args, width) for r in rows])  # fmt: skip
+        idx = student_logits.topk(min(args.top_k, student_logits.shape[-1]), dim=-1).indices
+    p = top_k_and_tail(student_logits, idx)  # student, over its top-K + tail
+    q = top_k_and_tail(teacher_logits, idx)  # teacher, over the same K + tail
+    a = args.alpha
+    if a == 0.0:
+        per_token = kl(q, p)  # forward KL
+    elif a == 1.0:
+        per_token = kl(p, q)  # reverse KL
+    else:  # generalized JSD with M = (1 − α) p + α q
+        m = torch.logsumexp(torch.stack([p + math.log(1 - a), q + math.log(a)]), dim=0)
+        per_token = (1 - a) * kl(p, m) + a * kl(q, m)
+    mask = torch.arange(width)[None, :] < torch.tensor([len(r.response_ids) for r in rows])[:, None]
+    # token mean over every answer token of the batch (on-policy: importance weight 1)
+    loss = torch.where(mask, per_token, 0.0).sum() / mask.sum()
+    return loss, {"divergence": loss.detach()}
 
 
 # --- 5. the update ----------------------------------------------------------------------------

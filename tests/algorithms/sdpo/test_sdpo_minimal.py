@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib.util
 import math
@@ -13,9 +14,12 @@ import torch
 
 from algorithms.engine.trainer import Trainer
 from algorithms.sampling.hf import HFPolicy
+from algorithms.sdpo import distillation_loss, teacher_contexts_for_group
 from algorithms.sdpo.config import SDPOConfig, SDPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
+from rlrf import Feedback, FeedbackKind
 from rlrf.rollout import RolloutStats
+from rlrf.trajectory import Group, Trajectory, Turn
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sdpo_minimal.py"
 
@@ -100,6 +104,71 @@ def test_the_example_runs_end_to_end():
     history = ex.main(args, tiny_model(0), tiny_tokenizer(), TargetCharEnv(targets="ab"))
     assert [h["step"] for h in history] == [1, 2]
     assert all("loss" in h and math.isfinite(h["loss"]) for h in history)
+
+
+def test_the_example_writes_sdpo_out_itself():
+    # what the example is compared on is its own code: nothing of SDPO's comes from the library
+    tree = ast.parse(EXAMPLE.read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.startswith(("algorithms.sdpo", "algorithms.losses"))}
+    assert "algorithms" not in imported
+
+
+def test_teacher_chats_equal_the_librarys():
+    ex = _example()
+
+    def turn(response, reward, *feedback):
+        return Turn(response, reward, tuple(Feedback(FeedbackKind.OTHER, f) for f in feedback))
+
+    prompt = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"})
+    cases = [
+        [turn("5", 0.0, "too high", "try again"), turn("<think>hm</think> 4", 1.0),
+         turn("4", 1.0, "right, but say why"), turn("3", None, "lost")],
+        [turn("x", 0.0), turn("y", 0.5, "close")],  # no solution: feedback only, or nothing
+        [turn("<think>all thought</think>", 1.0), turn("z", 0.0)],  # an empty solution is none
+    ]  # fmt: skip
+    shown = []
+    for turns in cases:
+        group = Group("e", "t", [Trajectory("e", "t", prompt, [t]) for t in turns])
+        want = teacher_contexts_for_group(group, SDPOConfig())
+        assert ex.teacher_messages(group, ex.Args()) == want
+        shown.append([c is not None for c in want])
+    assert shown == [[True, True, True, False], [False, True], [False, False]]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("top_k", [3, 16])  # 16 = V: an empty tail
+def test_loss_equals_the_librarys(alpha, top_k):
+    ex = _example()
+    args = ex.Args(top_k=top_k, alpha=alpha)
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 5, 16, generator=g, dtype=torch.float64) * 3
+    teacher = student + torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+    lengths = [5, 2]
+    rows = [ex.Row([1], list(range(n)), [2]) for n in lengths]
+
+    class Fixed:  # a "model" returning fixed logits for rows in order
+        def __init__(self, logits):
+            self.logits, self.calls = logits, 0
+
+        def __call__(self, input_ids):
+            i, self.calls = self.calls, self.calls + 1
+            n = lengths[i]
+            out = torch.zeros(1, input_ids.shape[1], 16, dtype=torch.float64)
+            out[0, -n - 1 : -1] = self.logits[i, :n]
+            return type("Out", (), {"logits": out})
+
+    s = student.clone().requires_grad_(True)
+    loss, stats = ex.sdpo_loss(Fixed(s), Fixed(teacher), rows, args)
+    mask = torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]
+    s2 = student.clone().requires_grad_(True)
+    want, want_stats = distillation_loss(s2, teacher, mask, top_k=top_k, alpha=alpha)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-9)
+    assert float(stats["divergence"]) == pytest.approx(float(want_stats["divergence"]), rel=1e-9)
+    loss.backward()
+    want.backward()
+    torch.testing.assert_close(s.grad, s2.grad, rtol=1e-7, atol=1e-12)
 
 
 def test_the_example_is_short():
