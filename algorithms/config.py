@@ -151,6 +151,31 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 class TrainConfig:
     """Options of the training loop shared by every algorithm."""
 
+    segment_fields: typing.ClassVar[frozenset[str]] = frozenset(
+        {
+            "steps",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "output_dir",
+            "resume",
+            "progress",
+            "trackers",
+            "env_workers",
+            "micro_batch_size",
+            "logit_chunk_size",
+            "gradient_checkpointing",
+            "reuse_freed_memory",
+            "vllm_gpu_memory_utilization",
+            "vllm_kv_cache_gib",
+            "vllm_sleep",
+        }
+    )
+    """The fields a resumed run may change (not a field): how long it runs, how often it
+    evaluates and checkpoints, what it shows and how it uses memory and threads; none of them
+    changes the math of an update or what an evaluation measures (``micro_batch_size``: exact
+    gradient accumulation). An algorithm's config may add its own."""
+
     model: str = "smollm2-135m"
     """Model to train: "smollm2-135m" (the embedded default), a local HF folder, or a hub id."""
 
@@ -226,7 +251,10 @@ class TrainConfig:
     """Run folder: metrics.jsonl, trajectories.jsonl, config.yaml, checkpoints/."""
 
     resume: bool = False
-    """Continue from the latest checkpoint in output_dir."""
+    """Continue the run in output_dir from its latest checkpoint: its config.yaml is the base,
+    and only what may change between segments (steps, evaluation and checkpoint cadence,
+    display, memory) may be given differently, each change recorded in config_changes.jsonl;
+    another env, algorithm, model or learning rate is refused."""
 
     seed: int = 0
     """Seed of everything random (task order, sampling, initialization of LoRA)."""

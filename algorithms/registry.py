@@ -49,6 +49,8 @@ __all__ = [
     "presets",
     "read_yaml_config",
     "resolve_config",
+    "resume_config",
+    "segment_changes",
 ]
 
 ENTRY_POINT_GROUP = "rlrf.algorithms"
@@ -386,6 +388,98 @@ def resolve_config(
     if config is None:
         return build_config(algorithm or DEFAULT_ALGORITHM, overrides, where=where)
     raise ConfigError(f"config must be a config dataclass, got {type(config).__name__}")
+
+
+def segment_changes(
+    saved: TrainConfig, given: TrainConfig, *, source: str, where: str
+) -> dict[str, dict[str, Any]]:
+    """What ``given`` changes in the run ``saved`` describes: ``{field: {"saved", "given"}}``.
+
+    A resumed run continues the run in its folder, so only ``segment_fields`` (how long it
+    runs, evaluation and checkpoint cadence, display, memory) may change; ``resume`` itself
+    is not listed.
+
+    Raises:
+        ConfigError: ``given`` is another algorithm, or changes any other field (the env,
+            the model, the learning rate: anything that changes the math), naming every such
+            field with its saved and given values.
+
+    """
+    if type(given) is not type(saved) or given.algorithm != saved.algorithm:
+        raise ConfigError(
+            f"{where}: resume continues the {saved.algorithm!r} run saved in {source}, but "
+            f"the algorithm given is {given.algorithm!r} ({type(given).__name__}); drop "
+            "--algo / algorithm=, or start the new run in another output_dir"
+        )
+    old, new = _as_flat(saved), _as_flat(given)
+    allowed = type(saved).segment_fields
+    changed = {k: {"saved": old[k], "given": new[k]} for k in old if old[k] != new[k]}
+    refused = {k: v for k, v in changed.items() if k not in allowed}
+    if refused:
+        listed = "; ".join(
+            f"{k}: saved {v['saved']!r}, given {v['given']!r}" for k, v in sorted(refused.items())
+        )
+        raise ConfigError(
+            f"{where}: resume continues the run saved in {source}, and these would change "
+            f"what it computes: {listed}. Drop them (the saved values are used), or start a "
+            "new run in another output_dir. Only these may change between segments: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    changed.pop("resume", None)
+    return changed
+
+
+def resume_config(
+    output_dir: str | Path,
+    *,
+    algorithm: str | None = None,
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    where: str = "train() keyword arguments",
+) -> TrainConfig:
+    """The config that continues the run in ``output_dir``: its ``config.yaml`` is the base.
+
+    What is given (``algorithm``, a YAML file's values, ``overrides``) may only restate the
+    saved values or change a segment field (:func:`segment_changes`); the trainer records
+    each change in ``config_changes.jsonl``.
+
+    Raises:
+        ConfigError: ``output_dir`` holds no ``config.yaml``, or something given would change
+            the run (another env, algorithm, model, learning rate ...), naming the saved and
+            the given values.
+
+    """
+    path = Path(output_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{where}: resume=True but {path} does not exist, so {output_dir} holds no run to "
+            "continue; point output_dir at the run's folder (the one holding config.yaml and "
+            "checkpoints/), or set resume: false to start a new run there"
+        )
+    saved_name, saved_values = read_yaml_config(path)
+    saved = build_config(saved_name or DEFAULT_ALGORITHM, saved_values, where=str(path))
+    own = sections(type(saved))
+    given: dict[str, Any] = {}
+    name = algorithm
+    if config is not None:
+        file_algorithm, values = read_yaml_config(config)
+        name = algorithm or file_algorithm
+        given.update(_flatten(values, own))
+    given.update(_flatten(overrides or {}, own))
+    if name is not None:
+        preset = get_preset(name, where=where)
+        if preset.config_class is not type(saved):
+            raise ConfigError(
+                f"{where}: resume continues the {saved.algorithm!r} run saved in {path}, but "
+                f"the algorithm given is {name!r}; drop --algo / algorithm=, or start the new "
+                "run in another output_dir"
+            )
+        if name != saved_name:  # a sibling preset (sdpo-srf of sdpo): its values are given
+            given = {**_flatten(dict(preset.values), own), **given}
+    merged = {**_as_flat(saved), **given, "resume": True}
+    resumed = config_from_dict(type(saved), merged, where=where)
+    segment_changes(saved, resumed, source=str(path), where=where)
+    return resumed
 
 
 def _flatten(values: Mapping[str, Any], own_sections: Mapping[str, type]) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Every config field of the chosen algorithm is a flag (``--lr 1e-5``, ``--top-k 1
 ``--use-feedback false``); its docstring is the ``--help`` text, grouped by the config's
 sections. ``--config file.yaml`` sets any field (flat names or sections such as ``sdpo:``)
 and may name the algorithm (``algorithm: sdpo-srf``); flags given on the command line win.
+With ``--resume true`` the run saved in ``--output-dir`` is the base: flags may restate it or
+change what may change between segments (``--steps``, evaluation and checkpoint cadence, ...),
+and anything else is refused naming the saved and the given value.
 The algorithm is any installed one (:mod:`algorithms.registry`: the built-ins and every
 ``rlrf.algorithms`` plugin), and ``rlrf train --algo NAME --help`` shows NAME's options.
 This module only parses flags; nothing imports it but the entry points.
@@ -21,6 +24,7 @@ import json
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from algorithms.config import FlatField, flat_fields, sections
@@ -31,6 +35,7 @@ from algorithms.registry import (
     presets,
     read_yaml_config,
     resolve_config,
+    resume_config,
 )
 from rlrf.errors import RLRFError
 from rlrf.options import env_kwargs_value, merge_env_kwargs, new_parser, unknown_option_message
@@ -120,10 +125,21 @@ def _algorithm_of(argv: Sequence[str], algo: str | None) -> tuple[str, argparse.
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--algo", default=algo)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--resume", nargs="?", const="true", default=None)
+    pre.add_argument("--output-dir", default=None)
     known, _ = pre.parse_known_args(argv)
     name = known.algo
-    if name is None and known.config is not None:
-        name = read_yaml_config(known.config)[0]
+    file_values: dict[str, Any] = {}
+    if known.config is not None:
+        file_algorithm, file_values = read_yaml_config(known.config)
+        name = name or file_algorithm
+    resume = known.resume if known.resume is not None else file_values.get("resume")
+    if name is None and str(resume).lower() in ("1", "true", "yes", "on"):
+        # a resumed run offers the flags of the algorithm saved in its folder
+        folder = known.output_dir or file_values.get("output_dir") or "runs/latest"
+        saved = Path(folder) / "config.yaml"
+        if saved.is_file():
+            name = read_yaml_config(saved)[0]
     return name or DEFAULT_ALGORITHM, known
 
 
@@ -169,9 +185,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     if "env_kwargs" in flags:
         flags["env_kwargs"] = merge_env_kwargs(flags["env_kwargs"])
-    config = resolve_config(
-        args.config, algorithm=args.algo, overrides=flags, where="the command line"
-    )
+    file_values = read_yaml_config(args.config)[1] if args.config is not None else {}
+    if flags.get("resume", file_values.get("resume", False)) is True:
+        # continue the run in the folder: its config.yaml, changed only between segments
+        output_dir = flags.get("output_dir", file_values.get("output_dir", "runs/latest"))
+        config = resume_config(
+            output_dir,
+            algorithm=args.algo,
+            config=args.config,
+            overrides=flags,
+            where="the command line",
+        )
+    else:
+        config = resolve_config(
+            args.config, algorithm=args.algo, overrides=flags, where="the command line"
+        )
     try:
         result = Trainer(config).train()
     except RunInterrupted as e:  # Ctrl-C: say how to resume instead of a traceback

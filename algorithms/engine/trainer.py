@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -98,7 +99,7 @@ from algorithms.engine.checkpoint import (
 )
 from algorithms.engine.metrics import MetricsLogger, Timer
 from algorithms.objective import Objective, Scorer, TrainingError
-from algorithms.registry import resolve_config
+from algorithms.registry import resolve_config, resume_config, segment_changes
 from algorithms.sampling.hf import HFPolicy, SamplingBackend, SamplingParams
 from algorithms.scoring import HiddenStates
 from rlrf.errors import ConfigError
@@ -266,6 +267,7 @@ class Trainer:
         self.optimizer_steps = 0
         self.evals: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
+        self._changes: dict[str, dict[str, Any]] = {}  # config changes of a resumed segment
 
     # --- setup ------------------------------------------------------------------------
 
@@ -746,6 +748,8 @@ class Trainer:
             (self.output_dir / "config.yaml").write_text(
                 config_to_yaml(self.config), encoding="utf-8"
             )
+            if resumed:
+                self._record_changes()
             metrics_path = self.output_dir / "metrics.jsonl"
             traj_path = self.output_dir / "trajectories.jsonl"
             if resumed:
@@ -833,6 +837,7 @@ class Trainer:
                 "trajectories.jsonl are then overwritten)"
             )
         path, state = found
+        self._check_same_run(path, state)
         self._restore(path, state)
         if self.accelerator.is_main_process:
             print(
@@ -841,6 +846,35 @@ class Trainer:
                 flush=True,
             )
         return dict(state.get("logs") or {})
+
+    def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse a config that would change the checkpointed run; note what it may change.
+
+        The allowed changes (:func:`algorithms.registry.segment_changes`) are kept for
+        :meth:`_record_changes`, which appends them to ``config_changes.jsonl``.
+        """
+        saved_dict = dict(state.get("config") or {})
+        if not saved_dict:  # checkpoints from before the config was saved in them
+            return
+        name = saved_dict.pop("algorithm", None) or self.config.algorithm
+        try:
+            saved = resolve_config(None, algorithm=name, overrides=saved_dict)
+        except ConfigError as e:
+            raise ConfigError(f"checkpoint {path}: its saved config does not load: {e}") from e
+        self._changes = segment_changes(
+            saved, self.config, source=f"checkpoint {path}", where="resume"
+        )
+
+    def _record_changes(self) -> None:
+        """Append this segment's config changes (if any) to ``config_changes.jsonl``."""
+        changes = {k: v for k, v in self._changes.items() if k != "output_dir"}
+        if not changes:
+            return
+        line = {"step": self.step, "changes": changes}
+        with open(self.output_dir / "config_changes.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+        listed = ", ".join(f"{k} {v['saved']!r} -> {v['given']!r}" for k, v in changes.items())
+        print(f"rlrf: resumed with {listed} (recorded in config_changes.jsonl)", file=sys.stderr)
 
     def _interrupted_message(self) -> str:
         # from the disk: a save that Ctrl-C let finish never returned its folder
@@ -986,8 +1020,22 @@ def train(
         **overrides: Any config field by its flat name (``lr=1e-5``, ``top_k=100``).
 
     """
-    cfg = resolve_config(config, algorithm=algorithm, overrides=overrides)
     env_obj = None
+    if overrides.get("resume") is True and (config is None or isinstance(config, (str, Path))):
+        # continue the run in output_dir: its config.yaml is the base (as on the command line)
+        given = dict(overrides)
+        if isinstance(env, str):
+            given["env"] = env
+        if isinstance(model, (str, Path)):
+            given["model"], model = str(model), None
+        output_dir = given.get("output_dir") or TrainConfig.output_dir
+        if config is not None and "output_dir" not in given:
+            output_dir = resolve_config(config, algorithm=algorithm).output_dir
+        cfg = resume_config(output_dir, algorithm=algorithm, config=config, overrides=given)
+        if env is not None and not isinstance(env, str):
+            env_obj = env
+        return Trainer(cfg, env=env_obj, model=model, tokenizer=tokenizer).train()
+    cfg = resolve_config(config, algorithm=algorithm, overrides=overrides)
     if isinstance(env, str):
         cfg = dataclasses.replace(cfg, env=env)
     elif env is not None:

@@ -413,3 +413,99 @@ def test_the_command_line_turns_ctrl_c_into_a_resume_hint(tmp_path, monkeypatch,
     assert cli.main(["--algo", "grpo", "--output-dir", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "Resume with: rlrf train" in err and "Traceback" not in err
+
+
+# ---- resume continues the run in the folder (issue 27 item 1) ------------------------------
+
+
+@pytest.fixture
+def grpo_run(tmp_path):
+    """A 2-step GRPO run on a registered toy env, trained through the command line."""
+    import rlrf
+    from algorithms.commands import train as cli
+    from algorithms.testing import save_tiny
+
+    rlrf.register("resumetest/TargetChar-v0", "algorithms.testing:TargetCharEnv", override=True)
+    model = save_tiny(tmp_path / "tiny")
+    out = tmp_path / "run"
+    argv = [
+        "--algo", "grpo", "--env", "resumetest/TargetChar-v0", "--env-kwargs", "targets=ab",
+        "--model", str(model), "--steps", "2", "--questions-per-step", "2",
+        "--rollouts-per-question", "2", "--max-new-tokens", "4", "--eval-every", "0",
+        "--checkpoint-every", "1", "--lr", "1e-3", "--progress", "false",
+        "--output-dir", str(out),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_resume_on_the_command_line_continues_the_saved_run(grpo_run, capsys):
+    from algorithms.commands import train as cli
+
+    saved = (grpo_run / "config.yaml").read_text()
+    # nothing but the folder and the new length: the saved algorithm, env, model and shapes
+    assert cli.main(["--output-dir", str(grpo_run), "--resume", "true", "--steps", "3"]) == 0
+    assert "resuming from step 2 of 3" in capsys.readouterr().err
+    now = (grpo_run / "config.yaml").read_text()
+    assert now == saved.replace("steps: 2\n", "steps: 3\n", 1).replace(
+        "resume: false", "resume: true"
+    )
+    groups = list(read_trajectories(grpo_run / "trajectories.jsonl"))
+    assert len(groups) == 6 and {g.env_id for g in groups} == {"resumetest/TargetChar-v0"}
+    (change,) = _lines(grpo_run / "config_changes.jsonl")
+    assert json.loads(change) == {"step": 2, "changes": {"steps": {"saved": 2, "given": 3}}}
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--env", "rlrf/Arithmetic-v0"], "env: saved 'resumetest/TargetChar-v0', given "
+         "'rlrf/Arithmetic-v0'"),
+        (["--algo", "sdpo"], "resume continues the 'grpo' run saved in"),
+        (["--lr", "1e-5"], "lr: saved 0.001, given 1e-05"),
+        (["--rollouts-per-question", "8", "--max-new-tokens", "256"],
+         "max_new_tokens: saved 4, given 256; rollouts_per_question: saved 2, given 8"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_what_would_change_the_run(grpo_run, capsys, flags, named):
+    from algorithms.commands import train as cli
+
+    before = _snapshot(grpo_run)
+    argv = ["--output-dir", str(grpo_run), "--resume", "true", "--steps", "4", *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "another output_dir" in err
+    assert _snapshot(grpo_run) == before
+
+
+def test_resume_in_python_behaves_as_the_command_line(grpo_run):
+    from algorithms.engine.trainer import train
+
+    with pytest.raises(ConfigError, match=r"env: saved 'resumetest/TargetChar-v0', given 'x/Y-v0'"):
+        train("x/Y-v0", resume=True, output_dir=str(grpo_run), steps=3)
+    result = train(resume=True, output_dir=str(grpo_run), steps=3, progress=False)
+    assert result.steps == 3
+    assert "algorithm: grpo" in (grpo_run / "config.yaml").read_text()
+    assert json.loads(_lines(grpo_run / "config_changes.jsonl")[0])["changes"] == {
+        "steps": {"saved": 2, "given": 3}
+    }
+
+
+def test_resume_of_a_folder_without_a_run_says_so(tmp_path, capsys):
+    from algorithms.commands import train as cli
+
+    assert cli.main(["--output-dir", str(tmp_path), "--resume", "true"]) == 2
+    assert f"{tmp_path / 'config.yaml'} does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trainer_resumed_with_another_config_is_refused(tmp_path):
+    _trainer(tmp_path, steps=1, checkpoint_every=1).train()
+    before = _snapshot(tmp_path)
+    with pytest.raises(ConfigError, match=r"lr: saved 0.001, given 0.01\. Drop them"):
+        _trainer(tmp_path, steps=2, resume=True, lr=1e-2).train()
+    assert _snapshot(tmp_path) == before
