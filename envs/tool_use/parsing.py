@@ -1,4 +1,8 @@
-"""Reading tool calls out of a response: ``<tool_call>`` tags or OpenAI-style JSON."""
+"""Reading tool calls out of a response: ``<tool_call>`` tags, OpenAI-style JSON, or ReAct.
+
+ReAct (:func:`parse_react_calls`) is ToolAlpaca's format, used by the paper's tool-use
+setting: ``Action: name`` then ``Action Input: {json}``, once per call.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from envs._numbers import NumberTooLongError, json_error_message, loads_json, raw_decode_json
 
-__all__ = ["TAG_CLOSE", "TAG_OPEN", "ToolCall", "parse_tool_calls"]
+__all__ = ["TAG_CLOSE", "TAG_OPEN", "ToolCall", "parse_react_calls", "parse_tool_calls"]
 
 #: The tags around one call in the chat-template format.
 TAG_OPEN = "<tool_call>"
@@ -16,6 +20,7 @@ TAG_CLOSE = "</tool_call>"
 
 _MAX_JSON_ATTEMPTS = 64
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)```", re.S)
+_REACT_RE = re.compile(r"^[ \t]*Action:[ \t]*([^\n]*)\n[ \t]*Action Input:[ \t]*", re.M)
 
 
 @dataclass(frozen=True)
@@ -153,3 +158,34 @@ def parse_tool_calls(response: str) -> tuple[list[ToolCall], list[str]]:
         except (ValueError, RecursionError) as e:
             errors.append(f"the tool call is not valid JSON ({json_error_message(e)})")
     return calls, errors
+
+
+def parse_react_calls(response: str) -> tuple[list[ToolCall], list[str]]:
+    """Read ReAct calls: ``Action: name`` followed by ``Action Input: {...}`` (a JSON object).
+
+    ToolAlpaca writes an unspecified argument as ``""``; such arguments are dropped, so giving
+    ``""`` and leaving the argument out mean the same. An input that is not a JSON object is a
+    call with ``error`` set.
+
+    Returns:
+        ``(calls, errors)`` as :func:`parse_tool_calls` does; ``errors`` stays empty (a broken
+        call carries its own error).
+
+    """
+    calls: list[ToolCall] = []
+    for m in _REACT_RE.finditer(response):
+        name = m.group(1).strip().strip("`'\"")
+        if not name:
+            calls.append(ToolCall("", None, "its Action line names no function"))
+            continue
+        try:
+            value, _ = raw_decode_json(response, m.end())
+        except (ValueError, RecursionError) as e:
+            error = f"its Action Input is not valid JSON ({json_error_message(e)})"
+            calls.append(ToolCall(name, None, error))
+            continue
+        args, error = _decode_arguments(value)
+        if args is not None:
+            args = {k: v for k, v in args.items() if v != ""}
+        calls.append(ToolCall(name, args, error))
+    return calls, []

@@ -74,10 +74,15 @@ def test_a_malicious_pickle_is_refused_and_never_run(tmp_path):
     assert not os.path.exists(marker)
 
 
-def test_a_pickle_of_something_else_than_a_string_is_refused():
+def test_a_pickle_of_plain_data_that_is_not_tests_is_refused():
     payload = base64.b64encode(zlib.compress(pickle.dumps(["a", "b"]))).decode()
-    with pytest.raises(CodeDataError, match="only a pickled JSON string"):
+    with pytest.raises(CodeDataError, match="must be a list of"):
         decode_test_cases(payload)
+
+
+def test_a_pickled_list_of_test_dicts_decodes_like_the_json_text():
+    payload = base64.b64encode(zlib.compress(pickle.dumps(TESTS))).decode()
+    assert decode_test_cases(payload) == TESTS
 
 
 def test_a_zlib_bomb_is_refused():
