@@ -130,9 +130,8 @@ def _algorithm_of(argv: Sequence[str], algo: str | None) -> tuple[str, argparse.
     known, _ = pre.parse_known_args(argv)
     name = known.algo
     file_values: dict[str, Any] = {}
-    if known.config is not None:
-        file_algorithm, file_values = read_yaml_config(known.config)
-        name = name or file_algorithm
+    if name is None and known.config is not None:
+        name, file_values = read_yaml_config(known.config)
     resume = known.resume if known.resume is not None else file_values.get("resume")
     if name is None and str(resume).lower() in ("1", "true", "yes", "on"):
         # a resumed run offers the flags of the algorithm saved in its folder
