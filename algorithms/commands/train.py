@@ -171,6 +171,12 @@ def build_parser(name: str, prog: str) -> argparse.ArgumentParser:
         default=None,
         help="YAML file setting any field below, and `algorithm:` (flags win).",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Load the config, the env, a few tasks and the tokenizer, print the plan (steps, "
+        "generations, tokens and memory per device; algorithms.plan) and exit.",
+    )
     add_config_fields(parser, preset.config_class)
     return parser
 
@@ -180,7 +186,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from algorithms.engine.checkpoint import RunInterrupted
     from algorithms.engine.trainer import Trainer
 
-    skip = {"algo", "config", "func", "command"}
+    skip = {"algo", "config", "func", "command", "dry_run"}
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     if "env_kwargs" in flags:
         flags["env_kwargs"] = merge_env_kwargs(flags["env_kwargs"])
@@ -199,6 +205,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         config = resolve_config(
             args.config, algorithm=args.algo, overrides=flags, where="the command line"
         )
+    if getattr(args, "dry_run", False):
+        from algorithms.plan import dry_run
+
+        return dry_run(config)
     try:
         result = Trainer(config).train()
     except RunInterrupted as e:  # Ctrl-C: say how to resume instead of a traceback
