@@ -241,21 +241,14 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
-def _pick_split(obj: Any, split: str, source: DatasetSource) -> Any:
-    """A ``DatasetDict``'s split (a ``Dataset`` passes through)."""
-    if hasattr(obj, "column_names") and not isinstance(obj.column_names, dict):
-        return obj
-    if split not in obj:
-        raise DatasetUnavailableError(
-            f"dataset {source.describe()} has no split {split!r}; its splits: {sorted(obj)}. "
-            "Pass dataset_split=NAME"
-        )
-    return obj[split]
+def _is_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a ``DatasetDict`` (its column names are per split)."""
+    return isinstance(obj.column_names, dict)
 
 
-def _load_local(datasets: Any, path: Path, split: str, source: DatasetSource) -> Any:
+def _load_local(datasets: Any, path: Path, split: str | None) -> Any:
     if path.is_dir() and any((path / m).is_file() for m in _SAVED_MARKERS):
-        return _pick_split(datasets.load_from_disk(str(path)), split, source)
+        return datasets.load_from_disk(str(path))
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _FILE_BUILDERS)
         if not files:
@@ -268,13 +261,16 @@ def _load_local(datasets: Any, path: Path, split: str, source: DatasetSource) ->
     builders = {_FILE_BUILDERS[p.suffix.lower()] for p in files}
     if len(builders) != 1:
         raise DatasetUnavailableError(f"{path}: mixes Parquet and JSON files; keep one format")
-    # A file holds one split; its rows are read whole (the env assigns train/test itself).
-    return datasets.load_dataset(
-        builders.pop(), data_files=[str(p) for p in files], split="train"
-    )
+    stems = [p.name.split(".")[0] for p in files]
+    if path.is_dir() and len(files) > 1 and len(set(stems)) == len(stems):
+        # a folder of split files (train.json, test.json): one split per file
+        data_files = {stem: [str(p)] for stem, p in zip(stems, files, strict=True)}
+        return datasets.load_dataset(builders.pop(), data_files=data_files)
+    # one file (or unrelated files) is one split; the env assigns train/test itself
+    return datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train")
 
 
-def _load_hub(datasets: Any, source: DatasetSource, split: str) -> Any:
+def _load_hub(datasets: Any, source: DatasetSource, split: str | None) -> Any:
     def load() -> Any:
         return datasets.load_dataset(
             source.path, source.config, split=split, revision=source.revision
@@ -306,13 +302,30 @@ def _load_hub(datasets: Any, source: DatasetSource, split: str) -> Any:
         ) from e
 
 
-def load_rows(source: DatasetSource, *, default_split: str = "train") -> tuple[Any, list[str]]:
+class _SplitRows:
+    """The rows of every split of a ``DatasetDict``, each with its split name as ``"split"``."""
+
+    def __init__(self, parts: Any) -> None:
+        self._parts = parts
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for name in self._parts:
+            for row in self._parts[name]:
+                yield {**row, "split": name}
+
+
+def load_rows(
+    source: DatasetSource, *, default_split: str = "train", keep_splits: bool = False
+) -> tuple[Any, list[str]]:
     """Open a dataset and return ``(rows, column names)``; ``rows`` iterates plain dicts.
 
     Args:
         source: Where the dataset is (see :class:`DatasetSource`).
-        default_split: The split read when ``source.split`` is ``None`` (hub datasets and
-            saved ``DatasetDict`` folders; a file holds one split).
+        default_split: The split read when ``source.split`` is ``None`` and the dataset has
+            several (hub datasets, saved ``DatasetDict`` folders, folders of split files).
+        keep_splits: With ``source.split`` ``None`` and several splits, read them all
+            instead, each row carrying its split's name in a ``"split"`` column (the paper's
+            ToolAlpaca split: ``train.json`` and ``test.json`` in one folder).
 
     Raises:
         MissingExtraError: ``datasets`` is not installed.
@@ -323,20 +336,32 @@ def load_rows(source: DatasetSource, *, default_split: str = "train") -> tuple[A
     if not isinstance(source.path, str) or not source.path.strip():
         raise ConfigError(f"dataset must be a hub id, folder or file path, got {source.path!r}")
     datasets = _import_datasets()
-    split = source.split or default_split
     path = Path(source.path).expanduser()
+    want = source.split if source.split is not None or keep_splits else default_split
     if path.exists():
         if source.config is not None or source.revision is not None:
             raise ConfigError(
                 f"dataset {source.path!r} is a local path: dataset_config and dataset_revision "
                 "apply to hub ids only; leave them unset"
             )
-        ds = _load_local(datasets, path, split, source)
+        ds = _load_local(datasets, path, want)
     elif _looks_like_path(source.path):
         raise DatasetUnavailableError(
             f"dataset path {source.path!r} does not exist; pass an existing .parquet/.jsonl "
             "file, a save_to_disk folder, or a hub id such as 'owner/name'"
         )
     else:
-        ds = _load_hub(datasets, source, split)
+        ds = _load_hub(datasets, source, want)
+    if _is_dict(ds):
+        names = sorted(ds)
+        if source.split is None and keep_splits and len(names) > 1:
+            columns = sorted({c for cols in ds.column_names.values() for c in cols})
+            return _SplitRows(ds), [*columns, "split"]
+        split = source.split or (names[0] if len(names) == 1 else default_split)
+        if split not in ds:
+            raise DatasetUnavailableError(
+                f"dataset {source.describe()} has no split {split!r}; its splits: {names}. "
+                "Pass dataset_split=NAME"
+            )
+        ds = ds[split]
     return ds, list(ds.column_names)

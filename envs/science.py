@@ -266,7 +266,7 @@ def load_mcq_dataset(
     mapping = _column_map(columns, MCQ_COLUMNS, "sciknoweval")
     if types is None and mapping.name == "sciknoweval":
         types = SCIKNOWEVAL_MCQ_TYPES
-    rows, found = load_rows(source, default_split="test")
+    rows, found = load_rows(source, default_split="test", keep_splits=True)
     mapping.check(found, source)
     if "type" not in found:
         types = None  # a dataset without the column: nothing to filter on

@@ -350,8 +350,9 @@ def load_tool_dataset(
             default one.
         limit: Keep the first ``limit`` tasks.
         test_fraction: For rows without a split, the share held out as ``"test"`` (a stable
-            hash of the id); the paper's split files carry no split column, so pass each file
-            as its own dataset, or keep the hash split.
+            hash of the id). A dataset with several splits (a hub dataset, a saved
+            ``DatasetDict``, a folder holding ``train.json`` and ``test.json`` like the paper's
+            ToolAlpaca split) keeps its own, unless ``dataset_split`` picks one.
         skipped: Counts the rows left out (a warning says how many either way).
 
     Raises:
@@ -368,7 +369,7 @@ def load_tool_dataset(
         mapping = TOOL_COLUMNS[name]
     else:
         mapping = TOOL_COLUMNS["toolalpaca"].merged(columns)
-    rows, found = load_rows(source, default_split="train")
+    rows, found = load_rows(source, default_split="train", keep_splits=True)
     mapping.check(found, source)
     skipped = skipped if skipped is not None else SkipCounter()
     tasks: list[ToolTask] = []

@@ -228,3 +228,13 @@ def test_toolalpaca_grading(tools):
     assert typed.feedback[0].kind == rlrf.FeedbackKind.TOOL_VALIDATION
     none = tools.evaluate("toolalpaca-4046", "I would look up an axolotl picture.")
     assert "Action Input" in none.feedback.text
+
+
+def test_a_folder_of_split_files_keeps_its_splits(tmp_path):
+    lines = TOOLS.read_text().splitlines(keepends=True)
+    (tmp_path / "train.json").write_text("".join(lines[:3]))
+    (tmp_path / "test.json").write_text("".join(lines[3:]))
+    env = ToolUseEnv(dataset=str(tmp_path))
+    assert list(env.task_ids("train")) == ["toolalpaca-4046", "toolalpaca-4047", "toolalpaca-4048"]
+    assert list(env.task_ids("test")) == ["toolalpaca-4049"]
+    assert env.skipped.counts == {"malformed": 1}
