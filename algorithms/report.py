@@ -149,6 +149,13 @@ def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
     return written
 
 
+#: The heading of an alarm kind in the report's summary (stability alarms otherwise).
+_ALARM_LABEL = {
+    kind: "Learning-signal warning"
+    for kind in ("no_reward_signal", "zero_gradient", "no_trained_rows", "frozen_weights")
+}
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -208,7 +215,8 @@ def _stability(run: RunMetrics) -> list[str]:
         lines += [f"- **warning**, {a.message()}" for a in alarms]
     else:
         lines.append(
-            "No alarm: no entropy collapse, length blow-up or divergence spike "
+            "No alarm: no entropy collapse, length blow-up or divergence spike, and no "
+            "streak without reward signal, gradient, trained rows or weight movement "
             "(thresholds in `algorithms/engine/monitors.py`)."
         )
     return [*lines, ""]
@@ -252,7 +260,10 @@ def write_report(
         )
     lines.append("")
     for run in loaded:  # the alarms up front; the details are in each run's stability section
-        lines += [f"> **Stability warning ({run.name})**: {a.message()}" for a in scan(run.records)]
+        lines += [
+            f"> **{_ALARM_LABEL.get(a.kind, 'Stability warning')} ({run.name})**: {a.message()}"
+            for a in scan(run.records)
+        ]
     if lines[-1].startswith(">"):
         lines.append("")
     for image in images:

@@ -98,6 +98,7 @@ from algorithms.engine.checkpoint import (
     save_checkpoint,
 )
 from algorithms.engine.metrics import MetricsLogger, Timer
+from algorithms.engine.monitors import LearningSignalMonitor
 from algorithms.objective import Objective, Scorer, TrainingError
 from algorithms.registry import resolve_config, resume_config, segment_changes
 from algorithms.sampling.hf import HFPolicy, SamplingBackend, SamplingParams
@@ -268,6 +269,9 @@ class Trainer:
         self.evals: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self._changes: dict[str, dict[str, Any]] = {}  # config changes of a resumed segment
+        self.signal_monitor = LearningSignalMonitor()
+        self._rewarded = 0  # rollouts with a reward in this segment (all processes)
+        self._first_failure: str | None = None
 
     # --- setup ------------------------------------------------------------------------
 
@@ -448,6 +452,7 @@ class Trainer:
                 step_stats["grad_norm"] = float(fsdp.full_value(grad_norm))
                 step_stats["lr"] = float(self.scheduler.get_last_lr()[0])
                 self.optimizer.step()
+                step_stats["update_ratio"] = self._update_ratio()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.objective.after_optimizer_step(self.unwrapped)
@@ -461,6 +466,33 @@ class Trainer:
             out["train/skipped"] = 1.0
         out.update(timing)
         return out
+
+    def _update_ratio(self) -> float:
+        """``||Δθ|| / ||θ||`` of the AdamW step just taken, from its state (no weight copy).
+
+        torch's AdamW sets ``θ' = θ(1 - lr·wd) - lr·u`` with ``u = m̂ / (√v̂ + eps)``, so
+        ``Δθ = -lr(wd·θ' + u) / (1 - lr·wd)`` and ``θ = θ' - Δθ``, one tensor at a time.
+        """
+        opt = getattr(self.optimizer, "optimizer", self.optimizer)
+        sums = [0.0, 0.0]
+        with torch.no_grad():
+            for group in opt.param_groups:
+                lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+                beta1, beta2 = group["betas"]
+                for p in group["params"]:
+                    state = opt.state.get(p) or {}
+                    if "exp_avg" not in state:
+                        continue
+                    t = float(state["step"])
+                    m, v = _local(state["exp_avg"]).float(), _local(state["exp_avg_sq"]).float()
+                    new = _local(p.detach()).float()
+                    u = (m / (1 - beta1**t)) / (v.sqrt() / math.sqrt(1 - beta2**t) + eps)
+                    delta = (new * wd + u) * (-lr / (1 - lr * wd))
+                    sums[0] += float(delta.square().sum())
+                    sums[1] += float((new - delta).square().sum())
+        if self.fsdp_root is not None:  # each process holds its shards
+            sums = self._sum_over_processes(sums)
+        return math.sqrt(sums[0]) / math.sqrt(sums[1]) if sums[1] > 0 else 0.0
 
     def train_step(self) -> dict[str, Any]:
         """Run one step (roll out, then update); return its metrics."""
@@ -548,8 +580,15 @@ class Trainer:
                 "rollout/env_errors": float(rstats.env_errors),
                 "rollout/episodes_truncated": float(rstats.episodes_truncated),
                 "rollout/trained_rows": row_stats.get("trained_rows", 0.0),
+                # groups whose rewards differ: the only ones with a group-relative signal
+                "rollout/signal_groups_frac": _signal_frac(all_groups),
             }
         )
+        self._rewarded += rstats.rollouts - rstats.missing_rewards
+        if self._first_failure is None:
+            self._first_failure = next(
+                (str(t.error) for g in all_groups for t in g.trajectories if t.error), None
+            )
         metrics.update(self.objective.rollout_metrics(row_stats))
         self.step += 1
         if self.vllm is not None:
@@ -768,6 +807,7 @@ class Trainer:
             desc=f"{cfg.algorithm} {self.env_id}",
             unit="step",
         )
+        start_step = self.step
         try:
             if self.step == 0 and cfg.eval_every:
                 first_eval = self.evaluate()
@@ -787,6 +827,8 @@ class Trainer:
                         metrics.update(ev)
                 if main:
                     self._logger.log(self.step, metrics)
+                    self.signal_monitor.update(self.step, metrics)  # warns: not learning
+                self._stop_if_nothing_rewarded(start_step)
                 last = metrics
                 # checkpoint_every: 0 writes no resumable state at all, only final/
                 every = cfg.checkpoint_every
@@ -876,6 +918,24 @@ class Trainer:
         listed = ", ".join(f"{k} {v['saved']!r} -> {v['given']!r}" for k, v in changes.items())
         print(f"rlrf: resumed with {listed} (recorded in config_changes.jsonl)", file=sys.stderr)
 
+    def _stop_if_nothing_rewarded(self, start_step: int) -> None:
+        """Stop a run none of whose rollouts got a reward (every one failed) so far.
+
+        Checked once ``SignalThresholds.steps`` steps (or the whole run, if shorter) have
+        been played: such a run trains nothing, and must not exit 0 with a ``final/``.
+        """
+        done = self.step - start_step
+        enough = min(self.signal_monitor.thresholds.steps, self.config.steps - start_step)
+        if self._rewarded or done < enough:
+            return
+        first = f" (first: {self._first_failure})" if self._first_failure else ""
+        raise TrainingError(
+            f"no rollout of steps {start_step + 1}-{self.step} got a reward: every one ended "
+            f"in an env error or with a missing reward{first}, so nothing was trained and no "
+            f"final/ was written. Run `rlrf check {self.env_id}` and look at the errors in "
+            f"{self.output_dir / 'trajectories.jsonl'}"
+        )
+
     def _interrupted_message(self) -> str:
         # from the disk: a save that Ctrl-C let finish never returned its folder
         hint = resume_hint(self.output_dir, self.config.checkpoint_every)
@@ -920,6 +980,18 @@ def _version(record: dict[str, Any]) -> int:
     """The policy version of a trajectories.jsonl record (a group's is its rollouts')."""
     trajectories = record.get("trajectories") or [record]
     return int(trajectories[0].get("policy_version", 0))
+
+
+def _signal_frac(groups: Sequence[Group]) -> float:
+    """The share of groups whose rewards differ (0.0 when there are none)."""
+    varied = [len({r for r in g.rewards if r is not None}) > 1 for g in groups]
+    return float(np.mean(varied)) if varied else 0.0
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The shard this process holds of a DTensor (FSDP2), or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
 
 
 def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:

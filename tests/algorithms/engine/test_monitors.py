@@ -225,3 +225,47 @@ def test_report_summarises_the_monitors_and_names_the_alarm_step(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     text = write_report([run]).read_text()
     assert "No alarm" in text and "Stability warning" not in text
+
+
+# ---- learning-signal alarms ----------------------------------------------------------------
+
+
+def test_learning_signal_alarms_need_a_streak_and_name_its_first_step():
+    from algorithms.engine.monitors import LearningSignalMonitor, LearningSignalWarning
+
+    healthy = {
+        "rollout/signal_groups_frac": 0.5, "train/grad_norm": 0.3,
+        "rollout/trained_rows": 16.0, "train/update_ratio": 2e-5,
+    }  # fmt: skip
+    dead = {
+        "rollout/signal_groups_frac": 0.0, "train/grad_norm": 0.0,
+        "rollout/trained_rows": 0.0, "train/update_ratio": 1e-8,
+    }  # fmt: skip
+    series = {1: dead, 2: dead, 3: healthy, 4: dead, 5: dead, 6: dead, 7: dead}
+    monitor = LearningSignalMonitor(warn=False)
+    kinds = ["no_reward_signal", "zero_gradient", "no_trained_rows", "frozen_weights"]
+    assert _feed(monitor, series) == {6: kinds}  # the streak of steps 1-2 was broken
+    assert {a.step for a in monitor.alarms} == {4} and {a.steps for a in monitor.alarms} == {3}
+    frozen = monitor.alarms[-1]
+    assert frozen.message() == (
+        "step 4: weights barely move: the relative update ||Δθ||/||θ|| stayed below the "
+        "threshold (train/update_ratio 1e-08, threshold 1e-06) for 3 steps in a row; raise lr "
+        "(the run's rollouts stay what the initial model samples)"
+    )
+    with pytest.warns(LearningSignalWarning, match=r"step 1: no trained rows"):
+        live = LearningSignalMonitor()
+        for step in (1, 2, 3):
+            live.update(step, dead)
+    # the report's replay finds the same alarms
+    records = [{"step": s, **m} for s, m in series.items()]
+    assert [a for a in scan(records) if a.kind in kinds] == monitor.alarms
+
+
+def test_a_healthy_run_raises_no_learning_signal_alarm():
+    from algorithms.engine.monitors import LearningSignalMonitor
+
+    healthy = {
+        "rollout/signal_groups_frac": 0.25, "train/grad_norm": 0.1,
+        "rollout/trained_rows": 8.0, "train/update_ratio": 5e-6,
+    }  # fmt: skip
+    assert _feed(LearningSignalMonitor(warn=False), dict.fromkeys(range(1, 50), healthy)) == {}

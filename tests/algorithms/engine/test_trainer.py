@@ -423,3 +423,71 @@ def test_lora_trains_only_the_adapters(tmp_path):
     teacher = dict(trainer.objective.teacher.module.named_parameters())
     assert any(not torch.equal(teacher[n], before[n]) for n in moved)
     assert all(torch.equal(teacher[n], before[n]) for n in teacher if "lora_" not in n)
+
+
+# ---- learning-signal alarms (issue 27 item 3) ----------------------------------------------
+
+
+def test_update_ratio_is_the_relative_size_of_the_step(tmp_path):
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**SMALL, "weight_decay": 0.1})
+    trainer = Trainer(
+        cfg, env=TargetCharEnv(targets="ab"), model=tiny_model(0), tokenizer=tiny_tokenizer()
+    )
+    trainer._trajectory_writer = None
+    before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
+    metrics = trainer.train_step()
+    after = [p.detach() for p in trainer.unwrapped.parameters()]
+    pairs = zip(after, before, strict=True)
+    delta = math.sqrt(sum(float((a - b).double().square().sum()) for a, b in pairs))
+    norm = math.sqrt(sum(float(b.double().square().sum()) for b in before))
+    assert delta > 0
+    assert metrics["train/update_ratio"] == pytest.approx(delta / norm, rel=1e-3)
+    assert 0.0 <= metrics["rollout/signal_groups_frac"] <= 1.0
+
+
+class NeverRight(RLRFEnv):
+    """Every response gets reward 0: no group has differing rewards."""
+
+    def task_ids(self, split="train"):
+        return ["a", "b", "c"]
+
+    def prompt(self, task_id):
+        return [{"role": "user", "content": f"Say {task_id}."}]
+
+    def evaluate(self, task_id, response, history=()):
+        return Outcome(0.0)
+
+
+class AlwaysBroken(NeverRight):
+    def evaluate(self, task_id, response, history=()):
+        raise ConnectionError("grader unreachable")
+
+
+def test_a_run_without_reward_signal_warns_and_the_report_lists_it(tmp_path):
+    from algorithms.engine.monitors import LearningSignalWarning
+    from algorithms.report import write_report
+
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**SMALL, "steps": 3})
+    trainer = Trainer(cfg, env=NeverRight(), model=tiny_model(0), tokenizer=tiny_tokenizer())
+    with pytest.warns(LearningSignalWarning) as caught:
+        trainer.train()
+    messages = [str(w.message) for w in caught]
+    assert any(m.startswith("step 1: no reward signal: no group had differing") for m in messages)
+    assert any(m.startswith("step 1: zero gradient") for m in messages)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rollout/signal_groups_frac"] for r in records] == [0.0, 0.0, 0.0]
+    assert [r["train/grad_norm"] for r in records] == [0.0, 0.0, 0.0]
+    report = write_report([tmp_path]).read_text()
+    assert "no reward signal: no group had differing rewards" in report
+    assert "zero gradient" in report and "for 3 steps in a row" in report
+
+
+def test_a_run_whose_rollouts_all_failed_exits_non_zero_without_final(tmp_path):
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**SMALL, "steps": 5})
+    trainer = Trainer(cfg, env=AlwaysBroken(), model=tiny_model(0), tokenizer=tiny_tokenizer())
+    with pytest.warns(Warning), pytest.raises(TrainingError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert message.startswith("no rollout of steps 1-3 got a reward: every one ended in an env")
+    assert "grader unreachable" in message and "no final/ was written" in message
+    assert not (tmp_path / "final").exists()
