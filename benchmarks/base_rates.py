@@ -60,7 +60,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--code", action="store_true", help="also Code-v0's easy problems")
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = ap.parse_args()
+    if args.smoke:  # a tiny random model, 2 questions x 2 samples, 4 tokens; Code-v0 too
+        import tempfile
+        from pathlib import Path
+
+        from algorithms.testing import save_tiny
+
+        args.model, args.code = str(save_tiny(Path(tempfile.mkdtemp()) / "tiny")), True
     policy = HFPolicy.from_pretrained(args.model)
     one_digit = rlrf.make("rlrf/Arithmetic-v0", digits=1, ops="+")
     rows = [
@@ -71,6 +79,8 @@ def main() -> None:
     if args.code:
         code = rlrf.make("rlrf/Code-v0", difficulty="easy")
         rows.append(("Code-v0 easy, 16 problems x 4, 256 tokens", code, 16, 4, 256))
+    if args.smoke:
+        rows = [(label, env, 2, 2, 4) for label, env, *_ in rows]
     for label, env, questions, samples, tokens in rows:
         t0 = time.perf_counter()
         wins, n = success_rate(policy, env, questions, samples, tokens)

@@ -147,7 +147,11 @@ def main() -> None:
         help="also time the new loop with HFPolicy.generation_dtype set (e.g. bfloat16); "
         "its samples differ from fp32's by design",
     )
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.prompts, args.samples, args.max_new_tokens = "tiny", 2, 2, 4
+        args.repeats, args.threads = 1, 1
     torch.set_num_threads(args.threads)
 
     if args.model == "tiny":

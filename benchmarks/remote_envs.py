@@ -115,7 +115,11 @@ def main() -> None:
     p.add_argument("--rollouts", type=int, default=64, help="episodes per measurement")
     p.add_argument("--workers", type=int, default=8, help="client threads (env instances)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = p.parse_args()
+    if args.smoke:
+        args.env, args.servers, args.rollouts, args.workers, args.repeats = (
+            "rlrf/Arithmetic-v0", [1], 4, 2, 1)  # fmt: skip
     kwargs = json.loads(args.env_kwargs)
     local_env = rlrf.make(args.env, **kwargs)
     seeds = list(range(1000, 1000 + args.rollouts))

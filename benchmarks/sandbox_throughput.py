@@ -144,9 +144,12 @@ def main() -> None:
         default="auto",
         help="auto: use a running engine if any; start: start a private dockerd",
     )
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = ap.parse_args()
+    if args.smoke:
+        args.n_trivial, args.workers = 4, 1
     workers = args.workers or sandboxes.protocol.default_workers()
-    he = humaneval_programs()
+    he = humaneval_programs()[:2] if args.smoke else humaneval_programs()
     print(
         f"machine: {platform.machine()} {platform.platform()}, {os.cpu_count()} CPUs "
         f"({workers} workers), Python {sys.version.split()[0]}"

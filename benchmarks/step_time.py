@@ -80,7 +80,11 @@ def main() -> None:
         default=None,
         help="update with one algorithm only (no SDPO/GRPO ratio)",
     )
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = ap.parse_args()
+    if args.smoke:
+        args.model, args.questions, args.rollouts, args.max_new_tokens = "tiny", 2, 2, 4
+        args.repeats = 1
 
     if args.model == "tiny":
         model, tokenizer = tiny_model(0, layers=4, hidden=64), tiny_tokenizer()
@@ -150,7 +154,7 @@ def main() -> None:
         for _ in range(args.repeats):
             trainer = Trainer(cfg, env=env, model=copy.deepcopy(model), tokenizer=tokenizer)
             rows, _ = trainer.objective.rows(copy.deepcopy(groups), trainer.policy.encode)
-            teacher_lengths = [len(r.teacher_prompt_ids or ()) for r in rows]
+            teacher_lengths = [len(getattr(r, "teacher_prompt_ids", None) or ()) for r in rows]
             _peak_reset(args.device)
             t0, c0 = time.perf_counter(), time.process_time()
             metrics = trainer._update(rows)

