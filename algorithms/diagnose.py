@@ -19,7 +19,8 @@ It then measures:
 (b) The teacher's answers: for every rollout with a context, ``--teacher-samples`` fresh
     answers are sampled from its teacher prompt (tokenized by
     :func:`algorithms.sdpo.encode_teacher_prompt`, as the trainer does, for a local model)
-    and graded by the env on the same task (multi-turn envs are played whole). The student's
+    and graded by the env on the same task (multi-turn envs are played whole; a
+    Gymnasium-style env's rollout is replayed, see :class:`_Replayed`). The student's
     comparison is the success rate (and mean reward) of that task's G rollouts from the plain
     prompt, weighted the same way (one entry per rollout with a context), so both answer the
     same questions at the same temperature. ``delta_success`` = teacher − student, with a
@@ -65,6 +66,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +84,9 @@ from algorithms.sdpo.contexts import (
     encode_teacher_prompt,
     teacher_contexts_for_group,
 )
-from rlrf.env import RLRFEnv, env_style
-from rlrf.errors import ConfigError
-from rlrf.rollout import collect_groups, task_sampler
+from rlrf.env import RLRFEnv, appended_messages, env_style, validate_reset, validate_step
+from rlrf.errors import ConfigError, EnvError
+from rlrf.rollout import RolloutErrorWarning, collect_groups, task_sampler
 from rlrf.sampling import SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, TrajectoryWriter
 
@@ -92,6 +94,9 @@ if TYPE_CHECKING:
     from rlrf.env import Message, Outcome
     from rlrf.sampling import Sample
     from rlrf.wrappers import Wrapper
+
+    # a Gymnasium-style rollout to replay: seed, earlier actions, the chat it saw, teacher chat
+    _ReplayKey = tuple[int | None, tuple[str, ...], list[Message], list[Message]]
 
 __all__ = [
     "MIN_GAIN",
@@ -362,6 +367,74 @@ class _ReAsked(RLRFEnv):
         return list(self.env.evaluate_many(self.asks[task_id][0], responses))
 
 
+_REPLAY_MISMATCH = "replay mismatch"
+
+
+class _Replayed(RLRFEnv):
+    """A Gymnasium-style env's rollout re-asked with a teacher prompt, by replaying it.
+
+    Key ``k`` is (reset seed, the earlier turns' actions, the chat the rollout saw at the
+    re-asked turn, the teacher chat). ``reset`` builds a fresh twin of the real env, resets
+    it with the seed, steps the earlier actions, and checks that the env's chat is the one
+    the rollout saw (the env is deterministic given the seed and the actions: the contract
+    ``rlrf check`` tests); it then returns the teacher chat. ``step`` steps the real env and
+    continues the teacher chat with the messages the env appended, so the teacher's answers
+    are graded by the env itself, on the same task, turn after turn.
+    """
+
+    def __init__(self, env: RLRFEnv | Wrapper, replays: dict[str, _ReplayKey]) -> None:
+        super().__init__()
+        self.env, self.replays = env, replays
+        self.max_turns = int(getattr(env, "max_turns", 1) or 1)
+        self.inner: Any = None
+
+    @property
+    def thread_safe(self) -> bool:  # type: ignore[override]
+        """As the real env."""
+        return bool(getattr(self.env, "thread_safe", True))
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[list[Message], dict[str, Any]]:
+        """Replay the rollout up to the re-asked turn; return the teacher chat."""
+        super().reset(seed=seed)
+        key = str((options or {})["task_id"])
+        task_seed, actions, expected, teacher = self.replays[key]
+        self.close()
+        self.inner = self.env.spawn()  # type: ignore[union-attr]
+        chat, _ = validate_reset(
+            self.inner.reset(seed=task_seed, options={"split": "train"}), "replay reset"
+        )
+        for turn, action in enumerate(actions, start=1):
+            chat = validate_step(self.inner.step(action), f"replay step (turn {turn})").observation
+        if chat != list(expected):
+            raise EnvError(
+                f"{_REPLAY_MISMATCH}: reset(seed={task_seed}) and the rollout's {len(actions)} "
+                "earlier actions gave another chat than the rollout saw, so the env is not "
+                "deterministic given the seed and the actions; this rollout's teacher answers "
+                "are not measured (draw randomness from self.np_random after "
+                "super().reset(seed=seed))"
+            )
+        self.real_chat, self.chat = chat, [dict(m) for m in teacher]
+        return list(self.chat), {"task_id": key}  # type: ignore[arg-type]
+
+    def step(self, action: str) -> tuple[list[Message], Any, bool, bool, dict[str, Any]]:
+        """Step the real env; continue the teacher chat with what it appended."""
+        obs, reward, terminated, truncated, info = self.inner.step(action)
+        added = appended_messages(self.real_chat, action, obs) if isinstance(obs, list) else None
+        if added is None and not (terminated or truncated):
+            return obs, reward, terminated, truncated, info  # the loop names the broken chat
+        self.real_chat = obs
+        self.chat = [*self.chat, {"role": "assistant", "content": action}, *(added or ())]
+        return list(self.chat), reward, terminated, truncated, info  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the replayed env."""
+        inner, self.inner = self.inner, None
+        if inner is not None:
+            inner.close()
+
+
 class _TeacherTokens:
     """A local policy that tokenizes teacher chats as the trainer does (left-capped).
 
@@ -505,8 +578,10 @@ def diagnose(
     tasks = task_sampler(env, seed=config.seed).next(config.tasks)
     backend = backend if backend is not None else build_backend(config.eval_config())
     local = _is_local(backend)
-    # the teacher's answers need a task-style env: its tasks can be re-asked with another prompt
-    reask = env_style(env) == "task"
+    # a task-style env's tasks are re-asked with another prompt; a Gymnasium-style env's
+    # rollouts are replayed (seed, earlier actions) up to the re-asked turn
+    task_style = env_style(env) == "task"
+    replays: dict[str, _ReplayKey] = {}
     teacher_backend: Any = _TeacherTokens(backend, cfg) if local else backend
 
     from tqdm import tqdm
@@ -553,6 +628,8 @@ def diagnose(
                     key = f"{len(per_task)}:{ti}"  # this task's index in per_task, rollout
                     traj.info["teacher_key"] = key
                     asks[key] = (g.task_id, ctx)
+                    if not task_style:  # the first turn: nothing to replay but the seed
+                        replays[key] = (traj.seed, (), list(traj.prompt), ctx)
                     owner[key] = (record, kind)
                     response = traj.turns[0].response_token_ids if traj.turns else None
                     if local and response:
@@ -561,12 +638,18 @@ def diagnose(
                         score_rows.append((student_ids, teacher_ids, list(response)))
                         score_success.append(bool(traj.success))
                 per_task.append(record)
-            if reask and asks:
+            if asks:
                 t_params = dataclasses.replace(params, seed=(seed + 7_919) % 2**31)
-                answered, _ = collect_groups(
-                    _ReAsked(env, asks), teacher_backend, list(asks), config.teacher_samples,
-                    t_params, env_id=config.env, split="train", env_workers=config.env_workers,
-                )  # fmt: skip
+                asked: Any = _ReAsked(env, asks)
+                if not task_style:
+                    asked = _Replayed(env, replays)
+                with warnings.catch_warnings():  # replay mismatches are counted below
+                    warnings.simplefilter("ignore", RolloutErrorWarning)
+                    answered, _ = collect_groups(
+                        asked, teacher_backend, list(asks), config.teacher_samples, t_params,
+                        env_id=config.env, split="train", env_workers=config.env_workers,
+                        env_factory=None if task_style else (lambda: _Replayed(env, replays)),
+                    )  # fmt: skip
                 for key, tg in zip(asks, answered, strict=True):
                     record, kind = owner[key]
                     record["teacher"].append({
@@ -575,6 +658,10 @@ def diagnose(
                         "successes": sum(bool(t.success) for t in tg.trajectories),
                         "samples": len(tg.trajectories),
                         "rewards": tg.rewards,
+                        "replay_mismatches": sum(
+                            t.error is not None and _REPLAY_MISMATCH in t.error.message
+                            for t in tg.trajectories
+                        ),
                     })  # fmt: skip
                 teacher_groups.extend(answered)
             if local and score_rows:
@@ -586,7 +673,7 @@ def diagnose(
     finally:
         bar.close()
 
-    report = _report(config, cfg, per_task, rows_scored, score_success, reask, local)
+    report = _report(config, cfg, per_task, rows_scored, score_success, task_style, local)
     report["elapsed_s"] = round(time.perf_counter() - t0, 3)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -601,7 +688,7 @@ def diagnose(
 
 def _report(
     config: DiagnoseConfig, cfg: SDPOConfig, per_task: list[dict[str, Any]],
-    rows: list[dict[str, float]], row_success: list[bool], reask: bool, local: bool,
+    rows: list[dict[str, float]], row_success: list[bool], task_style: bool, local: bool,
 ) -> dict[str, Any]:  # fmt: skip
     graded = sum(r["graded"] for r in per_task)
     kinds = {k: sum(r["contexts"][k] for r in per_task) for k in ("solution", "feedback", "both")}
@@ -642,12 +729,22 @@ def _report(
 
     teacher_answers = sum(len(r["teacher"]) * config.teacher_samples for r in per_task)
     teacher_succ = sum(t["successes"] for r in per_task for t in r["teacher"])
+    mismatches = sum(t.get("replay_mismatches", 0) for r in per_task for t in r["teacher"])
     delta = flat_mean(succ_d)
     delta_ci = ci(succ_d)
     answers: dict[str, Any] = {
-        "measured": reask,
-        "why_not": None if reask else "the env is Gymnasium style: its tasks cannot be re-asked "
-        "with another prompt",
+        "measured": not (mismatches and mismatches == teacher_answers),
+        "why_not": None if not (mismatches and mismatches == teacher_answers) else (
+            "the env is not deterministic given the seed and the earlier actions: replaying "
+            "the rollouts gave other chats than they saw, so no teacher answer could be graded "
+            "on the rollout's own task"
+        ),
+        "how": "re-asked: the task's prompt replaced by the teacher prompt" if task_style else (
+            "replayed: a fresh env reset with the rollout's seed (and its earlier actions "
+            "stepped), checked to give the chat the rollout saw, then the teacher's answers "
+            "stepped into it"
+        ),
+        "replay_mismatches": mismatches,
         "compared_rollouts": sum(len(c) for c in succ_d),
         "teacher_answers": teacher_answers,
         "teacher_success": flat_mean(succ_t),

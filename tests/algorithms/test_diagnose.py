@@ -27,6 +27,7 @@ from algorithms.diagnose import (
     DiagnoseConfig,
     bootstrap_ci,
     diagnose,
+    format_summary,
     verdict,
     wilson_interval,
 )
@@ -252,3 +253,76 @@ def test_embedded_model_on_one_digit_addition_is_not_diagnosed_as_helped(tmp_pat
     assert result.verdict != "helps", result.message
     assert "should help" not in result.message
     assert result.report["divergence"]["measured"]
+
+
+# ---- Gymnasium-style envs: the teacher's answers by replay (issue 27 item 4) ---------------
+
+
+class GymTarget(rlrf.RLRFEnv):
+    """Gymnasium style: the seed picks the target character; one turn, final observation []."""
+
+    resets = 0
+    drift_after: int | None = None  # after this many resets the prompt changes (not replayable)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        type(self).resets += 1
+        self.target = "abc"[int(self.np_random.integers(0, 3))]
+        text = "Reply with three characters."
+        if self.drift_after is not None and type(self).resets > self.drift_after:
+            text += " Quickly."
+        self.chat = [{"role": "user", "content": text}]
+        return list(self.chat), {"task_id": f"target-{self.target}"}
+
+    def step(self, action):
+        ok = action == self.target * 3
+        text = f"Use only the character '{self.target}'."
+        feedback = () if ok else (rlrf.Feedback(rlrf.FeedbackKind.WRONG_ANSWER, text),)
+        return [], float(ok), True, False, {"feedback": feedback}
+
+
+class ReadsFeedback:
+    """Answers ``xxx`` when its prompt says "Use only the character 'x'", else ``zzz``."""
+
+    def __init__(self, reads: bool = True) -> None:
+        self.reads = reads
+
+    def sample(self, prompts, n, params):
+        out = []
+        for p in prompts:
+            text = p[-1]["content"]
+            mark = "Use only the character '"
+            answer = text.split(mark)[1][0] * 3 if self.reads and mark in text else "zzz"
+            out.append([Sample(answer, None, None, "stop")] * n)
+        return out
+
+
+def test_a_gymnasium_style_env_is_measured_by_replaying_the_seed(tmp_path):
+    config = DiagnoseConfig(env="diagtest/GymTarget-v0", tasks=5, group_size=3, out=str(tmp_path))
+    result = diagnose(config, env=GymTarget(), backend=ReadsFeedback(), progress=False)
+    ans = result.report["teacher_answers"]
+    assert ans["measured"] and ans["how"].startswith("replayed: a fresh env reset with the")
+    assert ans["replay_mismatches"] == 0 and ans["compared_rollouts"] == 15
+    assert ans["teacher_success"] == 1.0 and ans["student_success"] == 0.0
+    assert result.verdict == "helps"
+    # each teacher answer was graded on its rollout's own task (the seed's target)
+    groups = _groups(tmp_path)
+    students = {t.info["teacher_key"]: t for g in groups[:5] for t in g.trajectories}
+    for g in groups[5:]:
+        target = students[g.task_id].task_id.removeprefix("target-")
+        assert {t.turns[0].response for t in g.trajectories} == {target * 3}
+        assert all(t.success for t in g.trajectories)
+
+
+def test_a_gymnasium_style_env_that_does_not_replay_is_named(tmp_path):
+    class Drifting(GymTarget):
+        resets = 0
+        drift_after = 6  # the 6 student rollouts see one prompt, their replays another
+
+    config = DiagnoseConfig(env="diagtest/Drift-v0", tasks=2, group_size=3, out=str(tmp_path))
+    result = diagnose(config, env=Drifting(), backend=ReadsFeedback(), progress=False)
+    ans = result.report["teacher_answers"]
+    assert not ans["measured"] and ans["replay_mismatches"] == 6 * config.teacher_samples
+    assert "not deterministic given the seed and the earlier actions" in ans["why_not"]
+    assert result.verdict != "helps"
+    assert "(b) not measured: the env is not deterministic" in format_summary(result.report)
