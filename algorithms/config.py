@@ -242,7 +242,8 @@ class TrainConfig:
     """Sampling temperature during evaluation (0 = greedy)."""
 
     checkpoint_every: int = 10
-    """Save a resumable checkpoint every this many steps (0: only at the end)."""
+    """Save a resumable checkpoint every this many steps and at the last step (0: none, only
+    final/ at the end, so the run cannot be resumed)."""
 
     keep_checkpoints: int = 2
     """Resumable checkpoints kept on disk (oldest deleted first)."""

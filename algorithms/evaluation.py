@@ -663,9 +663,9 @@ def _report(summary: dict[str, Any], groups: Sequence[Group]) -> str:
             summary["tasks_with_reward_spread"],
             f"share of tasks whose {k} rewards differ: GRPO's learning signal",
         ),
-        ("response tokens", summary["response_tokens_mean"], "mean per response (all turns)"),
-        ("response characters", summary["response_chars_mean"], "mean per response"),
-        ("cut at --max-tokens", summary["truncated_fraction"], "share of turns"),
+        ("response tokens", summary["response_tokens_mean"], "mean per episode (all its turns)"),
+        ("response characters", summary["response_chars_mean"], "mean per episode (all its turns)"),
+        ("cut at --max-new-tokens", summary["truncated_fraction"], "share of turns"),
         ("turns", summary["turns_mean"], "mean per episode"),
     ]
     text = [
@@ -735,12 +735,16 @@ def format_summary(config: EvalConfig, result: EvalResult) -> str:
         f"avg@{k} {_fmt(s[f'avg@{k}'])}  {passes}  mean reward {_fmt(s['reward_mean'])}",
         f"tasks whose {k} rewards differ (GRPO signal): {_fmt(s['tasks_with_reward_spread'])}",
     ]
-    tokens = s["response_tokens_mean"]
+    tokens, turns = s["response_tokens_mean"], s["turns_mean"] or 1.0
+    # per turn, as the trainer's rollout/response_tokens_mean and the --max-new-tokens cap
     length = (
-        f"{tokens:.1f} tokens" if tokens is not None else f"{s['response_chars_mean']:.0f} chars"
+        f"{tokens / turns:.1f} tokens per turn ({tokens:.1f} per episode of {turns:.2f} turns)"
+        if tokens is not None
+        else f"{s['response_chars_mean'] / turns:.0f} characters per turn"
     )
     lines.append(
-        f"mean response {length}; cut at --max-new-tokens: {_fmt(s['truncated_fraction'], 2)}"
+        f"mean response {length}; cut at --max-new-tokens: "
+        f"{_fmt(s['truncated_fraction'], 2)} of turns"
     )
     kinds = ", ".join(f"{kind} {n}" for kind, n in s["feedback_kinds"].items())
     lines.append(f"feedback: {kinds or 'none'}")

@@ -137,6 +137,8 @@ def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
         if not drew:
             plt.close(fig)
             continue
+        if filename == "accuracy.png":  # a share: never below 0 or above 1
+            ax.set_ylim(0.0, 1.0)
         ax.set_title(title)
         ax.set_xlabel("generations (responses sampled)")
         ax.set_ylabel(ylabel)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,11 +41,29 @@ RENAMED: dict[str, str] = {
 """Spellings some commands once used (or other tools use) -> the one rlrf uses."""
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in ``--help`` unless it is None or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (the usage can run 50 lines)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def new_parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` that takes no abbreviations (``--out`` is not ``--output-dir``)."""
-    return argparse.ArgumentParser(
-        prog=prog, description=description, allow_abbrev=False, **kwargs
-    )
+    """An ``ArgumentParser`` without abbreviations whose usage errors are one line.
+
+    ``--out`` is not taken for ``--output-dir``; ``--lr fast`` prints one line, not the usage.
+    """
+    return _OneLineErrors(prog=prog, description=description, allow_abbrev=False, **kwargs)
 
 
 def env_kwargs_value(text: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from algorithms.diagnose import OUTPUT, DiagnoseConfig, diagnose, format_summary
 from rlrf.errors import RLRFError
 from rlrf.options import (
+    DefaultsHelpFormatter,
     add_env_options,
     add_model_options,
     add_output_dir,
@@ -35,7 +36,7 @@ def build_parser(prog: str = "rlrf diagnose") -> argparse.ArgumentParser:
     p = new_parser(
         prog,
         "Measure, before training, whether SDPO's self-teacher is better than the student.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_env_options(p)
     add_model_options(p, endpoint_note=" (the divergence then is not measured)")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from algorithms.evaluation import DEFAULT_SEED_TASKS, EvalConfig, evaluate, format_summary
 from rlrf.errors import RLRFError
 from rlrf.options import (
+    DefaultsHelpFormatter,
     add_env_options,
     add_model_options,
     add_output_dir,
@@ -33,7 +34,7 @@ def build_parser(prog: str = "rlrf eval") -> argparse.ArgumentParser:
     p = new_parser(
         prog,
         "Evaluate a model on an env without training (avg@k and pass@k over k samples a task).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_env_options(p)
     add_model_options(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -530,3 +531,34 @@ def test_real_server_wrong_api_key(katan, tmp_path, monkeypatch, capsys):
     args = ["--env", "rlrf/Arithmetic-v0", "--base-url", katan, "--model", "smol",
             "--api-key-env", "KATAN_KEY", "--max-retries", "0"]  # fmt: skip
     _fails_cleanly(capsys, tmp_path, args, "refused the API key (HTTP 401", "--api-key-env")
+
+
+class TokenBackend(ScriptedBackend):
+    """ScriptedBackend whose samples carry one token id per character."""
+
+    def sample(self, prompts, n, params):
+        return [
+            [Sample(s.text, list(range(len(s.text))), None, "stop") for s in group]
+            for group in super().sample(prompts, n, params)
+        ]
+
+
+def test_eval_prints_response_length_per_turn_with_its_unit(tmp_path):
+    cfg = EvalConfig(env="evaltest/Countdown-v0", split="train", k=2, out=str(tmp_path / "e"))
+    result = evaluate(cfg, backend=TokenBackend(["wait", "go"]), progress=False)
+    # episodes: "wait" + "go" (6 tokens, 2 turns) and "go" (2 tokens, 1 turn)
+    line = evaluation.format_summary(cfg, result).splitlines()[3]
+    assert line == (
+        "mean response 2.7 tokens per turn (4.0 per episode of 1.50 turns); cut at "
+        "--max-new-tokens: 0.00 of turns"
+    )
+    assert "| cut at --max-new-tokens |" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_eval_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        rlrf_main(["eval", "--help"])
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    assert "(default: None)" not in flat
+    assert not re.search(r"\(default: [^)]*\) \(default:", flat)
