@@ -16,7 +16,6 @@ on top (its KV cache), which the plan names but cannot size without the device.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 from collections.abc import Mapping
@@ -276,7 +275,3 @@ def dry_run(config: TrainConfig) -> int:
     print(format_plan(build_plan(config)))
     print("dry run: nothing was trained; drop --dry-run to start")
     return 0
-
-
-def _fields(plan: Plan) -> dict[str, Any]:  # for tests and JSON output
-    return dataclasses.asdict(plan)
