@@ -577,12 +577,41 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep each run's final model and checkpoint (deleted by default: ~2 GB per run)",
     )
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="train nothing: print the per-run curves and the summary of a stored "
+        "learning_efficiency.json (e.g. docs/learning_efficiency_cpu.json)",
+    )
     return p
+
+
+def print_stored(path: Path) -> dict[str, Any]:
+    """Print a stored result's per-run curves and its summary, recomputed from the runs."""
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    names = {f.name for f in dataclasses.fields(Setting)}
+    config = {k: v for k, v in stored["config"].items() if k in names}
+    setting = Setting(**config | {"seeds": tuple(config["seeds"])})
+    print(f"stored result {path}: {stored['command']}")
+    for algo, records in stored["runs"].items():
+        for r in records:
+            points = " ".join(
+                f"{e['generations']}:{e['accuracy']:.3f} ({e['response_tokens']:.1f} tokens)"
+                for e in r["evals"]
+            )
+            print(f"  {algo} seed {r['seed']}: held-out accuracy by generations {points}")
+    summary = summarize(stored["runs"])
+    for line in report_lines(summary, stored["machine"], setting):
+        print(line)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; print and return the results."""
     args = build_parser().parse_args(argv)
+    if args.from_json:
+        return {"summary": print_stored(Path(args.from_json))}
     import torch
 
     if args.threads:
