@@ -162,6 +162,48 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _turn_context(t: Trajectory, k: int) -> Any:
+    """Turn ``k``'s teacher context: ``turn.info`` (multi-turn), else the trajectory's (first)."""
+    if "teacher_context" in t.turns[k].info:
+        return t.turns[k].info["teacher_context"]
+    return t.info.get("teacher_context") if k == 0 else None
+
+
+def _text_block(title: str, text: str, limit: int) -> list[str]:
+    return [title, "```text", text[:limit], "```"]
+
+
+_EXAMPLE_TURNS = 6
+"""Turns of a multi-turn example shown (the rest are counted)."""
+
+
+def _example(t: Trajectory) -> str:
+    """One rollout as Markdown: each turn with its own response, feedback and teacher context.
+
+    The step is metrics.jsonl's: the update these rollouts fed, one after the
+    ``policy_version`` (the updates made before they were sampled; with vLLM weights synced
+    less often than every step, or after a rollback, the two drift apart).
+    """
+    turns = len(t.turns)
+    head = f"**Task {t.task_id}** (step {t.policy_version + 1}, reward {t.reward}"
+    lines = [head + (f", {turns} turns)" if turns > 1 else ")"), ""]
+    for k, turn in enumerate(t.turns[:_EXAMPLE_TURNS]):
+        context = _turn_context(t, k)
+        if turns > 1:
+            lines += [f"Turn {k + 1} (reward {turn.reward}):", ""]
+        lines += _text_block("Response:", turn.response, 800)
+        feedback = "\n".join(f.text for f in turn.feedback)
+        lines += _text_block("Feedback:", feedback, 800) if feedback else ["Feedback: none", ""]
+        if context:
+            text = context[-1]["content"] if isinstance(context, list) else str(context)
+            lines += _text_block("Teacher context (last message):", text, 1200)
+        else:
+            lines += ["Teacher context: none (no solution and no feedback for this turn)", ""]
+    if turns > _EXAMPLE_TURNS:
+        lines.append(f"({turns - _EXAMPLE_TURNS} more turns not shown)")
+    return "\n".join(lines).rstrip()
+
+
 def _examples(run: RunMetrics, limit: int = 2) -> list[str]:
     path = run.path / "trajectories.jsonl"
     if not path.is_file():
@@ -170,30 +212,11 @@ def _examples(run: RunMetrics, limit: int = 2) -> list[str]:
     for record in read_trajectories(path):
         trajectories = record.trajectories if isinstance(record, Group) else [record]
         for t in trajectories:
-            if not isinstance(t, Trajectory) or not t.feedback or not t.info.get("teacher_context"):
+            if not isinstance(t, Trajectory) or not t.feedback:
                 continue
-            context = t.info["teacher_context"]
-            teacher_text = context[-1]["content"] if isinstance(context, list) else str(context)
-            shown.append(
-                "\n".join(
-                    [
-                        f"**Task {t.task_id}** (step {t.policy_version}, reward {t.reward})",
-                        "",
-                        "Response:",
-                        "```text",
-                        t.response[:800],
-                        "```",
-                        "Feedback:",
-                        "```text",
-                        "\n".join(f.text for f in t.feedback)[:800],
-                        "```",
-                        "Teacher context (last message):",
-                        "```text",
-                        teacher_text[:1200],
-                        "```",
-                    ]
-                )
-            )
+            if not any(_turn_context(t, k) for k in range(len(t.turns))):
+                continue
+            shown.append(_example(t))
             if len(shown) >= limit:
                 return shown
     return shown

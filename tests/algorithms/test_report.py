@@ -67,3 +67,37 @@ def test_overlay_needs_out_and_writes_both(tmp_path, capsys):
 def test_not_a_run_folder(tmp_path):
     with pytest.raises(RLRFError, match="is not a run folder: metrics.jsonl is missing"):
         write_report([tmp_path])
+
+
+def test_a_multi_turn_example_shows_each_turn_with_its_own_feedback_and_context(tmp_path):
+    run = _run(tmp_path, "sdpo", [0.1, 0.2])
+    prompt = ({"role": "user", "content": "Guess the number."},)
+
+    def ctx(text):
+        return [{"role": "user", "content": text}]
+
+    turns = [
+        Turn("5", 0.0, (Feedback(FeedbackKind.WRONG_ANSWER, "too low (turn 1)"),),
+             info={"teacher_context": ctx("context of turn 1")}),
+        Turn("9", 0.0, (Feedback(FeedbackKind.WRONG_ANSWER, "too high (turn 2)"),),
+             info={"teacher_context": ctx("context of turn 2")}),
+        Turn("7", 1.0, (), info={"teacher_context": None}),
+    ]  # fmt: skip
+    t = Trajectory("rlrf/Guess-v0", "g-3", prompt, turns, policy_version=1,
+                   info={"teacher_context": ctx("context of turn 1")})  # fmt: skip
+    (run / "trajectories.jsonl").unlink()
+    with TrajectoryWriter(run / "trajectories.jsonl") as w:
+        w.write(Group(t.env_id, t.task_id, [t]))
+    text = write_report([run]).read_text()
+    example = text.split("example rollouts with feedback")[1]
+    # the trajectory was sampled after 1 update and fed metrics.jsonl's step 2
+    assert "**Task g-3** (step 2, reward 1.0, 3 turns)" in example
+    blocks = [example.index(f"Turn {k}") for k in (1, 2, 3)]
+    turn1, turn2, turn3 = (example[a:b] for a, b in zip(blocks, [*blocks[1:], None], strict=True))
+    for turn, mine, others in [
+        (turn1, ("5", "too low (turn 1)", "context of turn 1"), ("too high", "context of turn 2")),
+        (turn2, ("9", "too high (turn 2)", "context of turn 2"), ("too low", "context of turn 1")),
+    ]:
+        assert all(m in turn for m in mine) and not any(o in turn for o in others), turn
+    assert "```text\n7\n```" in turn3 and "Feedback: none" in turn3
+    assert "Teacher context: none" in turn3 and "too" not in turn3
