@@ -33,12 +33,13 @@ chunk (``logit_chunk_size``). Objectives that score other prompts (a teacher's) 
 Resuming (``resume=True``) restores model, optimizer, scheduler, the objective's state, RNG
 states and the task sampler's position from the newest checkpoint that loads (an unreadable
 newer one is named in a warning and skipped), says from which step it continues, and cuts
-``metrics.jsonl`` and ``trajectories.jsonl`` back to the byte length they had when that
-checkpoint was written (so a line torn by a crash at any byte goes, and nothing is logged
-twice), so a run killed with SIGKILL and resumed ends bit-identical on CPU to an
-uninterrupted one (tested). ``resume=True`` without a checkpoint is an error, never a silent
-restart. Ctrl-C lets a checkpoint being written finish, then stops with
-:class:`~algorithms.engine.checkpoint.RunInterrupted`, whose message says how to resume.
+``metrics.jsonl`` and ``trajectories.jsonl`` back to the lines they had when that
+checkpoint was written (so a line torn by a crash at any byte goes, nothing is logged twice,
+and a line edited since is kept and named in a warning), so a run killed with SIGKILL and
+resumed ends bit-identical on CPU to an uninterrupted one (tested). ``resume=True`` without
+a checkpoint is an error, never a silent restart. Ctrl-C lets a checkpoint being written
+finish, then stops with :class:`~algorithms.engine.checkpoint.RunInterrupted`, whose message
+says how to resume.
 Checkpoints are written every ``checkpoint_every`` steps and at the last step;
 ``checkpoint_every: 0`` writes none, only ``final/`` (the trained model and tokenizer).
 
@@ -90,7 +91,7 @@ from algorithms.engine.checkpoint import (
     deferred_sigint,
     load_checkpoint,
     load_latest,
-    log_size,
+    log_position,
     prune_checkpoints,
     restore_log,
     restore_rng,
@@ -733,7 +734,7 @@ class Trainer:
             "evals": self.evals,
             "config": config_to_dict(self.config),
             # where the logs end at this step: a resume cuts them back to exactly this
-            "logs": {name: log_size(self.output_dir / name) for name in _LOGS},
+            "logs": {name: log_position(self.output_dir / name) for name in _LOGS},
         }
         path = save_checkpoint(self.checkpoint_dir, self.step, state)
         prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
@@ -778,7 +779,7 @@ class Trainer:
         acc = self.accelerator
         main = acc.is_main_process
         resumed = False
-        logs: dict[str, int | None] = {}
+        logs: dict[str, Any] = {}
         if cfg.resume:
             logs = self._resume()
             resumed = True
@@ -867,8 +868,8 @@ class Trainer:
             evals=list(self.evals),
         )
 
-    def _resume(self) -> dict[str, int | None]:
-        """Restore the newest readable checkpoint; return the log sizes it recorded."""
+    def _resume(self) -> dict[str, Any]:
+        """Restore the newest readable checkpoint; return the log positions it recorded."""
         found = load_latest(self.checkpoint_dir)
         if found is None:
             raise ConfigError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -22,12 +24,17 @@ import torch
 from algorithms.engine.checkpoint import (
     CheckpointError,
     CheckpointWarning,
+    OldCheckpointError,
     RunInterrupted,
+    capture_rng,
     latest_checkpoint,
     load_checkpoint,
+    log_position,
     restore_log,
+    restore_rng,
     save_checkpoint,
 )
+from algorithms.engine.checkpoint import main as convert_main
 from algorithms.engine.trainer import Trainer
 from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
@@ -204,15 +211,15 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
         _trainer(tmp_path, steps=2, checkpoint_every=1, resume=True).train()
     assert "resuming from step 1 of 2" in capsys.readouterr().err
     assert [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")] == [1, 2]
-    # an empty state.pt, a truncated state.safetensors: both named, no raw EOFError
-    (tmp_path / "checkpoints" / "step_000002" / "state.pt").write_bytes(b"")
+    # an empty state.json, a truncated state.safetensors: both named, no raw exception
+    (tmp_path / "checkpoints" / "step_000002" / "state.json").write_bytes(b"")
     torn = tmp_path / "checkpoints" / "step_000001" / "state.safetensors"
     torn.write_bytes(torn.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=r"no checkpoint .* readable") as info:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointWarning)
             _trainer(tmp_path, steps=2, resume=True).train()
-    assert "step_000002/state.pt is unreadable (EOFError" in str(info.value)
+    assert "step_000002/state.json is unreadable (JSONDecodeError" in str(info.value)
     assert "step_000001/state.safetensors is unreadable" in str(info.value)
 
 
@@ -294,13 +301,13 @@ def test_checkpoints_store_tensors_once_in_safetensors(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == [
         "DONE",
         "model.safetensors",
-        "state.pt",
+        "state.json",
         "state.safetensors",
     ]
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     on_disk = (path / "model.safetensors").stat().st_size
     assert model_bytes <= on_disk < model_bytes + 20_000  # the tied matrix once
-    assert (path / "state.pt").stat().st_size < 20_000  # no tensors in the pickle
+    assert (path / "state.json").stat().st_size < 20_000  # no tensors in the plain data
     state = load_checkpoint(path)
     for key, value in model.state_dict().items():
         assert torch.equal(state["model"][key], value), key
@@ -321,16 +328,144 @@ def test_checkpoint_every_zero_writes_only_the_final_model(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
 
 
-def test_old_single_file_checkpoints_still_load(tmp_path):
-    state = {"step": 3, "model": {"w": torch.ones(2)}, "rng": [torch.zeros(1)]}
-    folder = tmp_path / "step_000003"
-    folder.mkdir()
-    torch.save(state, folder / "state.pt")
-    (folder / "DONE").write_text("3")
-    loaded = load_checkpoint(folder)
-    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
-    again = load_checkpoint(save_checkpoint(tmp_path / "new", 3, loaded))
-    assert torch.equal(again["rng"][0], torch.zeros(1))
+# --- checkpoints load nothing executable ---------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch MARKER``: what a crafted state.pt in a shared folder does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return (
+            type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+        )  # fmt: skip
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+def test_the_plain_part_of_a_checkpoint_round_trips_exactly(tmp_path):
+    capture_rng()  # Python's, NumPy's (a uint32 array) and torch's RNG states
+    state = {
+        "step": 3,
+        "rng": capture_rng(),
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0)}},
+            "param_groups": [{"betas": (0.9, 0.999), "params": [0], "foreach": None, "lr": 1e-3}],
+        },
+        "floats": [float("nan"), float("inf"), -0.0, 1 / 3, 10**30],
+        "keys": {(1, "a"): b"\x00\xff", None: True, 2.5: "x", "__rlrf_tuple__": "a user key"},
+        "big": 2**200,
+        "text": "é → 日本 \u0000",
+    }
+    loaded = load_checkpoint(save_checkpoint(tmp_path, 3, state))
+    assert _same(state, loaded)
+    restore_rng(loaded["rng"])  # accepted as they are
+
+
+def test_state_that_is_not_plain_data_is_refused_when_saving(tmp_path):
+    with pytest.raises(CheckpointError, match=r"state\['sampler'\]\['ids'\]: a builtins.set"):
+        save_checkpoint(tmp_path, 1, {"sampler": {"ids": {1, 2}}})
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": "rlrf-checkpoint", "version": 1, "state": {"a": {"__rlrf_tensor__": 5}}}',
+        '{"format": "rlrf-checkpoint", "version": 1, "state": {"a": {"__rlrf_evil__": 5}}}',
+        '{"format": "rlrf-checkpoint", "version": 1, "state": {"a": {"__rlrf_ndarray__": '
+        '{"dtype": "|O", "shape": [1], "data": ""}}}}',
+        '{"format": "rlrf-checkpoint", "version": 1, "state": {"a": {"__rlrf_dict__": '
+        "[[[1], 2]]}}}",
+        '{"format": "rlrf-checkpoint", "version": 1, "state": {"a": ' + "9" * 5000 + "}}",
+        '{"format": "rlrf-checkpoint", "version": 1, "state": '
+        + "[" * 100_000
+        + "]" * 100_000
+        + "}",
+        '{"format": "rlrf-checkpoint", "version": 2, "state": {}}',
+        "[1, 2]",
+        "\udcff",
+    ],
+    ids=["ref", "tag", "object-array", "list-key", "digits", "nesting", "version", "list", "utf8"],
+)
+def test_a_malformed_state_json_is_named_never_a_traceback(tmp_path, text):
+    folder = save_checkpoint(tmp_path, 1, {"step": 1, "w": torch.ones(2)})
+    (folder / "state.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match=re.escape(str(folder / "state.json"))):
+        load_checkpoint(folder)
+
+
+def _to_old_format(folder: Path) -> dict:
+    """Rewrite a checkpoint as older rlrf versions did: the rest of the state in a pickled
+    state.pt, the model's tensors as references into model.safetensors, the others inline."""
+    state = load_checkpoint(folder)
+    old = {
+        **state,
+        "model": {k: {"__rlrf_tensor__": ["model.safetensors", k]} for k in state["model"]},
+    }
+    torch.save(old, folder / "state.pt")
+    (folder / "state.json").unlink()
+    (folder / "state.safetensors").unlink()
+    return state
+
+
+@pytest.mark.slow
+def test_a_crafted_state_pt_runs_nothing_on_resume_or_convert(tmp_path, capsys):
+    _trainer(tmp_path, steps=2, checkpoint_every=1).train()
+    marker = tmp_path.parent / f"{tmp_path.name}-code-ran"
+    newest = tmp_path / "checkpoints" / "step_000002"
+    # beside a current state.json, a state.pt is never opened
+    torch.save({"step": _RunsCode(marker)}, newest / "state.pt")
+    assert load_checkpoint(newest)["step"] == 2 and not marker.exists()
+    # instead of it: refused with the command that converts it, and the run stops
+    (newest / "state.json").unlink()
+    command = f"python -m algorithms.engine.checkpoint convert {tmp_path}"
+    with pytest.raises(
+        OldCheckpointError, match=rf"unpickling .* can run any code.*{re.escape(command)}"
+    ):
+        _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
+    assert not marker.exists()
+    # the converter loads with weights_only=True only: it refuses the file, unloaded
+    assert convert_main(["convert", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"refused to convert {newest / 'state.pt'}" in err and "posix.system" in err
+    assert not marker.exists() and (newest / "state.pt").exists()
+
+
+@pytest.mark.slow
+def test_an_old_checkpoint_converts_exactly_and_resumes(tmp_path, capsys):
+    _trainer(tmp_path, steps=2, checkpoint_every=1, keep_checkpoints=3).train()
+    _trainer(tmp_path / "ref", steps=3, checkpoint_every=1).train()  # uninterrupted
+    (tmp_path / "checkpoints" / "step_000002" / "DONE").unlink()  # resume from step 1
+    one = tmp_path / "checkpoints" / "step_000001"
+    state = _to_old_format(one)
+    with pytest.raises(OldCheckpointError, match="from an older rlrf"):
+        load_checkpoint(one)
+    assert convert_main(["convert", str(tmp_path)]) == 0
+    assert f"converted {one}" in capsys.readouterr().out
+    assert not (one / "state.pt").exists() and _same(state, load_checkpoint(one))
+    assert convert_main(["convert", str(one)]) == 0  # again: nothing to do
+    assert "nothing to convert" in capsys.readouterr().out
+    _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
+    a = _final_state(tmp_path / "ref")
+    b = _final_state(tmp_path)
+    assert a["step"] == b["step"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
 
 
 # --- logs cut at every byte ---------------------------------------------------------------
@@ -509,3 +644,41 @@ def test_a_trainer_resumed_with_another_config_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"lr: saved 0.001, given 0.01\. Drop them"):
         _trainer(tmp_path, steps=2, resume=True, lr=1e-2).train()
     assert _snapshot(tmp_path) == before
+
+
+def test_an_earlier_line_edited_since_the_checkpoint_loses_no_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {i}}}\n' for i in range(1, 6)))
+    position = log_position(path)  # what the checkpoint of step 5 records
+    # a collaborator's edit makes line 2 longer (or shorter): the byte position moves
+    for edited in ('{"step": 2, "note": "checked by hand"}', '{"step":2}'):
+        with path.open("a") as f:
+            f.write('{"step": 6}\n{"step": 7, "torn')  # the killed run's next step
+        text = path.read_text().splitlines(keepends=True)
+        text[1] = edited + "\n"
+        path.write_text("".join(text))
+        with pytest.warns(CheckpointWarning) as caught:
+            assert restore_log(path, position) == 2
+        message = str(caught[0].message)
+        assert f"{path}: its first 5 lines are" in message and "dropped lines 6-7" in message
+        kept = [json.loads(x) for x in _lines(path)]
+        assert [r["step"] for r in kept] == [1, 2, 3, 4, 5] and kept[1] == json.loads(edited)
+
+
+@pytest.mark.slow
+def test_resume_after_an_earlier_line_was_edited_keeps_every_record(tmp_path):
+    _trainer(tmp_path, steps=3, checkpoint_every=1, keep_checkpoints=3).train()
+    (tmp_path / "checkpoints" / "step_000003" / "DONE").unlink()  # resume from step 2
+    for name, old, new in (
+        ("metrics.jsonl", '{"step": 1', '{"step": 1, "note": "edited"'),
+        ("trajectories.jsonl", '"schema_version": 1', '"schema_version":   1'),
+    ):
+        lines = (tmp_path / name).read_text().splitlines(keepends=True)
+        lines[0] = lines[0].replace(old, new, 1)
+        (tmp_path / name).write_text("".join(lines))
+    with pytest.warns(CheckpointWarning, match=r"a line before the checkpoint was edited since"):
+        _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
+    metrics = [json.loads(x) for x in _lines(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in metrics] == [1, 2, 3] and metrics[0]["note"] == "edited"
+    groups = list(read_trajectories(tmp_path / "trajectories.jsonl"))
+    assert [g.trajectories[0].policy_version for g in groups] == [0, 0, 1, 1, 2, 2]
