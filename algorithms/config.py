@@ -339,6 +339,25 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
 
+    on_alarm: Literal["warn", "stop", "rollback"] = "warn"
+    """What a stability or learning-signal alarm (algorithms/engine/monitors.py) does: "warn"
+    (a warning; the run goes on), "stop" (checkpoint, then stop naming the alarm and the
+    command that resumes), "rollback" (restore the newest checkpoint from before the alarm's
+    window, apply rollback_remedies, go on; see algorithms/engine/guard.py)."""
+
+    rollback_window: int = 4
+    """on_alarm=rollback: the steps before an alarm that are not trusted; the run goes back to
+    the newest checkpoint at least this many steps before the alarm's step, and checkpoints
+    at least this often (4: the longest detection delay of benchmarks/alarms.py)."""
+
+    rollback_remedies: list[str] = field(default_factory=lambda: ["lower_lr"])
+    """on_alarm=rollback: what each rollback changes: lower_lr (halve the learning rate) for
+    every algorithm; SDPO adds raise_grpo_mix (grpo_mix halfway to 1) and freeze_teacher
+    (stop the EMA teacher)."""
+
+    max_rollbacks: int = 2
+    """on_alarm=rollback: rollbacks allowed; the next alarm stops the run (state saved)."""
+
     def __post_init__(self) -> None:
         validate_field_types(self)
         positive = (
@@ -354,11 +373,13 @@ class TrainConfig:
             "generation_batch_size",
             "env_workers",
             "vllm_sync_every",
+            "rollback_window",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "warmup_steps", "lora_r", "eval_tasks"):
+        names = ("eval_every", "checkpoint_every", "warmup_steps", "lora_r", "eval_tasks")
+        for name in (*names, "max_rollbacks"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -369,6 +390,7 @@ class TrainConfig:
                 f"{typing.get_args(MixedPrecision)}"
             )
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]
+        self._check_remedies()
         if self.parallelism == "fsdp2":
             self._check_fsdp2()
 
@@ -397,6 +419,25 @@ class TrainConfig:
                 "gradients); use mixed_precision: bf16 or no"
             )
         return refusals
+
+    def alarm_remedies(self) -> dict[str, str]:
+        """The rollback remedies this config's algorithm supports: name -> what it does.
+
+        An algorithm's config extends the dict with its own (``super().alarm_remedies()``
+        first); its objective applies them (``apply_remedy``, see algorithms/engine/guard.py).
+        """
+        return {"lower_lr": "halve the learning rate at each rollback"}
+
+    def _check_remedies(self) -> None:
+        """Refuse a rollback remedy that this algorithm does not have, naming the algorithm."""
+        supported = self.alarm_remedies()
+        for name in self.rollback_remedies:
+            if name not in supported:
+                raise ConfigError(
+                    f"rollback_remedies: {name!r} does not apply to algorithm "
+                    f"{self.algorithm!r}; its remedies are "
+                    + ", ".join(f"{k} ({v})" for k, v in supported.items())
+                )
 
     def _check_fsdp2(self) -> None:
         """Refuse the options ``parallelism: fsdp2`` does not support, saying what to use."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from algorithms.engine.guard import ACTION, live_records
 from algorithms.engine.monitors import MONITORED, scan
 from rlrf.errors import RLRFError
 from rlrf.trajectory import Group, Trajectory, read_trajectories
@@ -235,7 +236,7 @@ def _stability(run: RunMetrics) -> list[str]:
         return []
     lines = [f"## {run.name}: stability monitors", ""]
     lines += ["| signal | first | last | min | max |", "| --- | --- | --- | --- | --- |", *rows, ""]
-    alarms = scan(run.records)
+    alarms = scan(live_records(run.records))  # a rollback's discarded steps are not replayed
     if alarms:
         lines += [f"- **warning**, {a.message()}" for a in alarms]
     else:
@@ -244,7 +245,34 @@ def _stability(run: RunMetrics) -> list[str]:
             "streak without reward signal, gradient, trained rows or weight movement "
             "(thresholds in `algorithms/engine/monitors.py`)."
         )
+    actions = _actions(run)
+    if actions:
+        lines += ["", "What the run did about its alarms (`on_alarm`):", "", *actions]
     return [*lines, ""]
+
+
+def _actions(run: RunMetrics) -> list[str]:
+    """One Markdown line per ``alarm/action`` record (warn, stop, rollback; guard.py)."""
+    lines = []
+    for r in run.records:
+        action = r.get(ACTION)
+        if not isinstance(action, str):
+            continue
+        what = f"- step {r.get('step')}: {r.get('alarm/kind')} (step {r.get('alarm/step')}) -> "
+        if action == "rollback":
+            effects = r.get("alarm/effects") or []
+            what += (
+                f"**rolled back** to step {r.get('alarm/restored_step')} (rollback "
+                f"{r.get('alarm/rollbacks')}"
+                + (f"; {', '.join(map(str, effects))}" if effects else "")
+                + ")"
+            )
+        elif action == "stop":
+            what += f"**stopped**: {r.get('alarm/reason')}"
+        else:
+            what += action
+        lines.append(what)
+    return lines
 
 
 def write_report(
@@ -287,7 +315,7 @@ def write_report(
     for run in loaded:  # the alarms up front; the details are in each run's stability section
         lines += [
             f"> **{_ALARM_LABEL.get(a.kind, 'Stability warning')} ({run.name})**: {a.message()}"
-            for a in scan(run.records)
+            for a in scan(live_records(run.records))
         ]
     if lines[-1].startswith(">"):
         lines.append("")

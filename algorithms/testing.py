@@ -68,6 +68,24 @@ def tiny_model(seed: int = 0, vocab_size: int | None = None, layers: int = 2, hi
     return LlamaForCausalLM(config).eval()
 
 
+def favour_tokens(model: Any, tokenizer: Any, tokens: Sequence[str], bias: float = -4.0) -> Any:
+    """Give ``model``'s LM head a bias of ``bias`` on every token but ``tokens``; return it.
+
+    A tiny random model then samples mostly those tokens, so a toy task over them is solved
+    within a few steps (``TargetCharEnv(targets="a")`` with ``tokens="a", "b", EOS``: reward
+    ~0.15 at first, ~1.0 after 20 GRPO steps at lr 1e-2): a run that really learns.
+    """
+    head = model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.fill_(bias)
+        for token in tokens:
+            biased.bias[tokenizer.convert_tokens_to_ids(token)] = 0.0
+    model.set_output_embeddings(biased)
+    return model
+
+
 def save_tiny(path: Path, seed: int = 0, **kwargs) -> Path:
     """Write a tiny model folder (weights + tokenizer) and return its path."""
     tiny_model(seed, **kwargs).save_pretrained(path)

@@ -125,6 +125,7 @@ def test_learning_efficiency_quick(tmp_path, capsys):
 # Every benchmark script runs end to end at a tiny size (its --smoke mode), so none can rot.
 # learning_efficiency.py's --quick run is tested above; gpu_check.sh needs a GPU.
 SMOKE = {
+    "alarms": "false alarms",
     "allocator": "kernel time per update:",
     "base_rates": "Code-v0 easy",
     "generation": "HF",  # the vLLM side runs in .venv-vllm (make test-vllm)

@@ -22,8 +22,10 @@ Learning for Reasoning Language Models"). The signals watched every step:
   over the first ``baseline_steps`` steps, and by at least ``length_min_increase`` (32)
   tokens, so that 3 -> 7 tokens on a toy task is not an alarm;
 - **divergence spike**: the divergence exceeds ``divergence_factor`` (5x) the median of every
-  earlier step's value (after ``divergence_history`` (3) of them) and ``divergence_min``
-  (0.01 nats: below it the teacher and the student agree whatever the ratio).
+  earlier step's value (after ``divergence_history`` (5) of them) and ``divergence_min``
+  (0.01 nats: below it the teacher and the student agree whatever the ratio). Five, not
+  three: the divergence starts at 0 (the teacher is a copy of the student) and rises for a
+  few steps in a healthy run, which a median of three early values called a spike.
 
 :class:`LearningSignalMonitor` raises the alarms of a run that cannot learn, each after
 ``steps`` (3) steps in a row (once per kind, naming the first step of the streak):
@@ -42,10 +44,13 @@ Learning for Reasoning Language Models"). The signals watched every step:
 The trainer runs it live and warns (:class:`LearningSignalWarning`); :func:`scan` replays
 both monitors for the report.
 
-The thresholds are heuristics, not fitted to collapses measured here: they flag a run worth
-looking at, they do not stop it. The SDPO objective runs a monitor live and warns
-(:class:`StabilityWarning`, once per kind); the run report (:mod:`algorithms.report`) replays
-the logged ``metrics.jsonl`` through the same class (:func:`scan`) and lists the alarms.
+The stability thresholds are set from ``benchmarks/alarms.py`` (output in
+``benchmarks/results/alarms.txt``, summary in docs/training.md): no false alarm on runs of
+every method that learn a toy task, and induced collapses caught within a few steps. The
+trainer runs a :class:`StabilityMonitor` live on the logged metrics for every algorithm and
+applies ``on_alarm`` to its alarms and the learning-signal ones (:mod:`algorithms.engine.guard`:
+warn, stop, or roll back); the run report (:mod:`algorithms.report`) replays the logged
+``metrics.jsonl`` through the same classes (:func:`scan`) and lists the alarms.
 """
 
 from __future__ import annotations
@@ -121,7 +126,7 @@ class MonitorThresholds:
     length_min_increase: float = 32.0
     divergence_factor: float = 5.0
     divergence_min: float = 0.01
-    divergence_history: int = 3
+    divergence_history: int = 5
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ from algorithms.engine.checkpoint import (
     resume_hint,
     save_checkpoint,
 )
+from algorithms.engine.guard import AlarmGuard
 from algorithms.engine.metrics import MetricsLogger, Timer
 from algorithms.engine.monitors import LearningSignalMonitor
 from algorithms.objective import Objective, Scorer, TrainingError
@@ -271,6 +272,10 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._changes: dict[str, dict[str, Any]] = {}  # config changes of a resumed segment
         self.signal_monitor = LearningSignalMonitor()
+        # issue 28: the stability monitor and what an alarm does (on_alarm)
+        self.guard = AlarmGuard(
+            cfg, self.objective, self.accelerator.is_main_process, self.signal_monitor
+        )
         self._rewarded = 0  # rollouts with a reward in this segment (all processes)
         self._first_failure: str | None = None
 
@@ -516,7 +521,9 @@ class Trainer:
         acc = self.accelerator
         tasks = self.sampler.next(cfg.questions_per_step)
         local = tasks[acc.process_index :: acc.num_processes]
-        params = rollout_sampling(cfg, cfg.seed, self.step, acc.process_index)
+        # the policy version: the step, plus the steps rollbacks threw away (guard.py)
+        version = self.guard.version(self.step)
+        params = rollout_sampling(cfg, cfg.seed, version, acc.process_index)
         with acc.autocast(), fsdp.generation_weights(self.fsdp_root):
             groups, rstats = collect_groups(
                 self.env,
@@ -526,7 +533,7 @@ class Trainer:
                 params,
                 env_id=self.env_id,
                 # with vLLM, the step whose weights the engine holds (its staleness)
-                policy_version=self.step if self.vllm is None else self.vllm.policy_version,
+                policy_version=version if self.vllm is None else self.vllm.policy_version,
                 env_workers=cfg.env_workers,
             )
         return groups, rstats
@@ -594,7 +601,8 @@ class Trainer:
         self.step += 1
         if self.vllm is not None:
             if self.step % self.config.vllm_sync_every == 0:
-                timer.add("weight_sync", self.vllm.sync(self.unwrapped, self.step))
+                version = self.guard.version(self.step)
+                timer.add("weight_sync", self.vllm.sync(self.unwrapped, version))
             metrics.update(self.vllm.stats())
         self.last_groups = groups
         if acc.is_main_process and self._trajectory_writer is not None:
@@ -602,6 +610,7 @@ class Trainer:
                 self._trajectory_writer.write(g)
         metrics.update(timer.as_metrics())
         metrics["timing/step"] = time.perf_counter() - t_step
+        self.guard.observe(self.step, metrics)  # its alarms are acted on by train()
         return metrics
 
     def _gather_step(
@@ -735,9 +744,10 @@ class Trainer:
             "config": config_to_dict(self.config),
             # where the logs end at this step: a resume cuts them back to exactly this
             "logs": {name: log_position(self.output_dir / name) for name in _LOGS},
+            "guard": self.guard.state_dict(),
         }
         path = save_checkpoint(self.checkpoint_dir, self.step, state)
-        prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        prune_checkpoints(self.checkpoint_dir, self.guard.keep_checkpoints)
         self.last_checkpoint = path
         return path
 
@@ -763,9 +773,10 @@ class Trainer:
         self.optimizer_steps = int(state["optimizer_steps"])
         self.evals = list(state.get("evals", []))
         restore_rng(state["rng"])
+        self.guard.load_state_dict(state.get("guard"), self)
         self.last_checkpoint = path
         if self.vllm is not None:  # the engine started from the initial weights
-            self.vllm.sync(self.unwrapped, self.step)
+            self.vllm.sync(self.unwrapped, self.guard.version(self.step))
 
     # --- the loop --------------------------------------------------------------------
 
@@ -828,11 +839,16 @@ class Trainer:
                         metrics.update(ev)
                 if main:
                     self._logger.log(self.step, metrics)
-                    self.signal_monitor.update(self.step, metrics)  # warns: not learning
+                    # warns: not learning; on_alarm applies to its alarms too (guard.py)
+                    self.guard.pending += self.signal_monitor.update(self.step, metrics)
                 self._stop_if_nothing_rewarded(start_step)
                 last = metrics
                 # checkpoint_every: 0 writes no resumable state at all, only final/
-                every = cfg.checkpoint_every
+                # on_alarm (guard.py): warn, stop (raises), or roll back (no checkpoint now)
+                if self.guard.act(self, self._logger.log if main else None):
+                    bar.n = self.step
+                    continue
+                every = self.guard.checkpoint_every  # rollback: at least every window
                 if every and (self.step % every == 0 or self.step == cfg.steps):
                     self.save()
                 bar.update(1)

@@ -191,6 +191,16 @@ class SDPOTrainConfig(TrainConfig):
 
 
 
+    def alarm_remedies(self) -> dict[str, str]:
+        """The base remedies, plus SDPO's (applied by SDPOObjective.apply_remedy)."""
+        remedies = {
+            **super().alarm_remedies(),
+            "raise_grpo_mix": "move grpo_mix halfway to 1 (more GRPO) at each rollback",
+        }
+        if self.sdpo.teacher == "ema":  # the other teachers do not move by themselves
+            remedies["freeze_teacher"] = "stop the EMA teacher's updates"
+        return remedies
+
     def fsdp2_refusals(self) -> list[str]:
         """The base refusals, plus the teachers that score with the student itself."""
         refusals = super().fsdp2_refusals()

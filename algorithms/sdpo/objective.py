@@ -39,12 +39,17 @@ Monitors (:mod:`algorithms.engine.monitors`): every step logs ``train/divergence
 ``train/entropy`` (the student's entropy on the distilled tokens, from the logits the top-K
 selection computes anyway; the token-level loss runs one extra LM-head pass without gradient
 for them), ``rollout/teacher_signal_frac``, and the trainer's response length and gradient
-norm; a :class:`~algorithms.engine.monitors.StabilityMonitor` warns once per kind when one moves
-the way that preceded collapse in published runs.
+norm; the trainer's live :class:`~algorithms.engine.monitors.StabilityMonitor` reads them from
+the logged metrics (:mod:`algorithms.engine.guard`: warn, stop or roll back).
+
+Remedies after a rollback (``on_alarm: rollback``, :meth:`SDPOObjective.apply_remedy`):
+``raise_grpo_mix`` halves the distance of ``grpo_mix`` to 1 per rollback (0 → 0.5 → 0.75;
+0.9 → 0.95), ``freeze_teacher`` stops the EMA teacher's updates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -56,7 +61,6 @@ from torch.utils.checkpoint import checkpoint
 
 from algorithms import losses
 from algorithms.engine.batching import Row
-from algorithms.engine.monitors import StabilityMonitor
 from algorithms.objective import rollout_rows, rollouts_with_reward
 from algorithms.scoring import lm_head_logits, shared_prefix_hidden_states
 from algorithms.sdpo.contexts import encode_teacher_prompt, turn_teacher_contexts
@@ -123,13 +127,7 @@ class SDPOObjective:
         self.grpo = config.grpo
         self.tokenizer = tokenizer
         self.teacher = Teacher(model, config.sdpo.teacher, config.sdpo.teacher_tau)
-        self.monitor = StabilityMonitor()
-        # the live monitor's view of this process's loss statistics: sums over the current
-        # mini-batch (with the share of its distilled tokens they cover), then one value per
-        # optimizer step, averaged per training step as the trainer averages train/ metrics
-        self._pending: dict[str, float] = defaultdict(float)
-        self._updates: list[dict[str, float]] = []
-        self._monitor_step = 0
+        self.teacher_frozen = False  # the freeze_teacher remedy
 
     # --- rows --------------------------------------------------------------------------
 
@@ -188,7 +186,6 @@ class SDPOObjective:
         if s.grpo_mix == 0:
             # pure SDPO: a turn without a teacher has no loss at all; the GRPO mix trains it
             rows = [r for r in rows if r.teacher_prompt_ids is not None]
-        stats.update(_response_length_counts(groups))  # for the live stability monitor
         return rows, stats
 
     def normalizers(self, rows: Sequence[Row]) -> dict[str, float]:
@@ -211,12 +208,6 @@ class SDPOObjective:
             loss, stats = self._token_loss(batch, norm, scorer, on_policy)
         else:
             loss, stats = self._logit_loss(batch, norm, scorer, on_policy)
-        if norm.get("sdpo"):
-            n_local = float((batch.mask & has_teacher(batch)[:, None]).sum())
-            self._pending["share"] += n_local / norm["sdpo"]
-            for key in ("divergence", "entropy"):
-                if key in stats:
-                    self._pending[key] += float(stats[key])
         return loss, stats
 
     def _teacher_hidden(
@@ -437,18 +428,30 @@ class SDPOObjective:
 
     def after_optimizer_step(self, model: torch.nn.Module) -> None:
         """Move the teacher (EMA: θ' ← (1−τ)θ' + τθ; the other modes do nothing)."""
-        self.teacher.update(model)
-        share = self._pending.pop("share", 0.0)
-        if share > 0:  # this process's token means of the mini-batch just applied
-            self._updates.append({k: v / share for k, v in self._pending.items()})
-        self._pending.clear()
+        if not self.teacher_frozen:
+            self.teacher.update(model)
+
+    def apply_remedy(self, name: str, level: int) -> str:
+        """Set a rollback remedy to ``level`` (the rollbacks that applied it); say what it set.
+
+        ``raise_grpo_mix``: λ = 1 − (1 − λ₀) / 2^level; ``freeze_teacher``: the teacher stops
+        moving from level 1 (see :mod:`algorithms.engine.guard`). Level 0 is the config's.
+        """
+        if name == "raise_grpo_mix":
+            mix = 1.0 - (1.0 - self.config.sdpo.grpo_mix) * 0.5**level
+            self.sdpo = dataclasses.replace(self.sdpo, grpo_mix=mix)
+            return f"grpo_mix {mix:.4g}"
+        if name == "freeze_teacher":
+            self.teacher_frozen = level > 0
+            return "teacher frozen" if self.teacher_frozen else "teacher moving"
+        raise ConfigError(
+            f"SDPO has no remedy {name!r} (its remedies: raise_grpo_mix, freeze_teacher)"
+        )
 
     def rollout_metrics(self, stats: Mapping[str, float]) -> dict[str, float]:
         """Share of trained rollouts with a teacher signal, and the count without one.
 
-        Called once per step after the updates: it also feeds the step's monitored values
-        (divergence, entropy, response length, teacher-signal share) to the live
-        :class:`~algorithms.engine.monitors.StabilityMonitor`, which warns once per kind.
+        Called once per step after the updates.
         """
         with_ctx = stats.get("teacher_signal", 0.0)
         without = stats.get("no_teacher_signal", 0.0)
@@ -457,52 +460,19 @@ class SDPOObjective:
             "rollout/teacher_signal_frac": with_ctx / max(1.0, with_ctx + without),
             "rollout/no_teacher_signal": without,
         }
-        self._monitor_step += 1
-        watched: dict[str, float] = {
-            "rollout/teacher_signal_frac": out["rollout/teacher_signal_frac"]
-        }
-        if stats.get("response_turns"):
-            watched["rollout/response_tokens_mean"] = (
-                stats["response_tokens"] / stats["response_turns"]
-            )
-        for key in ("divergence", "entropy"):
-            values = [u[key] for u in self._updates if key in u]
-            if values:
-                watched[f"train/{key}"] = sum(values) / len(values)
-        self._updates.clear()
-        if _is_main_process():
-            self.monitor.update(self._monitor_step, watched)
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """The teacher's weights (and its fp32 EMA shadow), and the monitor's history."""
-        return {
-            "teacher": self.teacher.state_dict(),
-            "monitor": {"step": self._monitor_step, **self.monitor.state_dict()},
-        }
+        """The teacher's weights (and its fp32 EMA shadow).
+
+        The rollback remedies are not here: the trainer's guard keeps their levels and sets
+        them again after every restore (:meth:`apply_remedy`).
+        """
+        return {"teacher": self.teacher.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the teacher (also from checkpoints that kept it at their top level)."""
         if state.get("teacher") is None:
             raise ConfigError("the checkpoint holds no teacher; it was not an SDPO run")
         self.teacher.load_state_dict(state["teacher"])
-        monitor = state.get("monitor")  # checkpoints before the monitors have none
-        if monitor:
-            self._monitor_step = int(monitor.get("step", 0))
-            self.monitor.load_state_dict(monitor)
-
-
-def _response_length_counts(groups: Sequence[Group]) -> dict[str, float]:
-    """Sampled tokens and assistant turns of every rollout (the trainer's length metric)."""
-    turns = [t for g in groups for traj in g.trajectories for t in traj.turns]
-    return {
-        "response_tokens": float(sum(len(t.response_token_ids or ()) for t in turns)),
-        "response_turns": float(len(turns)),
-    }
-
-
-def _is_main_process() -> bool:
-    """Only one process warns (no collective call: the rank is read, not exchanged)."""
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        # an older checkpoint's "monitor" entry is ignored: the trainer's guard watches now

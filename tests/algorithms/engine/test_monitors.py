@@ -168,8 +168,9 @@ def test_objective_entropy_and_divergence_are_those_of_the_distilled_positions(
 def test_training_logs_the_monitors_every_step_and_warns_with_the_step(tmp_path):
     trainer = _trainer(tmp_path, grpo_mix=0.5)
     # thresholds any run trips at its second step, to see the wiring: a warning naming it
-    trainer.objective.monitor = StabilityMonitor(
-        MonitorThresholds(baseline_steps=1, entropy_floor=10.0)
+    # (the trainer's guard runs the live monitor on the logged metrics, for every algorithm)
+    trainer.guard.monitor = StabilityMonitor(
+        MonitorThresholds(baseline_steps=1, entropy_floor=10.0), warn=False
     )
     logged = []
     with pytest.warns(StabilityWarning, match=r"step 2: entropy collapse"):
@@ -182,16 +183,15 @@ def test_training_logs_the_monitors_every_step_and_warns_with_the_step(tmp_path)
         ):  # fmt: skip
             assert isinstance(m[key], float) and m[key] == m[key], key
     # the live monitor saw exactly what was logged (one process)
-    history = trainer.objective.monitor.history
+    history = trainer.guard.monitor.history
     for key in ("train/entropy", "train/divergence", "rollout/response_tokens_mean"):
         assert history[key] == pytest.approx([m[key] for m in logged], rel=1e-6), key
-    assert [a.step for a in trainer.objective.monitor.alarms] == [2]
+    assert [a.step for a in trainer.guard.monitor.alarms] == [2]
     # and a checkpoint keeps the monitor
-    state = trainer.objective.state_dict()
+    state = trainer.guard.state_dict()
     fresh = _trainer(tmp_path / "fresh", grpo_mix=0.5)
-    fresh.objective.load_state_dict(state)
-    assert fresh.objective.monitor.alarms == trainer.objective.monitor.alarms
-    assert fresh.objective._monitor_step == 3
+    fresh.guard.load_state_dict(state, fresh)
+    assert fresh.guard.monitor.alarms == trainer.guard.monitor.alarms
 
 
 def test_report_summarises_the_monitors_and_names_the_alarm_step(tmp_path):
