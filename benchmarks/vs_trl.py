@@ -136,7 +136,7 @@ def _trl_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
             out.append(0.0 if r is None else float(r))
         return out
 
-    model, tokenizer = load_model("smollm2-135m", dtype=torch.float32)
+    model, tokenizer = load_model(args.model, dtype=torch.float32)
     generate_s = [0.0]
     original_generate = model.generate
 
@@ -260,6 +260,8 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "0",
         "--temperature",
         "1.0",
+        "--model",
+        args.model,
         "--eval-every",
         "0",
         "--checkpoint-every",
@@ -289,12 +291,12 @@ def _rlrf_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": steps}
 
 
-def _param_count() -> tuple[int, int]:
+def _param_count(name: str = "smollm2-135m") -> tuple[int, int]:
     """The embedded model's decoder and LM-head parameter counts (the head is tied to the
     embedding, whose lookup costs no FLOPs; loaded in the driver: workers' RSS stays theirs)."""
     from algorithms.models import load_model
 
-    model, _ = load_model()
+    model, _ = load_model(name)
     head = model.get_output_embeddings().weight.numel()
     return sum(p.numel() for p in model.parameters()) - head, head
 
@@ -362,6 +364,7 @@ def _run_method(method: str, args: argparse.Namespace, backend: str) -> dict[str
         "threads",
         "precision",
         "rlrf_micro_batch_size",
+        "model",
     ):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.trl_gradient_checkpointing:
@@ -383,6 +386,7 @@ def _run_method(method: str, args: argparse.Namespace, backend: str) -> dict[str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--model", default="smollm2-135m", help="model name or local folder")
     ap.add_argument("--questions", type=int, default=4)
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -418,8 +422,11 @@ def main() -> None:
     if args.worker:
         _worker(args.worker, args)
         return
-    if args.smoke:  # the embedded model, 2 steps of 1 x 2 rollouts, 4 tokens
+    if args.smoke:  # a tiny random model, 2 steps of 1 x 2 rollouts, 4 tokens
+        from algorithms.testing import save_tiny
+
         args.steps, args.questions, args.rollouts, args.max_new_tokens = 2, 1, 2, 4
+        args.model = str(save_tiny(Path(tempfile.mkdtemp()) / "tiny"))
         if importlib.util.find_spec("trl") is None:
             print("smoke: TRL is not installed, so its side is not run (pip install -e '.[bench]')")
             args.only = ",".join(m for m in args.only.split(",") if not m.startswith("trl"))
@@ -470,7 +477,7 @@ def main() -> None:
             + (f", update {_median_after_first(cpu):.2f} CPU-s" if cpu else "")
         )
         if r["steps"] and all("response_tokens" in x for x in r["steps"]):
-            params = params if params[0] else _param_count()
+            params = params if params[0] else _param_count(args.model)
             # HF generation reads the fp32 weights (bf16 copies under autocast); vLLM its bf16
             width = 2 if args.precision == "bf16" or backend == "vllm" else 4
             print(" " * 16 + _limit_fractions(r, params, args.precision, limits, width))
