@@ -30,6 +30,7 @@ from algorithms.grpo import GRPOConfig
 from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.sdpo import SDPOConfig
 from algorithms.sdpo.config import SDPOTrainConfig
+from algorithms.sdpo.objective import SDPORow
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
 
 FIXTURE = Path(__file__).with_name("objective_equivalence.json")
@@ -64,11 +65,11 @@ def _configs(output_dir: str) -> dict[str, Any]:
 def _fixed_rows(tok: Any) -> list[Row]:
     q = "Question: which letter comes first? "
     return [
-        Row(tok.encode(q + "1"), tok.encode("abcdefghij"), [-2.0] * 10, 0.5,
-            tok.encode(q + "1 sol a"), group=0, trajectory=0),
-        Row(tok.encode(q + "1"), tok.encode("ab"), [-1.5] * 2, -0.5, None, group=0, trajectory=1),
-        Row(tok.encode(q + "2"), tok.encode("xyzw"), [-3.0] * 4, 1.0,
-            tok.encode(q + "2 feedback"), group=1, trajectory=0),
+        SDPORow(tok.encode(q + "1"), tok.encode("abcdefghij"), [-2.0] * 10, 0.5,
+                group=0, trajectory=0, teacher_prompt_ids=tok.encode(q + "1 sol a")),
+        SDPORow(tok.encode(q + "1"), tok.encode("ab"), [-1.5] * 2, -0.5, group=0, trajectory=1),
+        SDPORow(tok.encode(q + "2"), tok.encode("xyzw"), [-3.0] * 4, 1.0,
+                group=1, trajectory=0, teacher_prompt_ids=tok.encode(q + "2 feedback")),
     ]  # fmt: skip
 
 
@@ -143,11 +144,19 @@ def _compare(got: Any, want: Any, where: str, exact: list[bool]) -> None:
         assert got == want, where
 
 
+# Metrics the trainer logs since the fixture was recorded (issue 27's learning-signal
+# alarms): they are new keys, not changes to the recorded losses, gradients or metrics.
+ADDED_SINCE_RECORDING = frozenset({"rollout/signal_groups_frac", "train/update_ratio"})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["grpo", "grpo_kl", "sdpo_logit", "sdpo_token", "sdpo_mix"])
 def test_losses_and_gradients_match_the_recording(case, tmp_path):
     want = json.loads(FIXTURE.read_text())[case]
     got = summarize(run_case(_configs(str(tmp_path))[case]))
+    for step in got["metrics"]:
+        for key in ADDED_SINCE_RECORDING:
+            step.pop(key, None)
     assert len(got["grads"]) == 4  # two steps of two mini-batches
     exact: list[bool] = []
     _compare(json.loads(json.dumps(got)), want, case, exact)
