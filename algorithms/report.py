@@ -15,10 +15,20 @@ and writes ``report.md`` beside the plots, with the headline numbers, a stabilit
 blow-up, divergence spike, each with its step) and a few example rollouts with their
 feedback and teacher context. Several runs are overlaid on the same
 axes (``rlrf report RUN_A RUN_B --output-dir cmp/``) for comparisons.
+
+A run folder may come from anyone, so its files are read as untrusted: a line or a file
+that is not what rlrf writes (not UTF-8, not a JSON object, a number no float holds, nesting
+deeper than :data:`MAX_DEPTH`, a YAML tag, a config that is not a mapping) is an
+:class:`~rlrf.errors.RLRFError` naming ``file:line``, never a traceback; and the report is
+written only into a real output folder: a folder or a file there that is a symbolic link is
+refused, and each file is written beside its name and renamed into place, never through a
+link.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -32,7 +42,13 @@ from algorithms.engine.monitors import MONITORED, scan
 from rlrf.errors import RLRFError
 from rlrf.trajectory import Group, Trajectory, read_trajectories
 
-__all__ = ["PLOTS", "RunMetrics", "load_run", "write_report"]
+__all__ = ["MAX_DEPTH", "PLOTS", "PLOTTABLE", "RunMetrics", "load_run", "write_report"]
+
+#: Deepest nesting of arrays and objects a metrics line or ``config.yaml`` may have.
+MAX_DEPTH = 100
+
+#: Largest magnitude of a metric (or generation count) that is plotted and summarized.
+PLOTTABLE = 1e100
 
 
 #: (file name, title, y label, metric keys tried in order) for each plot.
@@ -66,13 +82,19 @@ class RunMetrics:
     config: dict[str, Any]
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
-        """Return (generations, values) of every record holding a finite ``key``."""
+        """Return (generations, values) of every record holding a finite ``key``.
+
+        Values (and generations) beyond :data:`PLOTTABLE` are left out: no metric reaches
+        them, and matplotlib cannot lay out an axis that wide.
+        """
         xs, ys = [], []
         for r in self.records:
             v = r.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                xs.append(float(_generations(r)))
-                ys.append(float(v))
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= PLOTTABLE:
+                x = _generations(r)
+                if not abs(x) > PLOTTABLE:  # NaN: not logged (matplotlib leaves a gap)
+                    xs.append(x)
+                    ys.append(float(v))
         return xs, ys
 
     def first_last(self, key: str) -> tuple[float, float] | None:
@@ -89,7 +111,13 @@ def _generations(record: dict[str, Any]) -> float:
 
 
 def load_run(path: str | os.PathLike[str]) -> RunMetrics:
-    """Read a run folder's ``metrics.jsonl`` (and ``config.yaml`` when present)."""
+    """Read a run folder's ``metrics.jsonl`` (and ``config.yaml`` when present).
+
+    Raises:
+        RLRFError: the folder has no ``metrics.jsonl``, or a line of it or ``config.yaml``
+            is not what rlrf writes (the message names ``file:line``).
+
+    """
     root = Path(path)
     metrics = root / "metrics.jsonl"
     if not metrics.is_file():
@@ -97,25 +125,124 @@ def load_run(path: str | os.PathLike[str]) -> RunMetrics:
             f"{root} is not a run folder: {metrics.name} is missing (pass the folder that "
             "`rlrf train` or `make demo` printed)"
         )
-    records = []
-    lines = metrics.read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if lineno == len(lines):
-                break  # a run killed mid-write: keep the complete lines
-            raise RLRFError(f"{metrics}:{lineno} is not valid JSON") from None
+    records = _read_metrics(metrics)
     config: dict[str, Any] = {}
     cfg_path = root / "config.yaml"
     if cfg_path.is_file():
-        import yaml
-
-        config = yaml.safe_load(cfg_path.read_text()) or {}
-    name = str(config.get("run_name") or config.get("algorithm") or root.name)
+        config = _read_config(cfg_path)
+    name = next(
+        (_scalar(config[k]) for k in ("run_name", "algorithm") if _scalar(config.get(k))),
+        root.name,
+    )
     return RunMetrics(root, name, records, config)
+
+
+def _scalar(value: Any) -> str:
+    """A config value as one short line of text ("" for a list, a mapping, None...)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    text = value if isinstance(value, str) else repr(value)
+    return " ".join(text.split())[:200]
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests lists and dicts deeper than ``limit`` (no recursion).
+
+    Each container is visited once: YAML's aliases can share one (a "billion laughs") or
+    make one hold itself.
+    """
+    stack, seen = [(value, 1)], set()
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)) and id(item) not in seen:
+            if depth > limit:
+                return True
+            seen.add(id(item))
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _read_metrics(metrics: Path) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; a torn last line (a killed run) is left out."""
+    try:
+        data = metrics.read_bytes()
+    except OSError as e:
+        raise RLRFError(f"cannot read {metrics}: {e}") from e
+    lines = data.split(b"\n")
+    records = []
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        last = lineno == len(lines)  # no newline after it: maybe torn by a killed run
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, 5000 digits, nesting
+            if last and isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)):
+                break  # a run killed mid-write (maybe inside a character): keep the rest
+            raise RLRFError(
+                f"{metrics}:{lineno}: not a JSON line ({type(e).__name__}: {str(e)[:200]}); "
+                "metrics.jsonl holds one JSON object per line as `rlrf train` writes it"
+            ) from None
+        problem = _bad_record(record)
+        if problem:
+            raise RLRFError(
+                f"{metrics}:{lineno}: {problem}; metrics.jsonl holds one JSON object per line "
+                "(`step` and named numbers) as `rlrf train` writes it. Was it edited?"
+            )
+        records.append(record)
+    return records
+
+
+def _bad_record(record: Any) -> str | None:
+    """What makes a parsed metrics line unusable, or None."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a JSON object"
+    if _too_deep(record):
+        return f"nested deeper than {MAX_DEPTH} levels"
+    for key, value in record.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                digits = len(str(abs(value))) if value.bit_length() < 14_000 else "over 4000"
+                return f"{key[:80]!r} is an integer of {digits} digits, more than a float holds"
+    return None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``config.yaml`` as a mapping (YAML's safe subset: no tags that build objects)."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RLRFError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    except OSError as e:
+        raise RLRFError(f"cannot read {path}: {e}") from e
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # a !!python tag, bad syntax
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RLRFError(
+            f"{where}: not the YAML `rlrf train` writes ({problem[:200]}); tags such as "
+            "!!python/... are never loaded"
+        ) from None
+    except (ValueError, RecursionError) as e:  # 5000-digit integers, deep nesting
+        raise RLRFError(f"{path}: unreadable YAML ({type(e).__name__}: {str(e)[:200]})") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise RLRFError(
+            f"{path}:1: a {type(config).__name__}, not a mapping of options as `rlrf train` "
+            "writes it"
+        )
+    if _too_deep(config):
+        raise RLRFError(f"{path}: nested deeper than {MAX_DEPTH} levels; not an rlrf config")
+    return config
 
 
 def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
@@ -133,6 +260,7 @@ def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
                 xs, ys = run.series(key)
                 if xs:
                     label = run.name if len(keys) == 1 else f"{run.name} ({key})"
+                    label = label.replace("$", r"\$")  # not matplotlib's math markup
                     ax.plot(xs, ys, marker="o", markersize=3, label=label)
                     drew = True
         if not drew:
@@ -146,8 +274,10 @@ def _plot(runs: Sequence[RunMetrics], out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / filename)
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
+        _write(out, filename, png.getvalue())
         written.append(filename)
     return written
 
@@ -294,8 +424,7 @@ def write_report(
         if len(loaded) > 1:
             raise RLRFError("comparing several runs needs --output-dir DIR for the combined report")
         out = loaded[0].path / "report"
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _output_dir(Path(out))
     images = _plot(loaded, out_dir)
     lines = ["# rlrf run report", ""]
     lines += [
@@ -331,7 +460,7 @@ def write_report(
                 "questions_per_step",
                 "rollouts_per_question",
             )
-            shown = {k: run.config[k] for k in keys if k in run.config}
+            shown = {k: _scalar(run.config[k]) for k in keys if _scalar(run.config.get(k))}
             if shown:
                 lines += [f"## {run.name}: configuration", "", "```yaml"]
                 lines += [f"{k}: {v}" for k, v in shown.items()] + ["```", ""]
@@ -341,6 +470,65 @@ def write_report(
             lines += [f"## {run.name}: example rollouts with feedback", ""]
             for ex in examples:
                 lines += [ex, ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
-    return report
+    _write(out_dir, "report.md", "\n".join(lines).encode("utf-8"))
+    return out_dir / "report.md"
+
+
+_OUTPUTS = ("report.md", *(filename for filename, *_ in PLOTS))
+
+
+def _output_dir(out: Path) -> Path:
+    """Create ``out``; refuse it, or a report file in it, when it is a symbolic link."""
+    if out.is_symlink():
+        raise RLRFError(
+            f"output folder {out} is a symbolic link (to {os.readlink(out)}); rlrf report "
+            "writes only into a real folder, so that a run folder from someone else cannot "
+            "make it write elsewhere. Remove the link, or pass the folder you mean with "
+            "--output-dir"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RLRFError(f"cannot create the output folder {out}: {e}") from e
+    for name in _OUTPUTS:
+        if (out / name).is_symlink():
+            raise RLRFError(
+                f"{out / name} is a symbolic link (to {os.readlink(out / name)}); rlrf report "
+                "never writes through a link. Remove it and run again"
+            )
+    return out
+
+
+def _write(out: Path, name: str, data: bytes) -> None:
+    """Write ``out/name`` as a new file renamed into place: never through a symbolic link.
+
+    The folder is opened without following a link (a folder swapped for one since
+    :func:`_output_dir` is refused), and ``os.replace`` replaces a link at ``name`` rather
+    than writing where it points.
+    """
+    tmp = f".{name}.{os.getpid()}.tmp"
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow
+    folder = None
+    try:
+        if {os.open, os.replace} <= os.supports_dir_fd:
+            folder = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow)
+            fd = os.open(tmp, flags, 0o644, dir_fd=folder)
+        else:
+            fd = os.open(out / tmp, flags, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if folder is None:
+            os.replace(out / tmp, out / name)
+        else:
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            if folder is None:
+                os.unlink(out / tmp)
+            else:
+                os.unlink(tmp, dir_fd=folder)
+        raise RLRFError(f"cannot write {out / name}: {e}") from e
+    finally:
+        if folder is not None:
+            os.close(folder)

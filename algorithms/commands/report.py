@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from algorithms.report import write_report
+from rlrf.errors import RLRFError
 from rlrf.options import add_output_dir, new_parser, parse_args
 
 __all__ = ["main"]
@@ -20,7 +21,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf report") -> int:
     parser.add_argument("runs", nargs="+", help="run folders (each with metrics.jsonl)")
     add_output_dir(parser, None, "output folder (default: RUN/report for a single run)")
     args = parse_args(parser, argv)
-    report = write_report(args.runs, args.output_dir)
+    try:
+        report = write_report(args.runs, args.output_dir)
+    except RLRFError as e:  # a run folder that is not what rlrf writes, a linked output
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
     print(f"report: {report}")
     return 0
 
