@@ -36,13 +36,33 @@ It then measures:
     the mean log q(y_t) − log p(y_t) of the sampled tokens on failed and on successful
     rollouts (a teacher that helps puts less mass than the student on failed answers). At
     step 0 every teacher mode (EMA, frozen, trust region, live) is the model itself.
+(d) The context control: a teacher can beat the student for reasons unrelated to what its
+    context says (a longer prompt, the instruction, a format cue). So every rollout with a
+    context is also re-asked with a WRONG context of the same kind: its own prompt, the same
+    sections under the same headers (:func:`algorithms.sdpo.build_teacher_messages`), their
+    text from other tasks of the sample (the solution SDPO would show on another task, the
+    feedback on another task's rollout; :func:`_wrong_context`). Its answers are sampled in
+    the same call as the real teacher's and graded the same way on the rollout's own task,
+    and (c) is measured for it in the same forward passes. ``context_control.delta_success``
+    = right-context teacher − wrong-context teacher on the same rollouts, with the same
+    bootstrap interval; a rollout whose kind of context no other task could lend (a
+    solution when no other sampled task had a success) has no control (``unmatched``).
 
 The decision rule (constants below), checked in this order:
 
 - ``no_signal``: ``teacher_signal_frac`` < :data:`MIN_SIGNAL_FRAC` (0.25): most rollouts
   get no distillation loss, so SDPO has little to learn from whatever the teacher knows.
 - ``helps``: the lower end of the CI of ``delta_success`` > 0 AND ``delta_success`` >=
-  :data:`MIN_GAIN` (0.10, ten percentage points): the self-teacher answers clearly better.
+  :data:`MIN_GAIN` (0.10, ten percentage points): the self-teacher answers clearly better;
+  and, when the control (d) was measured, right minus wrong context passes the same test
+  (the lift needs the context to be right). When the teacher is clearly better but not so:
+
+  - ``context_independent``: the upper end of the CI of right minus wrong context <
+    :data:`MIN_GAIN`: a wrong context lifts the teacher about as much, so the lift comes
+    from the teacher prompt's form, not from what the context says (SDPO would distill that
+    form; a prompt change or GRPO may give it as well);
+  - ``inconclusive``: otherwise (the control's CI spans the threshold).
+
 - ``not_better``: the upper end of the CI of ``delta_success`` < :data:`MIN_GAIN`: the
   self-teacher is, with this confidence, not clearly better than the student; expect GRPO
   to win; consider λ-mixing (``grpo_mix``, the ``sdpo`` preset's 0.9) or a larger model.
@@ -56,8 +76,9 @@ the teacher differs, not that it is right.
 
 Output (``--out``, default ``diagnoses/<env>--<model>``): ``diagnose.json`` (the settings,
 every number above, the verdict and its rule, per-task results) and ``rollouts.jsonl``
-(the student groups, each rollout's teacher context and ``teacher_key`` in its info, then
-the teacher's answers as groups whose task id is that key: ``"<task index>:<rollout>"``).
+(the student groups, each rollout's teacher context, wrong context and ``teacher_key`` in
+its info, then the teacher's answers as groups whose task id is that key: ``"<task
+index>:<rollout>"``, then the wrong-context answers under ``"<task index>:<rollout>:wrong"``).
 """
 
 from __future__ import annotations
@@ -65,6 +86,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -80,12 +102,16 @@ from algorithms.sdpo.config import SDPOConfig
 from algorithms.sdpo.contexts import (
     FEEDBACK_HEADER,
     SOLUTION_HEADER,
+    SUCCESS_FEEDBACK_HEADER,
     TEACHER_INSTRUCTION,
+    build_teacher_messages,
     encode_teacher_prompt,
+    select_solution,
     teacher_contexts_for_group,
 )
 from rlrf.env import RLRFEnv, appended_messages, env_style, validate_reset, validate_step
 from rlrf.errors import ConfigError, EnvError
+from rlrf.feedback import render_feedback
 from rlrf.rollout import RolloutErrorWarning, collect_groups, task_sampler
 from rlrf.sampling import SamplingBackend, SamplingParams
 from rlrf.trajectory import Group, TrajectoryWriter
@@ -93,6 +119,7 @@ from rlrf.trajectory import Group, TrajectoryWriter
 if TYPE_CHECKING:
     from rlrf.env import Message, Outcome
     from rlrf.sampling import Sample
+    from rlrf.trajectory import Trajectory
     from rlrf.wrappers import Wrapper
 
     # a Gymnasium-style rollout to replay: seed, earlier actions, the chat it saw, teacher chat
@@ -120,7 +147,6 @@ MIN_GAIN = 0.10
 
 OUTPUT = "diagnose.json"
 ROLLOUTS = "rollouts.jsonl"
-
 
 
 def sdpo_algorithms() -> dict[str, str]:
@@ -241,7 +267,8 @@ class DiagnoseResult:
 
     Attributes:
         report: Everything written to ``diagnose.json``.
-        verdict: ``helps``, ``not_better``, ``no_signal`` or ``inconclusive``.
+        verdict: ``helps``, ``context_independent``, ``not_better``, ``no_signal`` or
+            ``inconclusive``.
         message: The verdict in words, with the numbers behind it.
         out: The output folder.
 
@@ -308,22 +335,41 @@ def verdict(
     delta: float | None,
     ci: tuple[float, float] | None,
     *,
+    context_delta: float | None = None,
+    context_ci: tuple[float, float] | None = None,
     min_signal: float = MIN_SIGNAL_FRAC,
     min_gain: float = MIN_GAIN,
 ) -> str:
-    """Apply the module's decision rule: ``no_signal``, ``helps``, ``not_better``, ``inconclusive``.
+    """Apply the module's decision rule: the verdict, one of five.
+
+    ``no_signal``, ``helps``, ``context_independent``, ``not_better`` or ``inconclusive``.
+    ``delta`` and ``ci``: teacher minus student success and its interval; ``context_delta``
+    and ``context_ci``: the right-context teacher minus the wrong-context one on the same
+    rollouts (the control; None when it was not measured, which leaves the rule as it was).
 
     >>> verdict(0.9, 0.6, (0.4, 0.8)), verdict(0.9, 0.05, (-0.05, 0.08))
     ('helps', 'not_better')
     >>> verdict(0.1, 0.6, (0.4, 0.8)), verdict(0.9, 0.1, (-0.05, 0.3))
     ('no_signal', 'inconclusive')
+    >>> verdict(0.9, 0.6, (0.4, 0.8), context_delta=0.5, context_ci=(0.3, 0.7))
+    'helps'
+    >>> verdict(0.9, 0.6, (0.4, 0.8), context_delta=0.0, context_ci=(-0.05, 0.05))
+    'context_independent'
+    >>> verdict(0.9, 0.6, (0.4, 0.8), context_delta=0.1, context_ci=(-0.1, 0.3))
+    'inconclusive'
     """
     if signal_frac < min_signal:
         return "no_signal"
     if delta is None or ci is None:
         return "inconclusive"
     if ci[0] > 0 and delta >= min_gain:
-        return "helps"
+        if context_delta is None or context_ci is None:
+            return "helps"
+        if context_ci[1] < min_gain:  # a wrong context does (almost) as well
+            return "context_independent"
+        if context_ci[0] > 0 and context_delta >= min_gain:
+            return "helps"
+        return "inconclusive"
     if ci[1] < min_gain:
         return "not_better"
     return "inconclusive"
@@ -368,6 +414,8 @@ class _ReAsked(RLRFEnv):
 
 
 _REPLAY_MISMATCH = "replay mismatch"
+_WRONG = ":wrong"
+"""The suffix of a teacher key whose prompt holds the control's wrong context."""
 
 
 class _Replayed(RLRFEnv):
@@ -482,13 +530,14 @@ def _teacher_ids(policy: Any, messages: Sequence[Message], config: SDPOConfig) -
 
 
 def _divergences(
-    policy: Any, rows: list[tuple[list[int], list[int], list[int]]], config: SDPOConfig,
-    temperature: float, batch: int,
-) -> list[dict[str, float]]:  # fmt: skip
-    """Score rows (student prompt, teacher prompt, response) with the loss's own functions.
+    policy: Any, rows: list[tuple[list[int], list[int], list[int] | None, list[int]]],
+    config: SDPOConfig, temperature: float, batch: int,
+) -> list[tuple[dict[str, float], dict[str, float] | None]]:  # fmt: skip
+    """Score rows with the loss's own functions, the student's forward shared by both teachers.
 
-    Per row: tokens, the divergence summed over them, top-1 disagreements, and the summed
-    log q(y_t) − log p(y_t) of the sampled tokens.
+    A row is (student prompt, teacher prompt, wrong-context teacher prompt or None, response).
+    Per row and teacher: tokens, the divergence summed over them, top-1 disagreements, and
+    the summed log q(y_t) − log p(y_t) of the sampled tokens.
     """
     import torch
 
@@ -499,34 +548,49 @@ def _divergences(
     pad = int(policy.tokenizer.pad_token_id or 0)
     scale = temperature if temperature > 0 else 1.0
     k = min(config.top_k, model.config.vocab_size)
-    out: list[dict[str, float]] = []
+    out: list[tuple[dict[str, float], dict[str, float] | None]] = []
     was_training = model.training
     model.eval()
+
+    def score(s_logits: Any, hidden: Any, mask: Any, response: list[int]) -> dict[str, float]:
+        n = len(response)
+        t_logits = lm_head_logits(model, hidden).float() / scale
+        ids = torch.tensor([response], device=s_logits.device)
+        _, stats = distillation_loss(
+            s_logits, t_logits, mask, None, ids, top_k=k, alpha=config.alpha,
+            is_clip=config.is_clip,
+        )  # fmt: skip
+        differ = s_logits.argmax(-1) != t_logits.argmax(-1)
+        return {
+            "tokens": float(n),
+            "divergence_sum": float(stats["divergence"]) * n,
+            "top1_disagree": float(differ.sum()),
+            "logprob_gap_sum": float(stats["logprob_gap"]) * n,
+        }
+
     try:
         with torch.no_grad():
             for start in range(0, len(rows), batch):
                 chunk = rows[start : start + batch]
-                responses = [r for _, _, r in chunk]
-                hs, mask = response_hidden_states(
-                    model, [s for s, _, _ in chunk], responses, pad=pad
-                )
-                ht, _ = response_hidden_states(model, [t for _, t, _ in chunk], responses, pad=pad)
+                responses = [r for *_, r in chunk]
+                hs, mask = response_hidden_states(model, [r[0] for r in chunk], responses, pad=pad)
+                ht, _ = response_hidden_states(model, [r[1] for r in chunk], responses, pad=pad)
+                wrong = {i: j for j, i in enumerate(i for i, r in enumerate(chunk) if r[2])}
+                hw = None
+                if wrong:
+                    hw, _ = response_hidden_states(
+                        model, [chunk[i][2] for i in wrong], [responses[i] for i in wrong], pad=pad
+                    )
                 for i, response in enumerate(responses):
                     n = len(response)
                     s_logits = lm_head_logits(model, hs[i : i + 1, :n]).float() / scale
-                    t_logits = lm_head_logits(model, ht[i : i + 1, :n]).float() / scale
-                    ids = torch.tensor([response], device=s_logits.device)
-                    _, stats = distillation_loss(
-                        s_logits, t_logits, mask[i : i + 1, :n], None, ids,
-                        top_k=k, alpha=config.alpha, is_clip=config.is_clip,
+                    m = mask[i : i + 1, :n]
+                    right = score(s_logits, ht[i : i + 1, :n], m, response)
+                    j = wrong.get(i)
+                    w = None if j is None or hw is None else score(
+                        s_logits, hw[j : j + 1, :n], m, response
                     )  # fmt: skip
-                    differ = s_logits.argmax(-1) != t_logits.argmax(-1)
-                    out.append({
-                        "tokens": float(n),
-                        "divergence_sum": float(stats["divergence"]) * n,
-                        "top1_disagree": float(differ.sum()),
-                        "logprob_gap_sum": float(stats["logprob_gap"]) * n,
-                    })  # fmt: skip
+                    out.append((right, w))
     finally:
         model.train(was_training)
     return out
@@ -540,12 +604,71 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
         yield list(items[start : start + size])
 
 
-def _context_kind(prompt: Sequence[Message], context: Sequence[Message]) -> str:
-    """``solution``, ``feedback`` or ``both``: what the teacher chat adds to the prompt."""
+def _context_parts(prompt: Sequence[Message], context: Sequence[Message]) -> tuple[bool, ...]:
+    """(a solution, feedback, the successful attempt's feedback header) in a teacher chat."""
     original = [m for m in prompt if m["role"] == "user"][-1]["content"]
     added = [m for m in context if m["role"] == "user"][-1]["content"][len(original) :]
-    sol, fb = f"\n\n{SOLUTION_HEADER}\n\n" in added, f"\n\n{FEEDBACK_HEADER}\n\n" in added
+    success = f"\n\n{SUCCESS_FEEDBACK_HEADER}\n\n" in added
+    feedback = success or f"\n\n{FEEDBACK_HEADER}\n\n" in added
+    return f"\n\n{SOLUTION_HEADER}\n\n" in added, feedback, success
+
+
+def _context_kind(prompt: Sequence[Message], context: Sequence[Message]) -> str:
+    """``solution``, ``feedback`` or ``both``: what the teacher chat adds to the prompt."""
+    sol, fb, _ = _context_parts(prompt, context)
     return "both" if sol and fb else "solution" if sol else "feedback"
+
+
+def _wrong_context(
+    traj: Trajectory, ti: int, context: Sequence[Message], donors: Sequence[Group],
+    cfg: SDPOConfig,
+) -> tuple[list[Message], list[str]] | None:  # fmt: skip
+    """Rollout ``ti``'s teacher chat with another task's context of the same kind (the control).
+
+    The rollout's own prompt, the same sections (solution, feedback, both) under the same
+    headers as its real context, built by :func:`build_teacher_messages`; only their text
+    comes from other tasks: the solution SDPO would show on a donor task (a successful
+    rollout of it, :func:`select_solution`) and the feedback the env gave a donor rollout's
+    first turn (:func:`rlrf.render_feedback`). ``donors`` are other tasks' groups, nearest
+    first; each section comes from the first that has one (its rollouts tried from ``ti``
+    on). Returns the chat and the donor task ids, or None when no donor has a section the
+    real context holds.
+    """
+    need_solution, need_feedback, successful = _context_parts(traj.prompt, context)
+    solution = feedback = None
+    used: list[str] = []
+    if need_solution:
+        for d in donors:
+            solution = select_solution(
+                [t.response for t in d.trajectories], d.rewards, -1, cfg.success_threshold,
+                strip=cfg.strip_reasoning, choice=cfg.demonstration,
+                rng=random.Random(f"wrong:{d.task_id}:{ti}"),  # demonstration="random"
+            )  # fmt: skip
+            if solution is not None:
+                used.append(d.task_id)
+                break
+        else:
+            return None
+    if need_feedback:
+        for d in donors:
+            n, rewards = len(d.trajectories), d.rewards
+            for j in ((ti + k) % n for k in range(n)):
+                t = d.trajectories[j]
+                if rewards[j] is None or not t.turns:
+                    continue
+                feedback = render_feedback(t.turns[0].feedback, max_chars=cfg.feedback_max_chars)
+                if feedback.strip():
+                    break
+            else:
+                continue
+            used.append(d.task_id)
+            break
+        else:
+            return None
+    wrong = build_teacher_messages(
+        traj.prompt, solution=solution, feedback=feedback, config=cfg, successful=successful
+    )
+    return (wrong, used) if wrong is not None else None
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -589,7 +712,8 @@ def diagnose(
     per_task: list[dict[str, Any]] = []
     student_groups: list[Group] = []
     teacher_groups: list[Group] = []
-    rows_scored: list[dict[str, float]] = []
+    control_groups: list[Group] = []  # the teacher's answers with a wrong context
+    rows_scored: list[tuple[dict[str, float], dict[str, float] | None]] = []
     score_success: list[bool] = []
     bar = tqdm(
         total=len(tasks), desc=f"diagnose {config.env}", unit="task", disable=not progress,
@@ -605,9 +729,15 @@ def diagnose(
             )  # fmt: skip
             asks: dict[str, tuple[str, list[Message]]] = {}
             owner: dict[str, tuple[dict[str, Any], str]] = {}  # key -> (task record, kind)
-            score_rows: list[tuple[list[int], list[int], list[int]]] = []
-            for g in groups:
+            wrong_from: dict[str, list[str]] = {}  # key -> the wrong context's donor tasks
+            score_rows: list[tuple[list[int], list[int], list[int] | None, list[int]]] = []
+            for gi, g in enumerate(groups):
                 contexts = teacher_contexts_for_group(g, cfg)
+                # the control's donors: this chunk's other tasks (next first), then earlier ones
+                donors = [
+                    d for d in [*groups[gi + 1 :], *groups[:gi], *reversed(student_groups)]
+                    if d.task_id != g.task_id
+                ]  # fmt: skip
                 rewards = g.rewards
                 graded = [i for i, r in enumerate(rewards) if r is not None]
                 record: dict[str, Any] = {
@@ -620,7 +750,7 @@ def diagnose(
                     "teacher": [],  # one entry per rollout with a context
                 }
                 for ti, (traj, ctx) in enumerate(zip(g.trajectories, contexts, strict=True)):
-                    traj.info["teacher_context"] = ctx
+                    traj.info["teacher_context"], traj.info["wrong_context"] = ctx, None
                     if ctx is None:
                         continue
                     kind = _context_kind(traj.prompt, ctx)
@@ -631,11 +761,19 @@ def diagnose(
                     if not task_style:  # the first turn: nothing to replay but the seed
                         replays[key] = (traj.seed, (), list(traj.prompt), ctx)
                     owner[key] = (record, kind)
+                    wrong = _wrong_context(traj, ti, ctx, donors, cfg)
+                    if wrong is not None:  # asked in the same sampling call as the real ones
+                        traj.info["wrong_context"] = wrong[0]
+                        asks[f"{key}{_WRONG}"] = (g.task_id, wrong[0])
+                        if not task_style:
+                            replays[f"{key}{_WRONG}"] = (traj.seed, (), list(traj.prompt), wrong[0])
+                        wrong_from[key] = wrong[1]
                     response = traj.turns[0].response_token_ids if traj.turns else None
                     if local and response:
                         student_ids = list(backend.encode(traj.prompt))  # type: ignore[attr-defined]
                         teacher_ids = _teacher_ids(backend, ctx, cfg)
-                        score_rows.append((student_ids, teacher_ids, list(response)))
+                        wrong_ids = _teacher_ids(backend, wrong[0], cfg) if wrong else None
+                        score_rows.append((student_ids, teacher_ids, wrong_ids, list(response)))
                         score_success.append(bool(traj.success))
                 per_task.append(record)
             if asks:
@@ -650,11 +788,9 @@ def diagnose(
                         env_id=config.env, split="train", env_workers=config.env_workers,
                         env_factory=None if task_style else (lambda: _Replayed(env, replays)),
                     )  # fmt: skip
+                entries: dict[str, dict[str, Any]] = {}
                 for key, tg in zip(asks, answered, strict=True):
-                    record, kind = owner[key]
-                    record["teacher"].append({
-                        "rollout": key,
-                        "kind": kind,
+                    graded = {
                         "successes": sum(bool(t.success) for t in tg.trajectories),
                         "samples": len(tg.trajectories),
                         "rewards": tg.rewards,
@@ -662,8 +798,16 @@ def diagnose(
                             t.error is not None and _REPLAY_MISMATCH in t.error.message
                             for t in tg.trajectories
                         ),
-                    })  # fmt: skip
-                teacher_groups.extend(answered)
+                    }  # fmt: skip
+                    if key.endswith(_WRONG):  # asked right after its rollout's real context
+                        base = key.removesuffix(_WRONG)
+                        entries[base]["wrong"] = {"from": wrong_from[base], **graded}
+                        control_groups.append(tg)
+                        continue
+                    record, kind = owner[key]
+                    entries[key] = {"rollout": key, "kind": kind, **graded, "wrong": None}
+                    record["teacher"].append(entries[key])
+                    teacher_groups.append(tg)
             if local and score_rows:
                 rows_scored.extend(
                     _divergences(backend, score_rows, cfg, config.temperature, config.score_batch)
@@ -679,7 +823,7 @@ def diagnose(
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{ROLLOUTS}.tmp"
     with TrajectoryWriter(tmp) as writer:
-        for g in [*student_groups, *teacher_groups]:
+        for g in [*student_groups, *teacher_groups, *control_groups]:
             writer.write(g)
     tmp.replace(out / ROLLOUTS)
     _write_atomic(out / OUTPUT, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -688,7 +832,8 @@ def diagnose(
 
 def _report(
     config: DiagnoseConfig, cfg: SDPOConfig, per_task: list[dict[str, Any]],
-    rows: list[dict[str, float]], row_success: list[bool], task_style: bool, local: bool,
+    scored: list[tuple[dict[str, float], dict[str, float] | None]], row_success: list[bool],
+    task_style: bool, local: bool,
 ) -> dict[str, Any]:  # fmt: skip
     graded = sum(r["graded"] for r in per_task)
     kinds = {k: sum(r["contexts"][k] for r in per_task) for k in ("solution", "feedback", "both")}
@@ -764,27 +909,100 @@ def _report(
         "delta_reward_ci": ci(rew_d),
     }  # fmt: skip
 
-    tokens = sum(r["tokens"] for r in rows)
-
-    def gap(success: bool) -> float | None:
-        picked = [r for r, s in zip(rows, row_success, strict=True) if s == success]
-        n = sum(r["tokens"] for r in picked)
-        return sum(r["logprob_gap_sum"] for r in picked) / n if n else None
-
     divergence: dict[str, Any] = {
-        "measured": local and bool(rows),
+        "measured": local and bool(scored),
         "why_not": None if local else "an endpoint gives no logits; pass a local model",
-        "rollouts": len(rows),
-        "tokens": int(tokens),
         "alpha": cfg.alpha,
         "top_k": cfg.top_k,
-        "divergence_mean": sum(r["divergence_sum"] for r in rows) / tokens if tokens else None,
-        "top1_disagreement": sum(r["top1_disagree"] for r in rows) / tokens if tokens else None,
-        "logprob_gap_failed": gap(False),
-        "logprob_gap_successful": gap(True),
+        **_divergence_stats([r for r, _ in scored], row_success),
     }
 
-    v = verdict(signal, delta, None if delta_ci is None else (delta_ci[0], delta_ci[1]))
+    # the context control: the rollouts whose real and wrong-context answers were both graded
+    w_succ, r_succ, s_succ, c_d, w_d, w_rew, c_rd = ([] for _ in range(7))
+    wrong_succ = wrong_n = wrong_mismatches = wrong_asked = 0
+    for r in per_task:
+        ok = [x for x in r["student_rewards"] if x is not None]
+        entries = [t for t in r["teacher"] if t.get("wrong")]
+        wrong_asked += len(entries)
+        wrong_mismatches += sum(t["wrong"]["replay_mismatches"] for t in entries)
+        if not ok:
+            continue
+        s_rate = r["student_successes"] / r["graded"]
+        ws, rs, d, wd, wr, rd = [], [], [], [], [], []
+        for t in entries:
+            w = t["wrong"]
+            got = [x for x in t["rewards"] if x is not None]
+            w_got = [x for x in w["rewards"] if x is not None]
+            if not got or not w_got:
+                continue
+            right, wrong = t["successes"] / t["samples"], w["successes"] / w["samples"]
+            wrong_succ, wrong_n = wrong_succ + w["successes"], wrong_n + w["samples"]
+            ws.append(wrong)
+            rs.append(right)
+            d.append(right - wrong)
+            wd.append(wrong - s_rate)
+            wr.append(sum(w_got) / len(w_got))
+            rd.append(sum(got) / len(got) - wr[-1])
+        for clusters, values in zip(
+            (w_succ, r_succ, s_succ, c_d, w_d, w_rew, c_rd),
+            (ws, rs, [s_rate] * len(ws), d, wd, wr, rd), strict=True,
+        ):  # fmt: skip
+            clusters.append(values)
+    compared = sum(len(c) for c in c_d)
+    with_ctx_rollouts = sum(len(r["teacher"]) for r in per_task)
+    why_not = None
+    if not answers["measured"]:
+        why_not = "the teacher's answers were not measured (see teacher_answers)"
+    elif not wrong_asked:
+        why_not = (
+            "no rollout got a wrong context: no other sampled task had a solution or feedback "
+            "of the kind the real contexts hold; raise --tasks"
+        )
+    elif not compared:
+        why_not = "no wrong-context answer could be graded (see replay_mismatches)"
+    c_delta, c_delta_ci = flat_mean(c_d), ci(c_d)
+    control: dict[str, Any] = {
+        "measured": compared > 0,
+        "why_not": why_not,
+        "how": (
+            "the rollout's own prompt with a wrong context of the same kind (solution, "
+            "feedback, both; same headers): another sampled task's solution and/or the "
+            "feedback on another task's rollout, built by build_teacher_messages; answered "
+            "and graded as the real teacher's, on the rollout's own task"
+        ),
+        "rollouts": wrong_asked,
+        "unmatched": with_ctx_rollouts - wrong_asked,
+        "replay_mismatches": wrong_mismatches,
+        "compared_rollouts": compared,
+        "teacher_answers": wrong_n,
+        "wrong_success": flat_mean(w_succ),
+        "wrong_success_ci": ci(w_succ),
+        "wrong_success_wilson": list(wilson_interval(wrong_succ, wrong_n, config.confidence)),
+        "right_success": flat_mean(r_succ),
+        "right_success_ci": ci(r_succ),
+        "student_success": flat_mean(s_succ),
+        "delta_success": c_delta,
+        "delta_success_ci": c_delta_ci,
+        "wrong_minus_student": flat_mean(w_d),
+        "wrong_minus_student_ci": ci(w_d),
+        "wrong_reward": flat_mean(w_rew),
+        "wrong_reward_ci": ci(w_rew),
+        "delta_reward": flat_mean(c_rd),
+        "delta_reward_ci": ci(c_rd),
+        "divergence": {
+            "measured": local and any(w is not None for _, w in scored),
+            **_divergence_stats(
+                [w for _, w in scored if w is not None],
+                [s for (_, w), s in zip(scored, row_success, strict=True) if w is not None],
+            ),
+        },
+    }
+
+    v = verdict(
+        signal, delta, None if delta_ci is None else (delta_ci[0], delta_ci[1]),
+        context_delta=c_delta if control["measured"] else None,
+        context_ci=None if c_delta_ci is None else (c_delta_ci[0], c_delta_ci[1]),
+    )  # fmt: skip
     report: dict[str, Any] = {
         "env": config.env,
         "model": config.model,
@@ -808,18 +1026,42 @@ def _report(
         "teacher_signal": {"frac": signal, "rollouts": with_ctx, "graded": graded, **kinds},
         "teacher_answers": answers,
         "divergence": divergence,
+        "context_control": control,
         "verdict": v,
         "rule": {
             "min_signal_frac": MIN_SIGNAL_FRAC,
             "min_gain": MIN_GAIN,
             "text": "no_signal if teacher_signal.frac < min_signal_frac; helps if the CI of "
-            "delta_success is above 0 and delta_success >= min_gain; not_better if the CI's "
-            "upper end < min_gain; else inconclusive",
+            "delta_success is above 0 and delta_success >= min_gain, unless the context "
+            "control says otherwise: context_independent if the CI of "
+            "context_control.delta_success (right minus wrong context) has its upper end "
+            "< min_gain, inconclusive if it is not also above 0 with "
+            "context_control.delta_success >= min_gain; not_better if the CI's upper end "
+            "< min_gain; else inconclusive",
         },
         "per_task": per_task,
     }
     report["message"] = _message(report)
     return report
+
+
+def _divergence_stats(rows: list[dict[str, float]], success: list[bool]) -> dict[str, Any]:
+    """(c)'s numbers over scored rows (:func:`_divergences`), per token."""
+    tokens = sum(r["tokens"] for r in rows)
+
+    def gap(ok: bool) -> float | None:
+        picked = [r for r, s in zip(rows, success, strict=True) if s == ok]
+        n = sum(r["tokens"] for r in picked)
+        return sum(r["logprob_gap_sum"] for r in picked) / n if n else None
+
+    return {
+        "rollouts": len(rows),
+        "tokens": int(tokens),
+        "divergence_mean": sum(r["divergence_sum"] for r in rows) / tokens if tokens else None,
+        "top1_disagreement": sum(r["top1_disagree"] for r in rows) / tokens if tokens else None,
+        "logprob_gap_failed": gap(False),
+        "logprob_gap_successful": gap(True),
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -837,6 +1079,16 @@ def _message(r: dict[str, Any]) -> str:
         f"({level} CI {_pct(ci[0]) if ci else 'n/a'} to {_pct(ci[1]) if ci else 'n/a'}); "
         f"{_pct(sig['frac'])} of rollouts get a teacher signal"
     )
+    ctl = r["context_control"]
+    c_ci = ctl["delta_success_ci"]
+    control = (
+        f"with another task's context it answers {_pct(ctl['wrong_success'])} against "
+        f"{_pct(ctl['right_success'])} with its own, right minus wrong "
+        f"{_pct(ctl['delta_success'])} ({level} CI {_pct(c_ci[0]) if c_ci else 'n/a'} to "
+        f"{_pct(c_ci[1]) if c_ci else 'n/a'}, {ctl['compared_rollouts']} rollouts)"
+        if ctl["measured"]
+        else f"the context control was not measured: {ctl['why_not']}"
+    )
     v = r["verdict"]
     if v == "no_signal":
         return (
@@ -846,7 +1098,19 @@ def _message(r: dict[str, Any]) -> str:
         )
     if v == "helps":
         gain = f"{100 * ans['delta_success']:.0f} percentage points"
-        return f"the self-teacher answers right {gain} more often: SDPO should help ({numbers})"
+        why = ", and because its context is right" if ctl["measured"] else ""
+        return (
+            f"the self-teacher answers right {gain} more often{why}: SDPO should help "
+            f"({numbers}; {control})"
+        )
+    if v == "context_independent":
+        return (
+            "the self-teacher beats the student, but does about as well with a wrong context "
+            "(another task's solution or feedback): the lift comes from the teacher prompt's "
+            "form (its length, the instruction, a format cue), not from what the context says; "
+            "SDPO would distill that form, which a better prompt or GRPO may give as well "
+            f"({numbers}; {control})"
+        )
     if v == "not_better":
         return (
             "the self-teacher is not clearly better than the student here: expect GRPO to win; "
@@ -854,6 +1118,13 @@ def _message(r: dict[str, Any]) -> str:
         )
     if not ans["measured"]:
         return f"the teacher's answers were not measured ({ans['why_not']})"
+    lifted = ci is not None and ci[0] > 0 and ans["delta_success"] >= r["rule"]["min_gain"]
+    if ctl["measured"] and lifted:  # the control made it inconclusive
+        return (
+            "the self-teacher beats the student, but whether because its context is right is "
+            "not clear at this sample size; raise --tasks or --group-size "
+            f"({numbers}; {control})"
+        )
     return (
         "the self-teacher may be better, but not clearly at this sample size; raise --tasks "
         f"or --group-size, or prefer λ-mixing (grpo_mix) meanwhile ({numbers})"
@@ -899,5 +1170,24 @@ def format_summary(r: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"(c) not measured: {div['why_not'] or 'no response tokens'}")
+    ctl = r["context_control"]
+    if ctl["measured"]:
+        lines += [
+            f"(d) context control, a wrong context (another task's): success "
+            f"{f(ctl['wrong_success'])} {ci(ctl['wrong_success_ci'])} vs the right context's "
+            f"{f(ctl['right_success'])} {ci(ctl['right_success_ci'])}; right - wrong "
+            f"{f(ctl['delta_success'])} {ci(ctl['delta_success_ci'])}, wrong - student "
+            f"{f(ctl['wrong_minus_student'])} {ci(ctl['wrong_minus_student_ci'])} "
+            f"({ctl['compared_rollouts']} rollouts, {ctl['unmatched']} without a wrong context)",
+        ]
+        cdiv = ctl["divergence"]
+        if cdiv["measured"]:
+            lines.append(
+                f"    divergence with the wrong context {f(cdiv['divergence_mean'])} per token, "
+                f"top-1 disagreement {f(cdiv['top1_disagreement'])}; log q - log p: failed "
+                f"{f(cdiv['logprob_gap_failed'])}, successful {f(cdiv['logprob_gap_successful'])}"
+            )
+    else:
+        lines.append(f"(d) context control not measured: {ctl['why_not']}")
     lines.append(f"verdict: {r['verdict']}: {r['message']}")
     return "\n".join(lines)

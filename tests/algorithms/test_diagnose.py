@@ -13,6 +13,7 @@ backend, answers are graded on the real task), the statistics, the CLI and bad i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -52,11 +53,11 @@ def _one_thread() -> Iterator[None]:
 
 
 class OracleBackend:
-    """A SamplingBackend that answers TargetCharEnv: right when the prompt names the target.
+    """A SamplingBackend that answers TargetCharEnv with the character its prompt names.
 
-    ``reads_context``: the feedback ("Use only the character 'a'.") or a sibling's "aaa"
-    in a teacher prompt makes it answer right; else (and always when False) it answers a
-    wrong character. Records every prompt it was asked.
+    ``reads_context``: the feedback ("Use only the character 'c'.") or a sibling's "ccc"
+    under "Correct solution:" in a teacher prompt makes it answer "ccc"; else (and always
+    when False) it answers "zzz", which no target is. Records every prompt it was asked.
     """
 
     def __init__(self, reads_context: bool) -> None:
@@ -67,9 +68,12 @@ class OracleBackend:
         out = []
         for p in prompts:
             self.prompts.append([dict(m) for m in p])
-            text = p[-1]["content"]
-            right = self.reads_context and ("character 'a'" in text or "\n\naaa" in text)
-            out.append([Sample("aaa" if right else "bbb", None, None, "stop")] * n)
+            text, answer = p[-1]["content"], "zzz"
+            for mark in ("Use only the character '", f"{SOLUTION_HEADER}\n\n"):
+                if self.reads_context and mark in text:
+                    answer = text.split(mark)[1][0] * 3
+                    break
+            out.append([Sample(answer, None, None, "stop")] * n)
         return out
 
 
@@ -105,6 +109,19 @@ def test_bootstrap_ci_resamples_clusters_and_is_seeded():
 
 def test_verdict_rule():
     assert verdict(0.9, 0.5, (0.3, 0.7)) == "helps"
+    # the context control (right minus wrong context) decides only when the teacher helps
+    assert verdict(0.9, 0.5, (0.3, 0.7), context_delta=0.4, context_ci=(0.2, 0.6)) == "helps"
+    assert (
+        verdict(0.9, 0.5, (0.3, 0.7), context_delta=0.0, context_ci=(-0.06, MIN_GAIN * 0.9))
+        == "context_independent"
+    )
+    assert verdict(0.9, 0.5, (0.3, 0.7), context_delta=0.1, context_ci=(-0.1, 0.3)) == (
+        "inconclusive"
+    )
+    assert verdict(0.9, 0.5, (0.3, 0.7), context_delta=0.05, context_ci=(0.01, 0.2)) == (
+        "inconclusive"
+    )  # right beats wrong, but by less than MIN_GAIN and not surely below it
+    assert verdict(0.9, 0.0, (-0.1, 0.05), context_delta=0.0, context_ci=(0, 0)) == "not_better"
     assert verdict(0.9, MIN_GAIN / 2, (0.01, MIN_GAIN * 0.9)) == "not_better"  # > 0, too small
     assert verdict(0.9, 0.0, (-0.1, 0.05)) == "not_better"
     assert verdict(0.9, 0.15, (-0.02, 0.3)) == "inconclusive"
@@ -118,26 +135,88 @@ def test_verdict_rule():
 def test_a_teacher_that_reads_its_context_helps(tmp_path):
     backend = OracleBackend(reads_context=True)
     config = DiagnoseConfig(env="diagtest/TargetChar-v0", tasks=6, group_size=4, out=str(tmp_path))
-    result = diagnose(config, env=TargetCharEnv(n_tasks=6), backend=backend, progress=False)
+    env = TargetCharEnv(n_tasks=6, targets="abcdef")  # every task its own target
+    result = diagnose(config, env=env, backend=backend, progress=False)
     r = result.report
-    # every student rollout fails ("bbb") and gets feedback: all get a teacher signal
+    # every student rollout fails ("zzz") and gets feedback: all get a teacher signal
     assert r["student"]["success"] == 0.0
     assert r["teacher_signal"]["frac"] == 1.0 and r["teacher_signal"]["feedback"] == 24
     ans = r["teacher_answers"]
     assert ans["teacher_success"] == 1.0 and ans["student_success"] == 0.0
     assert ans["delta_success"] == 1.0 and ans["delta_success_ci"] == [1.0, 1.0]
+    # the control: told another task's target, the teacher answers it, which is wrong here
+    ctl = r["context_control"]
+    assert ctl["measured"] and ctl["rollouts"] == 24 and ctl["unmatched"] == 0
+    assert ctl["wrong_success"] == 0.0 and ctl["right_success"] == 1.0
+    assert ctl["delta_success"] == 1.0 and ctl["delta_success_ci"] == [1.0, 1.0]
     assert result.verdict == "helps" and "SDPO should help" in result.message
-    # the teacher prompts the backend saw are SDPO's: prompt, feedback section, instruction
+    assert "because its context is right" in result.message
+    # the teacher prompts the backend saw are SDPO's: prompt, feedback section, instruction;
+    # 24 with the rollout's own feedback, 24 with another task's
     teacher = [p for p in backend.prompts if TEACHER_INSTRUCTION in p[-1]["content"]]
-    assert len(teacher) == 24
+    assert len(teacher) == 48
     assert all(FEEDBACK_HEADER in p[-1]["content"] for p in teacher)
     assert not r["divergence"]["measured"]  # a scripted backend has no logits
-    # rollouts.jsonl: each teacher group's task id is the key of the rollout it re-asks
+    assert not ctl["divergence"]["measured"]
+    # rollouts.jsonl: each teacher group's task id is the key of the rollout it re-asks,
+    # then the wrong-context answers under "<key>:wrong"
     groups = _groups(tmp_path)
-    keys = [t.info["teacher_key"] for g in groups[:6] for t in g.trajectories]
-    assert [g.task_id for g in groups[6:]] == keys and len(set(keys)) == 24
+    students = [t for g in groups[:6] for t in g.trajectories]
+    keys = [t.info["teacher_key"] for t in students]
+    assert [g.task_id for g in groups[6:30]] == keys and len(set(keys)) == 24
+    assert [g.task_id for g in groups[30:]] == [f"{k}:wrong" for k in keys]
+    for t in students:  # same prompt and sections, another task's target
+        own, wrong = t.info["teacher_context"][-1]["content"], t.info["wrong_context"]
+        target = env._target(t.task_id)
+        assert (
+            f"character '{target}'" in own and f"character '{target}'" not in wrong[-1]["content"]
+        )
+        assert wrong[-1]["content"].startswith(t.prompt[-1]["content"] + "\n\n" + FEEDBACK_HEADER)
     on_disk = json.loads((tmp_path / "diagnose.json").read_text())
     assert on_disk["verdict"] == "helps" and on_disk["teacher_answers"] == ans
+    assert on_disk["context_control"] == ctl
+    assert "(d) context control, a wrong context (another task's): success 0.000" in (
+        format_summary(r)
+    )
+
+
+class FormatCue(OracleBackend):
+    """Answers "aaa" to any teacher prompt (it ends with the instruction), "zzz" to the rest:
+    a teacher lifted by the prompt's form, whatever its context says."""
+
+    def sample(self, prompts, n, params):
+        return [[Sample("aaa" if p[-1]["content"].endswith(TEACHER_INSTRUCTION) else "zzz",
+                        None, None, "stop")] * n for p in prompts]  # fmt: skip
+
+
+def test_a_teacher_that_any_context_lifts_is_context_independent(tmp_path):
+    config = DiagnoseConfig(env="diagtest/TargetChar-v0", tasks=6, group_size=4, out=str(tmp_path))
+    env = TargetCharEnv(n_tasks=6, targets="a")
+    result = diagnose(config, env=env, backend=FormatCue(False), progress=False)
+    r = result.report
+    assert r["teacher_answers"]["delta_success"] == 1.0  # the teacher beats the student ...
+    ctl = r["context_control"]  # ... and as much with another task's context
+    assert ctl["wrong_success"] == ctl["right_success"] == 1.0
+    assert ctl["delta_success"] == 0.0 and ctl["delta_success_ci"] == [0.0, 0.0]
+    assert ctl["wrong_minus_student"] == 1.0
+    assert result.verdict == "context_independent"
+    assert "does about as well with a wrong context" in result.message
+    assert "should help" not in result.message
+    assert "verdict: context_independent" in format_summary(r)
+
+
+def test_the_context_control_needs_another_task(tmp_path):
+    # one task: no other task lends a context, so the control is not measured, and said so
+    config = DiagnoseConfig(env="diagtest/TargetChar-v0", tasks=1, group_size=4, out=str(tmp_path))
+    result = diagnose(
+        config, env=TargetCharEnv(n_tasks=1), backend=OracleBackend(True), progress=False
+    )
+    ctl = result.report["context_control"]
+    assert not ctl["measured"] and ctl["unmatched"] == 4 and "raise --tasks" in ctl["why_not"]
+    assert result.verdict == "helps" and "the context control was not measured" in result.message
+    assert "(d) context control not measured: no rollout got a wrong context" in format_summary(
+        result.report
+    )
 
 
 def test_a_teacher_that_ignores_its_context_is_not_better(tmp_path):
@@ -220,12 +299,25 @@ def test_bad_input(capsys, tmp_path):
 # ---- the two known cases ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_hint_reading_model_where_sdpo_learns_is_diagnosed_as_helped(tmp_path):
-    from tests.algorithms.sdpo.test_e2e_sdpo import LENGTH, SEED, HintEnv, _pretrained_model
+@pytest.fixture(scope="module")
+def hint_model():
+    """The SDPO end-to-end test's pretrained hint-reading model (pretrained once here)."""
+    from tests.algorithms.sdpo.test_e2e_sdpo import SEED, _pretrained_model
 
-    tok = tiny_tokenizer()
-    model = _pretrained_model(tok, SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = tiny_tokenizer()
+        return _pretrained_model(tok, SEED), tok
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_hint_reading_model_where_sdpo_learns_is_diagnosed_as_helped(tmp_path, hint_model):
+    from tests.algorithms.sdpo.test_e2e_sdpo import LENGTH, HintEnv
+
+    model, tok = hint_model
     config = DiagnoseConfig(
         env="hint", model="tiny-hint", tasks=8, group_size=8, max_tokens=LENGTH + 1,
         out=str(tmp_path),
@@ -240,6 +332,49 @@ def test_hint_reading_model_where_sdpo_learns_is_diagnosed_as_helped(tmp_path):
     assert div["measured"] and div["divergence_mean"] > 0.1
     # the teacher, told the symbol, puts less mass than the student on wrong answers
     assert div["logprob_gap_failed"] < 0
+    # told another task's symbol, it writes that one: the lift needs the right context
+    ctl = r["context_control"]
+    # (a context with a sibling's solution has no wrong one when no other task had a success)
+    assert ctl["measured"] and ctl["rollouts"] >= 0.8 * r["teacher_signal"]["rollouts"]
+    assert ctl["wrong_success"] < 0.1 and ctl["delta_success_ci"][0] > MIN_GAIN
+    assert ctl["divergence"]["measured"] and ctl["divergence"]["divergence_mean"] > 0.1
+
+
+@pytest.mark.slow
+def test_hint_reading_model_lifted_by_any_hint_is_context_independent(tmp_path, hint_model):
+    from tests.algorithms.sdpo.test_e2e_sdpo import LENGTH, SYMBOLS, HintEnv
+
+    class AnyRepeatedSymbol(HintEnv):
+        """HintEnv whose answer is any symbol written LENGTH times (the feedback still names
+        the task's): the model copies whichever symbol its hint names, so another task's
+        hint lifts it exactly as much as the right one."""
+
+        def evaluate(self, task_id, response, history=()):
+            share = max(sum(c == s for c in response) for s in SYMBOLS) / max(1, len(response))
+            outcome = super().evaluate(task_id, response, history)
+            return dataclasses.replace(outcome, reward=1.0 if share >= 1.0 else share)
+
+    model, tok = hint_model
+    config = DiagnoseConfig(
+        env="hint-any", model="tiny-hint", tasks=8, group_size=8, teacher_samples=4,
+        max_tokens=LENGTH + 1, out=str(tmp_path),
+    )  # fmt: skip
+    env = AnyRepeatedSymbol()
+    result = diagnose(config, env=env, backend=HFPolicy(model, tok), progress=False)
+    r = result.report
+    print(result.message)
+    assert r["teacher_answers"]["delta_success_ci"][0] > MIN_GAIN  # the teacher beats the student
+    ctl = r["context_control"]
+    assert ctl["measured"] and ctl["wrong_minus_student_ci"][0] > MIN_GAIN  # so does a wrong hint
+    assert ctl["delta_success_ci"][1] < MIN_GAIN
+    assert result.verdict == "context_independent", result.message
+    # the wrong hints did name other symbols: the control changed the context's content
+    students = [g for g in _groups(tmp_path) if not g.task_id.count(":")][:8]
+    for g in students:
+        own = SYMBOLS[int(g.task_id[1:])]
+        for t in g.trajectories:
+            if t.info["wrong_context"]:
+                assert own * 8 not in t.info["wrong_context"][-1]["content"]
 
 
 @pytest.mark.slow
@@ -249,7 +384,7 @@ def test_embedded_model_on_one_digit_addition_is_not_diagnosed_as_helped(tmp_pat
         group_size=4, max_tokens=48, out=str(tmp_path),
     )  # fmt: skip
     result = diagnose(config, progress=False)
-    print(result.message)
+    print(format_summary(result.report))
     assert result.verdict != "helps", result.message
     assert "should help" not in result.message
     assert result.report["divergence"]["measured"]
@@ -308,10 +443,19 @@ def test_a_gymnasium_style_env_is_measured_by_replaying_the_seed(tmp_path):
     # each teacher answer was graded on its rollout's own task (the seed's target)
     groups = _groups(tmp_path)
     students = {t.info["teacher_key"]: t for g in groups[:5] for t in g.trajectories}
-    for g in groups[5:]:
+    for g in groups[5:20]:
         target = students[g.task_id].task_id.removeprefix("target-")
         assert {t.turns[0].response for t in g.trajectories} == {target * 3}
         assert all(t.success for t in g.trajectories)
+    # the control's answers, replayed the same way: told another target, graded on their own
+    ctl = result.report["context_control"]
+    assert ctl["measured"] and ctl["replay_mismatches"] == 0 and ctl["wrong_success"] == 0.0
+    for g in groups[20:]:
+        student = students[g.task_id.removesuffix(":wrong")]
+        target = student.task_id.removeprefix("target-")
+        assert {t.turns[0].response for t in g.trajectories} != {target * 3}
+        assert not any(t.success for t in g.trajectories)
+    assert len(groups) == 20 + ctl["rollouts"]
 
 
 def test_a_gymnasium_style_env_that_does_not_replay_is_named(tmp_path):
