@@ -308,15 +308,37 @@ _EXAMPLE_TURNS = 6
 """Turns of a multi-turn example shown (the rest are counted)."""
 
 
-def _example(t: Trajectory) -> str:
+def _metrics_step(run: RunMetrics, version: int) -> int:
+    """The metrics.jsonl step whose update rollouts of ``policy_version`` ``version`` fed.
+
+    One after the updates made before they were sampled: ``version + 1`` less the steps
+    earlier rollbacks threw away (the version counts them; guard.py). A rollback recorded
+    at step s back to step r is earlier when ``version`` is at least s plus the steps
+    discarded before it (the first version it sampled). With vLLM weights synced less often
+    than every step, the version is the engine's, older than the step.
+    """
+    discarded, seen = 0, set()
+    for r in run.records:
+        step, restored = r.get("step"), r.get("alarm/restored_step")
+        if r.get(ACTION) != "rollback" or not (isinstance(step, int) and isinstance(restored, int)):
+            continue
+        event = (str(r.get("alarm/rollbacks")), step, restored)  # one record per alarm acted on
+        if event in seen:
+            continue
+        seen.add(event)
+        if version < step + discarded:
+            break
+        discarded += step - restored
+    return version - discarded + 1
+
+
+def _example(t: Trajectory, step: int) -> str:
     """One rollout as Markdown: each turn with its own response, feedback and teacher context.
 
-    The step is metrics.jsonl's: the update these rollouts fed, one after the
-    ``policy_version`` (the updates made before they were sampled; with vLLM weights synced
-    less often than every step, or after a rollback, the two drift apart).
+    ``step`` is metrics.jsonl's (:func:`_metrics_step`).
     """
     turns = len(t.turns)
-    head = f"**Task {t.task_id}** (step {t.policy_version + 1}, reward {t.reward}"
+    head = f"**Task {t.task_id}** (step {step}, reward {t.reward}"
     lines = [head + (f", {turns} turns)" if turns > 1 else ")"), ""]
     for k, turn in enumerate(t.turns[:_EXAMPLE_TURNS]):
         context = _turn_context(t, k)
@@ -347,7 +369,7 @@ def _examples(run: RunMetrics, limit: int = 2) -> list[str]:
                 continue
             if not any(_turn_context(t, k) for k in range(len(t.turns))):
                 continue
-            shown.append(_example(t))
+            shown.append(_example(t, _metrics_step(run, t.policy_version)))
             if len(shown) >= limit:
                 return shown
     return shown

@@ -307,3 +307,22 @@ def test_fuzz_whole_reports_from_odd_metrics(tmp_path_factory, records):
         write_report([run])
     except RLRFError:
         pass
+
+
+def test_the_example_step_is_metrics_jsonl_step_also_after_rollbacks():
+    from types import SimpleNamespace
+
+    from algorithms.report import _metrics_step
+
+    def rollback(step, restored, n):  # guard.py writes one record per alarm it acted on
+        r = {"step": step, "alarm/action": "rollback", "alarm/restored_step": restored}
+        return [{**r, "alarm/kind": kind, "alarm/rollbacks": n} for kind in ("a", "b")]
+
+    # steps 1-6, back to 3 (3 discarded), steps 4-7 again, back to 5 (2 more), steps 6-...
+    records = [{"step": s} for s in range(1, 7)] + rollback(6, 3, 1)
+    records += [{"step": s} for s in range(4, 8)] + rollback(7, 5, 2) + [{"step": 6}]
+    run = SimpleNamespace(records=records)
+    # policy_version = the step sampled at + the steps discarded so far (guard.py)
+    expected = {0: 1, 5: 6, 6: 4, 9: 7, 10: 6, 11: 7}
+    assert {v: _metrics_step(run, v) for v in expected} == expected
+    assert _metrics_step(SimpleNamespace(records=[]), 4) == 5
