@@ -260,8 +260,10 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
     share of tasks whose k rewards are not all equal (the groups GRPO can learn from),
     mean response length (tokens where the backend gave token ids, and characters), the
     fraction of turns cut at the token budget, the feedback-kinds histogram (``no_feedback``
-    counts responses with none), the ids of tasks with missing rewards, and the episodes an
-    env error ended (:class:`rlrf.trajectory.RolloutError`).
+    counts responses with none), the ids of tasks with missing rewards, the episodes an
+    env error ended (:class:`rlrf.trajectory.RolloutError`), and the samples the grader's own
+    sandbox failed on (``sandbox_errors``: a turn's info holds ``sandbox_error``; their
+    rewards are missing, counted apart from the policy's failures, which score 0).
     """
     per_task = [_task_result(g) for g in groups]
     scored = [r for r in per_task if not r["missing_rewards"]]
@@ -271,6 +273,11 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
     kinds["no_feedback"] = sum(not t.feedback for t in trajs)
     tokens = [_response_tokens(t) for t in trajs]
     errors = [t.error for t in trajs if getattr(t, "error", None) is not None]
+    broken = [
+        next(turn.info["sandbox_error"] for turn in t.turns if "sandbox_error" in turn.info)
+        for t in trajs
+        if any("sandbox_error" in turn.info for turn in t.turns)
+    ]
 
     def mean(values: Sequence[float]) -> float | None:
         return sum(values) / len(values) if values else None
@@ -294,6 +301,8 @@ def summarize(groups: Sequence[Group], k: int) -> dict[str, Any]:
         "turns_mean": mean([len(t.turns) for t in trajs]),
         "feedback_kinds": {kind: n for kind, n in kinds.most_common() if n},
         "samples_missing_reward": sum(r is None for g in groups for r in g.rewards),
+        "sandbox_errors": len(broken),
+        "sandbox_error_examples": [str(e) for e in broken[:5]],
         "tasks_missing_reward": [r["task_id"] for r in per_task if r["missing_rewards"]],
         "env_errors": len(errors),
         "env_error_examples": [str(e) for e in errors[:5]],
@@ -756,8 +765,12 @@ def format_summary(config: EvalConfig, result: EvalResult) -> str:
             + (" ..." if len(missing) > 10 else "")
         )
     if s["env_errors"]:
+        lines.append(f"env errors: {s['env_errors']} episode(s), e.g. {s['env_error_examples'][0]}")
+    if s.get("sandbox_errors"):  # summaries written before the count have none
         lines.append(
-            f"env errors: {s['env_errors']} episode(s), e.g. {s['env_error_examples'][0]}"
+            f"sandbox errors: {s['sandbox_errors']} of {s['samples']} sample(s) not graded "
+            "because the sandbox itself failed (reward missing, not 0), e.g. "
+            f"{s['sandbox_error_examples'][0][:200]}"
         )
     if "endpoint" in s:
         lines.append(

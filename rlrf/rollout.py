@@ -113,6 +113,9 @@ class RolloutStats:
             efficiency; for single-turn envs it equals ``rollouts``).
         env_errors: Rollouts ended by an env failure (a :class:`RolloutError` recorded).
         episodes_truncated: Episodes cut by ``max_turns`` or truncated by the env.
+        sandbox_errors: Rollouts the grader's own sandbox failed on (a turn's info holds
+            ``sandbox_error``; the reward is missing): counted apart from the policy's
+            failures, which score 0, so a rising share is visible.
 
     """
 
@@ -126,6 +129,7 @@ class RolloutStats:
     generations: int = 0
     env_errors: int = 0
     episodes_truncated: int = 0
+    sandbox_errors: int = 0
 
 
 class TaskSampler:
@@ -316,6 +320,7 @@ def collect_groups(
             stats.rollouts += 1
             stats.missing_rewards += traj.reward is None
             stats.env_errors += traj.error is not None
+            stats.sandbox_errors += any("sandbox_error" in turn.info for turn in traj.turns)
             for turn in traj.turns:
                 stats.turns += 1
                 stats.response_tokens += len(turn.response_token_ids or ())

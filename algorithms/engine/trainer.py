@@ -586,6 +586,8 @@ class Trainer:
                 "rollout/generations": float(self.generations),
                 "rollout/turns": float(rstats.turns),
                 "rollout/env_errors": float(rstats.env_errors),
+                # the grader's sandbox failed (reward missing), apart from the policy's 0s
+                "rollout/sandbox_errors": float(rstats.sandbox_errors),
                 "rollout/episodes_truncated": float(rstats.episodes_truncated),
                 "rollout/trained_rows": row_stats.get("trained_rows", 0.0),
                 # groups whose rewards differ: the only ones with a group-relative signal
@@ -631,6 +633,7 @@ class Trainer:
             "generations",
             "env_errors",
             "episodes_truncated",
+            "sandbox_errors",
         )
         keys = sorted(row_stats)
         summed = self._sum_over_processes(

@@ -235,6 +235,31 @@ def test_env_errors_are_counted_and_quoted_not_scored(tmp_path, capsys):
     assert "grader crashed on m1" in (tmp_path / "e" / "report.md").read_text()
 
 
+class BrokenSandboxEnv(FlakyJudgeEnv):
+    """The grader's sandbox fails on task ``m1`` (as envs report it: ``info["sandbox_error"]``,
+    reward missing); the judge of ``m3`` is down (reward missing, no sandbox error)."""
+
+    def evaluate(self, task_id, response, history=()):
+        if task_id == "m1":
+            return Outcome(None, info={"sandbox_error": "worker died: MemoryError"})
+        return super().evaluate(task_id, response, history)
+
+
+def test_sandbox_errors_are_counted_apart_and_printed(tmp_path):
+    rlrf.register("evaltest/BrokenSandbox-v0", BrokenSandboxEnv, override=True)
+    cfg = EvalConfig(env="evaltest/BrokenSandbox-v0", split="train", k=2, out=str(tmp_path / "e"))
+    result = evaluate(cfg, backend=ScriptedBackend(["x", "no"]), progress=False)
+    summary = result.summary
+    assert summary["samples_missing_reward"] == 4 and summary["sandbox_errors"] == 2
+    assert summary["sandbox_error_examples"] == ["worker died: MemoryError"] * 2
+    assert summary["env_errors"] == 0
+    text = evaluation.format_summary(cfg, result)
+    assert (
+        "sandbox errors: 2 of 8 sample(s) not graded because the sandbox itself failed "
+        "(reward missing, not 0), e.g. worker died: MemoryError"
+    ) in text
+
+
 def test_multi_turn_envs_are_played_whole(tmp_path):
     backend = ScriptedBackend(["wait", "go"])
     cfg = EvalConfig(env="evaltest/Countdown-v0", split="train", k=2, out=str(tmp_path / "e"))

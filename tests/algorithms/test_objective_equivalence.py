@@ -145,8 +145,11 @@ def _compare(got: Any, want: Any, where: str, exact: list[bool]) -> None:
 
 
 # Metrics the trainer logs since the fixture was recorded (issue 27's learning-signal
-# alarms): they are new keys, not changes to the recorded losses, gradients or metrics.
-ADDED_SINCE_RECORDING = frozenset({"rollout/signal_groups_frac", "train/update_ratio"})
+# alarms, issue 26's sandbox-error count): they are new keys, not changes to the recorded
+# losses, gradients or metrics.
+ADDED_SINCE_RECORDING = frozenset(
+    {"rollout/signal_groups_frac", "train/update_ratio", "rollout/sandbox_errors"}
+)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pytest
 
 import rlrf
-from rlrf import Sample, SamplingParams
+from rlrf import Outcome, Sample, SamplingParams
 from rlrf.rollout import (
     RolloutErrorWarning,
     SeedSampler,
@@ -181,6 +181,30 @@ def test_an_env_that_raises_ends_only_that_rollout():
     restored = rlrf.Trajectory.from_dict(failed[0].to_dict())
     assert restored == failed[0]
     assert "error" not in trajs[trajs.index(next(t for t in trajs if t.error is None))].to_dict()
+
+
+class FlakyGrader(EchoEnv):
+    """A grader whose sandbox fails on "crash" and whose judge is down on "down"."""
+
+    def evaluate(self, task_id, response, history=()):
+        if response == "crash":
+            return Outcome(None, info={"sandbox_error": "worker died"})
+        if response == "down":
+            return Outcome(None)
+        return super().evaluate(task_id, response, history)
+
+
+@pytest.mark.parametrize("wrap", [lambda env: env, Stepped], ids=["task", "stepped"])
+def test_sandbox_errors_are_counted_apart_from_other_missing_rewards(wrap):
+    groups, stats = collect_groups(
+        wrap(FlakyGrader()), ScriptedBackend(["crash", "down", "t0", "x"]), ["t0", "t1"], 8,
+        SamplingParams(seed=3),
+    )  # fmt: skip
+    responses = [t.turns[0].response for g in groups for t in g.trajectories]
+    crashed, down = responses.count("crash"), responses.count("down")
+    assert crashed and down
+    assert stats.sandbox_errors == crashed and stats.missing_rewards == crashed + down
+    assert stats.env_errors == 0
 
 
 class EmptyFinalObservation(GuessEnv):
