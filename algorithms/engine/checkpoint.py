@@ -67,6 +67,7 @@ __all__ = [
     "prune_checkpoints",
     "restore_log",
     "restore_rng",
+    "restoring",
     "resume_hint",
     "save_checkpoint",
 ]
@@ -458,6 +459,28 @@ def _run_of(checkpoint: Path) -> Path:
     return parent.parent if parent.name == "checkpoints" else checkpoint
 
 
+@contextlib.contextmanager
+def restoring(path: Path) -> Iterator[None]:
+    """Name the checkpoint when restoring its state fails on what it holds.
+
+    ``state.json`` is plain data, but not necessarily the data rlrf wrote (a string step, a
+    missing key, another model's weights): what the restoring code raises on it becomes a
+    :class:`CheckpointError` naming the file, never a traceback. rlrf's own errors pass.
+    """
+    try:
+        yield
+    except RLRFError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RuntimeError) as e:  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {Path(path) / PLAIN_FILE} holds a state this run cannot restore "
+            f"({type(e).__name__}: {str(e)[:300]}); was it written for another model or "
+            "config, or edited since? Resume from the run's own checkpoints, or start over "
+            "with resume: false"
+        ) from e
+
+
 def load_latest(directory: Path) -> tuple[Path, dict[str, Any]] | None:
     """Load the newest checkpoint that reads; warn about each newer unreadable one.
 
@@ -603,7 +626,8 @@ def restore_log(
         if by_step and keep is not None:
             try:
                 wanted = keep(record)
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                    OverflowError) as e:  # fmt: skip
                 wanted = False
                 warnings.warn(
                     f"{path}:{lineno}: line dropped, it has no usable step ({e!r})",

@@ -95,6 +95,7 @@ from algorithms.engine.checkpoint import (
     prune_checkpoints,
     restore_log,
     restore_rng,
+    restoring,
     resume_hint,
     save_checkpoint,
 )
@@ -756,7 +757,9 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Restore everything from a checkpoint folder."""
-        self._restore(path, load_checkpoint(path))
+        state = load_checkpoint(path)
+        with restoring(path):
+            self._restore(path, state)
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
         if self.fsdp_root is not None:  # every process cuts its shards of the full state
@@ -899,8 +902,9 @@ class Trainer:
                 "trajectories.jsonl are then overwritten)"
             )
         path, state = found
-        self._check_same_run(path, state)
-        self._restore(path, state)
+        with restoring(path):  # plain data, but maybe not what rlrf wrote: named, no traceback
+            self._check_same_run(path, state)
+            self._restore(path, state)
         if self.accelerator.is_main_process:
             print(
                 f"rlrf: resuming from step {self.step} of {self.config.steps} ({path})",

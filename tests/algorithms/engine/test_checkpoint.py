@@ -93,6 +93,12 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
+def _step_records(path: Path) -> list[dict]:
+    """The step records of metrics.jsonl (the alarm records of the monitors left out)."""
+    records = [json.loads(x) for x in _lines(path)]
+    return [r for r in records if not any(k.startswith("alarm/") for k in r)]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
@@ -159,7 +165,8 @@ def test_sigkill_and_resume_is_bit_identical(reference, tmp_path, point):
     assert a["sampler"] == b["sampler"]
     ref_lines = _lines(ref_out / "metrics.jsonl")
     out_lines = _lines(out / "metrics.jsonl")
-    assert len(ref_lines) == len(out_lines) == 7
+    assert len(ref_lines) == len(out_lines)  # alarm records included, each once
+    assert len(_step_records(out / "metrics.jsonl")) == 7
 
     def strip(line):
         return {k: v for k, v in json.loads(line).items() if "timing" not in k}
@@ -195,7 +202,7 @@ def test_resume_after_a_lost_checkpoint_logs_each_group_once(tmp_path, capsys):
     (tmp_path / "checkpoints" / "step_000003" / "DONE").unlink()
     _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
     assert "resuming from step 2 of 3" in capsys.readouterr().err
-    steps = [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")]
+    steps = [r["step"] for r in _step_records(tmp_path / "metrics.jsonl")]
     assert steps == [1, 2, 3]
     groups = list(read_trajectories(tmp_path / "trajectories.jsonl"))
     versions = [g.trajectories[0].policy_version for g in groups]
@@ -210,7 +217,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, capsys):
     with pytest.warns(CheckpointWarning, match=rf"{re.escape(str(broken))}.*falling back"):
         _trainer(tmp_path, steps=2, checkpoint_every=1, resume=True).train()
     assert "resuming from step 1 of 2" in capsys.readouterr().err
-    assert [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in _step_records(tmp_path / "metrics.jsonl")] == [1, 2]
     # an empty state.json, a truncated state.safetensors: both named, no raw exception
     (tmp_path / "checkpoints" / "step_000002" / "state.json").write_bytes(b"")
     torn = tmp_path / "checkpoints" / "step_000001" / "state.safetensors"
@@ -290,7 +297,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, monke
     assert load_checkpoint(latest_checkpoint(ckpts))["step"] == 1
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
-    assert [json.loads(x)["step"] for x in _lines(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in _step_records(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_checkpoints_store_tensors_once_in_safetensors(tmp_path):
@@ -678,7 +685,42 @@ def test_resume_after_an_earlier_line_was_edited_keeps_every_record(tmp_path):
         (tmp_path / name).write_text("".join(lines))
     with pytest.warns(CheckpointWarning, match=r"a line before the checkpoint was edited since"):
         _trainer(tmp_path, steps=3, checkpoint_every=1, resume=True).train()
-    metrics = [json.loads(x) for x in _lines(tmp_path / "metrics.jsonl")]
+    metrics = _step_records(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3] and metrics[0]["note"] == "edited"
     groups = list(read_trajectories(tmp_path / "trajectories.jsonl"))
     assert [g.trajectories[0].policy_version for g in groups] == [0, 0, 1, 1, 2, 2]
+
+
+def _edit_state(folder: Path, edit) -> None:
+    document = json.loads((folder / "state.json").read_text())
+    edit(document["state"])
+    (folder / "state.json").write_text(json.dumps(document))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: s.update(step="three"),
+        lambda s: s.pop("sampler"),
+        lambda s: s["rng"].update(python=5),
+        lambda s: s.update(config=[1, 2]),
+        lambda s: s["model"].popitem(),
+        lambda s: s["optimizer"].update(param_groups=[]),
+    ],
+    ids=["string-step", "no-sampler", "bad-rng", "list-config", "missing-weight", "optimizer"],
+)
+def test_a_state_json_with_the_wrong_content_is_named_on_resume(tmp_path, edit):
+    _trainer(tmp_path, steps=1, checkpoint_every=1).train()
+    folder = tmp_path / "checkpoints" / "step_000001"
+    _edit_state(folder, edit)
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint {folder / 'state.json'}")):
+        _trainer(tmp_path, steps=2, checkpoint_every=1, resume=True).train()
+
+
+def test_log_lines_without_a_usable_step_are_dropped_with_a_warning(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": "x"}\n{"no": 1}\n{"step": 1e999}\n{"step": 2}\n')
+    with pytest.warns(CheckpointWarning, match=r"metrics.jsonl:3: line dropped, it has no usable"):
+        dropped = restore_log(path, None, lambda r: int(r["step"]) <= 1)
+    assert dropped == 4 and path.read_text() == '{"step": 1}\n'
