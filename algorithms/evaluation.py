@@ -388,7 +388,7 @@ def build_backend(config: EvalConfig) -> SamplingBackend:
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     policy = HFPolicy.from_pretrained(path, dtype=dtype, device=device)
     if config.generation_backend == "vllm":
-        from algorithms.vllm_backend import make_vllm_backend
+        from algorithms.sampling.vllm import make_vllm_backend
 
         # the engine gets the loaded model's weights and the same chat template/tokenizer
         return make_vllm_backend(config, policy.model, policy.tokenizer)

@@ -478,7 +478,7 @@ def test_rlrf_eval_samples_with_vllm(tmp_path):
     """`rlrf eval --generation-backend vllm` on a local model folder: every task graded."""
     import json
 
-    from algorithms.evaluation import main as eval_main
+    from algorithms.commands.eval import main as eval_main
 
     folder = tmp_path / "model"
     peaked_tiny_model(5, tied=True).save_pretrained(folder)
@@ -486,8 +486,9 @@ def test_rlrf_eval_samples_with_vllm(tmp_path):
     out = tmp_path / "eval"
     code = eval_main(
         [
-            "--env", "rlrf/Arithmetic-v0", "--model", str(folder), "--tasks", "3", "--k", "2",
-            "--max-tokens", "8", "--generation-backend", "vllm", "--out", str(out),
+            "--env", "rlrf/Arithmetic-v0", "--model", str(folder), "--tasks", "3",
+            "--rollouts-per-question", "2", "--max-new-tokens", "8", "--generation-backend",
+            "vllm", "--output-dir", str(out),
             "--no-progress",
         ]
     )  # fmt: skip
