@@ -1,4 +1,12 @@
-"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for models larger than one device.
+"""How processes share the model: data parallel (DDP) or FSDP2, behind one seam.
+
+The trainer asks every question that depends on it (how to wrap the model, which micro-
+batches to run, how every parameter gets a gradient, the gradient norm, the weights for
+sampling, checkpoint states) of one object, :class:`DataParallel` or :class:`FullySharded`
+(:func:`make_parallel`), so its loop reads the same for both; the functions below are what
+:class:`FullySharded` is made of.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) is for models larger than one device.
 
 ``parallelism: fsdp2`` (``--parallelism fsdp2``) shards the trained model's parameters,
 gradients and AdamW state over the processes of a ``torchrun`` / ``accelerate launch``
@@ -433,3 +441,190 @@ class FSDPScorer(Scorer):
         if hidden is None:
             hidden, _ = self.model([[self.pad]], [[self.pad]], pad=self.pad)
         return hidden.reshape(-1)[:1].float().sum() * 0.0
+
+
+# --- the seam: what the trainer asks of "several processes", one class per strategy ---------
+
+
+def zero_touching(*tensors: torch.Tensor) -> torch.Tensor:
+    """A float32 zero whose gradient reaches (with zeros) every tensor given.
+
+    One element of each is enough: no copy of a large weight, and no overflowing sum
+    (inf * 0 would be NaN) in low precision.
+    """
+    return sum((t.reshape(-1)[:1].float().sum() * 0.0 for t in tensors), torch.zeros(()))
+
+
+def zero_missing_grads(params: list[torch.Tensor]) -> None:
+    """Give a zero gradient to the parameters the backward did not reach.
+
+    AdamW then decays them and counts the step, as with :func:`zero_touching`'s zero
+    gradient on several processes.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+class DataParallel:
+    """``parallelism: ddp``: a whole model on each process; accelerate adds DDP on several.
+
+    Every place where the training loop depends on how processes share the model is a method
+    here or on :class:`FullySharded`, so the trainer reads the same for both.
+    """
+
+    sharded = False
+    """Whether each process holds only shards of the weights."""
+
+    scorer_class: type[Scorer] = Scorer
+    """The :class:`~algorithms.objective.Scorer` lent to objectives."""
+
+    def __init__(self, accelerator: Any, lm: nn.Module, pad: int) -> None:
+        self.accelerator = accelerator
+        self.lm = lm
+        self.pad = pad
+
+    def prepare(self, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        """The training forward (the LM's body, DDP-wrapped on several processes) and optimizer."""
+        return self.accelerator.prepare(HiddenStates(self.lm), optimizer)
+
+    def frozen_modules(self, objective: Any) -> list[nn.Module]:
+        """The objective's modules to gather around each micro-batch (none: nothing sharded)."""
+        return []
+
+    def even_micro_batches(self, micro: list[list[Any]]) -> list[list[Any]]:
+        """The micro-batches this process runs (DDP: its own; no collective forward count)."""
+        return micro
+
+    def empty_forward(self, model: nn.Module) -> None:
+        """A micro-batch with no rows: DDP still needs this process's forward."""
+        model([[self.pad]], [[]], pad=self.pad)
+
+    def touch_every_parameter(
+        self, loss: torch.Tensor, scorer: Scorer, trainable: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """DDP wants a gradient, even zero, for every parameter in every backward.
+
+        Not on one process: autograd would hold each parameter's zero gradient from the
+        start of the backward until its real one arrives, as much memory as all the
+        gradients (0.54 GB at 135M); :meth:`fill_missing_grads` zeroes them after instead.
+        """
+        if self.accelerator.num_processes > 1:
+            return loss + zero_touching(*trainable)
+        return loss
+
+    def fill_missing_grads(self, trainable: list[torch.Tensor]) -> None:
+        """One process: the zero gradient :meth:`touch_every_parameter` would have given."""
+        if self.accelerator.num_processes == 1:
+            zero_missing_grads(trainable)
+
+    def grad_norm(self, trainable: list[torch.Tensor]) -> torch.Tensor:
+        """The whole gradient's norm (without clipping)."""
+        grads = [p.grad.norm() for p in trainable if p.grad is not None]
+        return torch.stack(grads).norm() if grads else torch.zeros(())
+
+    def holds_shards(self) -> bool:
+        """Whether per-process sums over parameters must be summed over processes."""
+        return False
+
+    def generation_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The full weights for sampling (DDP: they are already whole)."""
+        return contextlib.nullcontext()
+
+    def evaluates_without_tasks(self) -> bool:
+        """Whether a process with no evaluation task must still take part (FSDP2 gathers)."""
+        return False
+
+    def gathered_states(self, optimizer: Any, objective: Any) -> tuple[Any, Any, Any] | None:
+        """Model, optimizer and objective states gathered on every process (collective).
+
+        None for data parallel: the main process reads its own, whole copies.
+        """
+        return None
+
+    def local_states(self, optimizer: Any, objective: Any) -> tuple[Any, Any, Any]:
+        """Model, optimizer and objective states as this process holds them."""
+        return self.lm.state_dict(), optimizer.state_dict(), objective.state_dict()
+
+    def load_states(self, optimizer: Any, model_state: Any, optimizer_state: Any) -> None:
+        """Restore the model's and the optimizer's state from a checkpoint's full states."""
+        self.lm.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """The full weights for ``final/``, gathered on every process (None: the main has them)."""
+        return None
+
+
+class FullySharded(DataParallel):
+    """``parallelism: fsdp2``: weights, gradients and AdamW state sharded over the processes."""
+
+    sharded = True
+    scorer_class = FSDPScorer
+
+    def __init__(self, accelerator: Any, lm: nn.Module, pad: int) -> None:
+        super().__init__(accelerator, lm, pad)
+        # the LM's parameters become shards before the optimizer takes them
+        self.root = shard_model(lm, pad, accelerator.device)
+
+    def prepare(self, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, Any]:
+        """FSDP2 wraps the model itself: accelerate must not add DDP."""
+        return self.root, self.accelerator.prepare(optimizer)
+
+    def frozen_modules(self, objective: Any) -> list[nn.Module]:
+        """The objective's sharded frozen copies (a teacher, a reference)."""
+        return frozen_modules(objective)
+
+    def even_micro_batches(self, micro: list[list[Any]]) -> list[list[Any]]:
+        """Every process runs as many FSDP forwards (empty ones where it has fewer rows)."""
+        most = max_over_processes(len(micro), self.accelerator.device)
+        return micro + [[] for _ in range(most - len(micro))]
+
+    def empty_forward(self, model: nn.Module) -> None:
+        """Nothing: :meth:`touch_every_parameter` runs the sharded forward."""
+
+    def touch_every_parameter(
+        self, loss: torch.Tensor, scorer: Scorer, trainable: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Every process's backward must run through every layer."""
+        return loss + scorer.zero_loss()  # type: ignore[attr-defined]
+
+    def fill_missing_grads(self, trainable: list[torch.Tensor]) -> None:
+        """Nothing: every layer's backward ran."""
+
+    def grad_norm(self, trainable: list[torch.Tensor]) -> torch.Tensor:
+        """The norm over every process's shards."""
+        return grad_norm(trainable)
+
+    def holds_shards(self) -> bool:
+        """Each process holds its shards."""
+        return True
+
+    def generation_weights(self) -> contextlib.AbstractContextManager[None]:
+        """Gather the full weights on every process while sampling."""
+        return generation_weights(self.root)
+
+    def evaluates_without_tasks(self) -> bool:
+        """Every process gathers the weights, with tasks or without."""
+        return True
+
+    def gathered_states(self, optimizer: Any, objective: Any) -> tuple[Any, Any, Any] | None:
+        """The one-process files' states, gathered on every process."""
+        return (
+            full_model_state(self.lm),
+            full_optimizer_state(optimizer),
+            full_tree(objective.state_dict()),
+        )
+
+    def load_states(self, optimizer: Any, model_state: Any, optimizer_state: Any) -> None:
+        """Every process cuts its shards of the full state."""
+        load_full_state(self.lm, optimizer, model_state, optimizer_state)
+
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """The full weights, gathered on every process."""
+        return full_model_state(self.lm)
+
+
+def make_parallel(kind: str, accelerator: Any, lm: nn.Module, pad: int) -> DataParallel:
+    """The strategy of ``parallelism`` (``"ddp"`` or ``"fsdp2"``) for this run."""
+    return (FullySharded if kind == "fsdp2" else DataParallel)(accelerator, lm, pad)

@@ -83,7 +83,6 @@ import torch
 import rlrf
 from algorithms.config import TrainConfig, config_to_dict, config_to_yaml
 from algorithms.engine import allocator
-from algorithms.engine import parallel as fsdp
 from algorithms.engine.batching import Batch, Row, collate, split_rows
 from algorithms.engine.checkpoint import (
     RunInterrupted,
@@ -102,10 +101,10 @@ from algorithms.engine.checkpoint import (
 from algorithms.engine.guard import AlarmGuard
 from algorithms.engine.metrics import MetricsLogger, Timer
 from algorithms.engine.monitors import LearningSignalMonitor
-from algorithms.objective import Objective, Scorer, TrainingError
+from algorithms.engine.parallel import check_launch, full_value, gathered, make_parallel
+from algorithms.objective import Objective, TrainingError
 from algorithms.registry import resolve_config, resume_config, segment_changes
 from algorithms.sampling.hf import HFPolicy, SamplingBackend, SamplingParams
-from algorithms.scoring import HiddenStates
 from rlrf.errors import ConfigError
 from rlrf.rollout import RolloutStats, collect_groups, eval_tasks, task_sampler
 from rlrf.trajectory import Group, TrajectoryWriter
@@ -197,7 +196,7 @@ class Trainer:
             log_with=trackers or None,
             project_dir=str(self.output_dir),
         )
-        fsdp.check_launch(
+        check_launch(
             self.accelerator.distributed_type.name,
             self.accelerator.num_processes,
             cfg.parallelism == "fsdp2",
@@ -209,11 +208,10 @@ class Trainer:
         self.env_id = getattr(self.env, "env_id", None) or cfg.env
         model, tokenizer = self._load_model(model, tokenizer)
         self.tokenizer = tokenizer
-        # FSDP2: the LM's parameters become shards before the optimizer takes them
-        self.fsdp_root = (
-            fsdp.shard_model(model, int(tokenizer.pad_token_id), self.accelerator.device)
-            if cfg.parallelism == "fsdp2"
-            else None
+        # how processes share the model (DDP or FSDP2): every difference is behind this seam;
+        # FSDP2 shards the LM's parameters here, before the optimizer takes them
+        self.parallel = make_parallel(
+            cfg.parallelism, self.accelerator, model, int(tokenizer.pad_token_id)
         )
         params = [p for p in model.parameters() if p.requires_grad]
         # torch's default AdamW, not fused=True: the fused kernel's step took 0.15 CPU-s
@@ -231,11 +229,7 @@ class Trainer:
         # accelerate (DDP when launched on several processes), so gradients are synchronized.
         # Generation, the objective's frozen copies and checkpoints use the plain LM,
         # ``self.unwrapped``.
-        if self.fsdp_root is None:
-            prepared = self.accelerator.prepare(HiddenStates(model), self.optimizer)
-            self.model, self.optimizer = prepared
-        else:  # FSDP2 wraps the model itself: accelerate must not add DDP
-            self.model, self.optimizer = self.fsdp_root, self.accelerator.prepare(self.optimizer)
+        self.model, self.optimizer = self.parallel.prepare(self.optimizer)
         self.unwrapped = model
         self.policy = HFPolicy(self.unwrapped, tokenizer, max_batch_size=cfg.generation_batch_size)
         # Rollouts and evaluation sample through ``self.sampling``: the HF policy, or a vLLM
@@ -257,7 +251,7 @@ class Trainer:
                 f"{type(self.objective).__name__}, which lacks {missing} of the Objective "
                 "protocol (algorithms.objective)"
             )
-        self.scorer = (Scorer if self.fsdp_root is None else fsdp.FSDPScorer)(
+        self.scorer = self.parallel.scorer_class(
             model=self.model,
             lm=self.unwrapped,
             pad=int(tokenizer.pad_token_id),
@@ -373,7 +367,7 @@ class Trainer:
         timing: dict[str, float] = defaultdict(float)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # FSDP2: the objective's sharded frozen copies, gathered for every micro-batch
-        frozen = fsdp.frozen_modules(self.objective) if self.fsdp_root is not None else []
+        frozen = self.parallel.frozen_modules(self.objective)
         for epoch in range(cfg.epochs):
             order = list(range(len(rows)))
             if cfg.epochs > 1 or cfg.mini_batches > 1:
@@ -387,35 +381,26 @@ class Trainer:
                 # a micro-batch of one group's rows shares its prompts' prefixes; the
                 # order inside a mini-batch does not change its gradient (a sum)
                 mini = sorted(mini, key=lambda r: (r.group, r.trajectory, r.turn))
-                micro = split_rows(mini, cfg.micro_batch_size) or [[]]
-                if self.fsdp_root is not None:  # every process runs as many FSDP forwards
-                    most = fsdp.max_over_processes(len(micro), acc.device)
-                    micro += [[] for _ in range(most - len(micro))]
+                micro = self.parallel.even_micro_batches(
+                    split_rows(mini, cfg.micro_batch_size) or [[]]
+                )
                 step_stats: dict[str, float] = defaultdict(float)
                 failure = ""
                 for k, micro_rows in enumerate(micro):
                     sync = (
                         contextlib.nullcontext() if k == len(micro) - 1 else acc.no_sync(self.model)
                     )
-                    with sync, acc.autocast(), fsdp.gathered(frozen):
+                    with sync, acc.autocast(), gathered(frozen):
                         stats: dict[str, torch.Tensor] = {}
                         if micro_rows:
                             batch = collate(micro_rows, acc.device)
                             loss, stats = self._loss(batch, norm, on_policy)
                         else:  # nothing here, but the DDP forward must still run
-                            if self.fsdp_root is None:
-                                self.model([[self._pad]], [[]], pad=self._pad)
+                            self.parallel.empty_forward(self.model)
                             loss = torch.zeros(())
-                        # DDP wants a gradient, even zero, for every parameter in every
-                        # backward, whatever this micro-batch's loss happened to use; FSDP2
-                        # wants every process's backward to run through every layer
-                        if self.fsdp_root is not None:
-                            loss = loss + self.scorer.zero_loss()
-                        elif acc.num_processes > 1:
-                            # not on one process: autograd would hold each parameter's zero
-                            # gradient from the start of the backward until its real one
-                            # arrives, as much memory as all the gradients (0.54 GB at 135M)
-                            loss = loss + _zero_touching(*trainable)
+                        # every parameter gets a gradient whatever this micro-batch's loss
+                        # used (DDP), every layer's backward runs on every process (FSDP2)
+                        loss = self.parallel.touch_every_parameter(loss, self.scorer, trainable)
                         if not failure and not torch.isfinite(loss.detach()).all():
                             failure = (
                                 f"non-finite loss ({float(loss.detach())}) at step "
@@ -447,16 +432,12 @@ class Trainer:
                     )
                 if acc.num_processes > 1:
                     step_stats = _sum_dicts(acc, step_stats)
-                elif self.fsdp_root is None:  # the zero gradient _zero_touching would give
-                    _zero_missing_grads(trainable)
+                self.parallel.fill_missing_grads(trainable)
                 if cfg.max_grad_norm > 0:
                     grad_norm = acc.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                elif self.fsdp_root is not None:
-                    grad_norm = fsdp.grad_norm(trainable)
                 else:
-                    grads = [p.grad.norm() for p in trainable if p.grad is not None]
-                    grad_norm = torch.stack(grads).norm() if grads else torch.zeros(())
-                step_stats["grad_norm"] = float(fsdp.full_value(grad_norm))
+                    grad_norm = self.parallel.grad_norm(trainable)
+                step_stats["grad_norm"] = float(full_value(grad_norm))
                 step_stats["lr"] = float(self.scheduler.get_last_lr()[0])
                 self.optimizer.step()
                 step_stats["update_ratio"] = self._update_ratio()
@@ -497,7 +478,7 @@ class Trainer:
                     delta = (new * wd + u) * (-lr / (1 - lr * wd))
                     sums[0] += float(delta.square().sum())
                     sums[1] += float((new - delta).square().sum())
-        if self.fsdp_root is not None:  # each process holds its shards
+        if self.parallel.holds_shards():
             sums = self._sum_over_processes(sums)
         return math.sqrt(sums[0]) / math.sqrt(sums[1]) if sums[1] > 0 else 0.0
 
@@ -525,7 +506,7 @@ class Trainer:
         # the policy version: the step, plus the steps rollbacks threw away (guard.py)
         version = self.guard.version(self.step)
         params = rollout_sampling(cfg, cfg.seed, version, acc.process_index)
-        with acc.autocast(), fsdp.generation_weights(self.fsdp_root):
+        with acc.autocast(), self.parallel.generation_weights():
             groups, rstats = collect_groups(
                 self.env,
                 self.sampling,
@@ -672,8 +653,8 @@ class Trainer:
         rewards: list[float] = []
         tokens = turns = missing = errors = 0
         # FSDP2: every process gathers the weights, with tasks or without
-        gathered = fsdp.generation_weights(self.fsdp_root)
-        if local or self.fsdp_root is not None:
+        gathered = self.parallel.generation_weights()
+        if local or self.parallel.evaluates_without_tasks():
             with accel.autocast(), gathered:
                 groups, st = collect_groups(
                     self.env,
@@ -724,16 +705,13 @@ class Trainer:
         """
         acc = self.accelerator
         acc.wait_for_everyone()
-        if self.fsdp_root is not None:  # gathered on every process: the one-process files
-            model_state = fsdp.full_model_state(self.unwrapped)
-            optimizer_state = fsdp.full_optimizer_state(self.optimizer)
-            objective_state = fsdp.full_tree(self.objective.state_dict())
+        # FSDP2 gathers on every process (a collective); DDP's main process reads its own
+        gathered = self.parallel.gathered_states(self.optimizer, self.objective)
         if not acc.is_main_process:
             return None
-        if self.fsdp_root is None:
-            model_state = self.unwrapped.state_dict()
-            optimizer_state = self.optimizer.state_dict()
-            objective_state = self.objective.state_dict()
+        model_state, optimizer_state, objective_state = gathered or self.parallel.local_states(
+            self.optimizer, self.objective
+        )
         state = {
             "step": self.step,
             "generations": self.generations,
@@ -762,11 +740,7 @@ class Trainer:
             self._restore(path, state)
 
     def _restore(self, path: Path, state: dict[str, Any]) -> None:
-        if self.fsdp_root is not None:  # every process cuts its shards of the full state
-            fsdp.load_full_state(self.unwrapped, self.optimizer, state["model"], state["optimizer"])
-        else:
-            self.unwrapped.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_states(self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         # checkpoints written before the "objective" key kept its entries at the top level
         try:
@@ -871,7 +845,7 @@ class Trainer:
                 acc.end_training()
         final_dir = None
         # FSDP2: the full weights, gathered on every process
-        full = fsdp.full_model_state(self.unwrapped) if self.fsdp_root is not None else None
+        full = self.parallel.final_weights()
         if main:
             final_dir = self.output_dir / "final"
             try:
@@ -1027,26 +1001,6 @@ def _sum_dicts(acc: Any, values: dict[str, float]) -> dict[str, float]:
         for key, value in part.items():
             total[key] += value
     return total
-
-
-def _zero_missing_grads(params: list[torch.Tensor]) -> None:
-    """Give a zero gradient to the parameters the backward did not reach.
-
-    AdamW then decays them and counts the step, as with :func:`_zero_touching`'s zero
-    gradient on several processes.
-    """
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-
-
-def _zero_touching(*tensors: torch.Tensor) -> torch.Tensor:
-    """A float32 zero whose gradient reaches (with zeros) every tensor given.
-
-    One element of each is enough: no copy of a large weight, and no overflowing sum
-    (inf * 0 would be NaN) in low precision.
-    """
-    return sum((t.reshape(-1)[:1].float().sum() * 0.0 for t in tensors), torch.zeros(()))
 
 
 def _has_accelerator() -> bool:

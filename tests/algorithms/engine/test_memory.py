@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-import algorithms.engine.trainer as trainer_module
+import algorithms.engine.parallel as parallel_module
 from algorithms.engine.trainer import Trainer
 from algorithms.grpo.config import GRPOTrainConfig
 from algorithms.testing import TargetCharEnv, tiny_model, tiny_tokenizer
@@ -39,7 +39,7 @@ def test_one_process_adds_no_zero_term_and_still_decays_unreached_parameters(tmp
     def refuse(*_: torch.Tensor) -> torch.Tensor:
         raise AssertionError("a single process built the DDP zero-gradient term")
 
-    monkeypatch.setattr(trainer_module, "_zero_touching", refuse)
+    monkeypatch.setattr(parallel_module, "zero_touching", refuse)
     before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
     trainer.train_step()
     unused = trainer.unwrapped.unused
