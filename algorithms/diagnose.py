@@ -1144,7 +1144,7 @@ def format_summary(r: dict[str, Any]) -> str:
     lines = [
         f"{r['env']} | {r['model']} | --algo {r['algo']}: {r['tasks']} train tasks x "
         f"G={r['group_size']}, temperature {r['temperature']}, {r['max_tokens']} tokens",
-        f"student success {f(st['success'])} (Wilson {ci(st['success_wilson'])}), "
+        f"student success rate {f(st['success'])} (Wilson {ci(st['success_wilson'])}), "
         f"{st['tasks_with_success']}/{r['tasks']} tasks with a success",
         f"(a) teacher signal: {f(sig['frac'])} of {sig['graded']} rollouts (solution "
         f"{sig['solution']}, feedback {sig['feedback']}, both {sig['both']})",
@@ -1164,8 +1164,8 @@ def format_summary(r: dict[str, Any]) -> str:
     if div["measured"]:
         lines.append(
             f"(c) divergence (alpha {div['alpha']}, top-{div['top_k']}) {f(div['divergence_mean'])}"
-            f" per token, top-1 disagreement {f(div['top1_disagreement'])} over "
-            f"{div['tokens']} tokens; log q - log p of the sampled tokens: failed "
+            f" nats per token, top-1 disagreement {f(div['top1_disagreement'])} of "
+            f"{div['tokens']} tokens; log q - log p of the sampled tokens (nats): failed "
             f"{f(div['logprob_gap_failed'])}, successful {f(div['logprob_gap_successful'])}"
         )
     else:
