@@ -651,7 +651,7 @@ class Trainer:
         local = task_ids[accel.process_index :: accel.num_processes]
         succ: list[bool] = []
         rewards: list[float] = []
-        tokens = turns = missing = errors = 0
+        tokens = turns = missing = errors = sandbox = 0
         # FSDP2: every process gathers the weights, with tasks or without
         gathered = self.parallel.generation_weights()
         if local or self.parallel.evaluates_without_tasks():
@@ -669,14 +669,16 @@ class Trainer:
             succ = [t.success for g in groups for t in g.trajectories if t.reward is not None]
             rewards = [r for g in groups for r in g.rewards if r is not None]
             tokens, turns, missing = st.response_tokens, st.turns, st.missing_rewards
-            errors = st.env_errors
+            errors, sandbox = st.env_errors, st.sandbox_errors
         if accel.num_processes > 1:
             from accelerate.utils import gather_object
 
-            parts = gather_object([(succ, rewards, tokens, turns, missing, errors)])
+            parts = gather_object([(succ, rewards, tokens, turns, missing, errors, sandbox)])
             succ = [x for p in parts for x in p[0]]
             rewards = [x for p in parts for x in p[1]]
-            tokens, turns, missing, errors = (sum(p[i] for p in parts) for i in (2, 3, 4, 5))
+            tokens, turns, missing, errors, sandbox = (
+                sum(p[i] for p in parts) for i in (2, 3, 4, 5, 6)
+            )
         acc = float(np.mean(succ)) if succ else float("nan")
         return {
             f"eval/avg@{cfg.eval_k}": acc,
@@ -685,6 +687,9 @@ class Trainer:
             "eval/response_tokens_mean": tokens / max(1, turns),
             "eval/missing_rewards": float(missing),
             "eval/env_errors": float(errors),
+            # the grader's own sandbox failed (part of missing_rewards): a rising share is
+            # infrastructure, not the policy
+            "eval/sandbox_errors": float(sandbox),
             "eval/tasks": float(len(task_ids)),
             "timing/eval": time.perf_counter() - t0,
         }

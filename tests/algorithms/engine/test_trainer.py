@@ -492,3 +492,21 @@ def test_a_run_whose_rollouts_all_failed_exits_non_zero_without_final(tmp_path):
     assert message.startswith("no rollout of steps 1-3 got a reward: every one ended in an env")
     assert "grader unreachable" in message and "no final/ was written" in message
     assert not (tmp_path / "final").exists()
+
+
+class SandboxDownOnTest(TargetCharEnv):
+    """Grades training tasks; on held-out tasks its sandbox fails (reward missing)."""
+
+    def evaluate(self, task_id, response, history=()):
+        if task_id in self.task_ids("test"):
+            return Outcome(None, info={"sandbox_error": "sandbox worker died"})
+        return super().evaluate(task_id, response, history)
+
+
+def test_training_time_eval_counts_sandbox_errors_apart(tmp_path):
+    env = SandboxDownOnTest(targets="ab", n_test=3)
+    cfg = GRPOTrainConfig(output_dir=str(tmp_path), **{**SMALL, "eval_tasks": 3, "eval_k": 2})
+    trainer = Trainer(cfg, env=env, model=tiny_model(0), tokenizer=tiny_tokenizer())
+    metrics = trainer.evaluate()
+    assert metrics["eval/sandbox_errors"] == 6 == metrics["eval/missing_rewards"]
+    assert metrics["eval/env_errors"] == 0
