@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows
+from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows, resolve_columns
 from rlrf.errors import ConfigError, RLRFWarning
 
 __all__ = [
@@ -495,13 +495,7 @@ def load_lcb_dataset(
     """
     if isinstance(source, str):
         source = DatasetSource(source)
-    if columns is None or isinstance(columns, str):
-        name = columns or "livecodebench"
-        if name not in LCB_COLUMNS:
-            raise ConfigError(f"columns={name!r} is not one of {sorted(LCB_COLUMNS)}")
-        mapping = LCB_COLUMNS[name]
-    else:
-        mapping = LCB_COLUMNS["livecodebench"].merged(columns)
+    mapping = resolve_columns(columns, LCB_COLUMNS, "livecodebench")
     wanted = {difficulty} if isinstance(difficulty, str) else set(difficulty or ())
     rows, found = load_rows(source, default_split="test")
     mapping.check(found, source)

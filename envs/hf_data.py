@@ -44,6 +44,7 @@ __all__ = [
     "DatasetUnavailableError",
     "SkipCounter",
     "load_rows",
+    "resolve_columns",
 ]
 
 #: Seconds the hub's host gets to accept a TCP connection before the hub counts as unreachable.
@@ -312,6 +313,26 @@ class _SplitRows:
         for name in self._parts:
             for row in self._parts[name]:
                 yield {**row, "split": name}
+
+
+def resolve_columns(
+    columns: str | Mapping[str, str] | None, table: Mapping[str, ColumnMap], default: str
+) -> ColumnMap:
+    """The column mapping a loader uses: a built-in one by name, or ``default``'s with overrides.
+
+    Raises:
+        ConfigError: ``columns`` names no built-in mapping.
+
+    """
+    if columns is None or isinstance(columns, str):
+        name = columns or default
+        if name not in table:
+            raise ConfigError(
+                f"columns={name!r} is not a built-in mapping; use one of {sorted(table)} or a "
+                "{'field': 'column'} mapping"
+            )
+        return table[name]
+    return table[default].merged(columns)
 
 
 def load_rows(

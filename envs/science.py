@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from envs._jsonl import hash_split, jsonl_records
-from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows
+from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows, resolve_columns
 from rlrf.env import Message, Outcome, RLRFEnv, user_prompt
 from rlrf.errors import ConfigError, RLRFWarning
 from rlrf.feedback import Feedback, FeedbackKind, TestCaseDetails, truncate_text
@@ -210,20 +210,6 @@ class MCQDataWarning(RLRFWarning):
     """Rows of a multiple-choice dataset were skipped; the message counts them by reason."""
 
 
-def _column_map(
-    columns: str | Mapping[str, str] | None, table: Mapping[str, ColumnMap], default: str
-) -> ColumnMap:
-    if columns is None or isinstance(columns, str):
-        name = columns or default
-        if name not in table:
-            raise ConfigError(
-                f"columns={name!r} is not a built-in mapping; use one of {sorted(table)} or a "
-                "{'field': 'column'} mapping"
-            )
-        return table[name]
-    return table[default].merged(columns)
-
-
 def _wanted(value: Any, allowed: Sequence[str] | None) -> bool:
     if allowed is None:
         return True
@@ -263,7 +249,7 @@ def load_mcq_dataset(
     """
     if isinstance(source, str):
         source = DatasetSource(source)
-    mapping = _column_map(columns, MCQ_COLUMNS, "sciknoweval")
+    mapping = resolve_columns(columns, MCQ_COLUMNS, "sciknoweval")
     if types is None and mapping.name == "sciknoweval":
         types = SCIKNOWEVAL_MCQ_TYPES
     rows, found = load_rows(source, default_split="test", keep_splits=True)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import jsonschema
 
 from envs._jsonl import hash_split, jsonl_records
-from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows
+from envs.hf_data import ColumnMap, DatasetSource, SkipCounter, load_rows, resolve_columns
 from envs.tool_use.schemas import to_json_schema
 from envs.tool_use.toolsets import TOOLSETS
 from rlrf.env import Message, user_prompt
@@ -362,13 +362,7 @@ def load_tool_dataset(
     """
     if isinstance(source, str):
         source = DatasetSource(source)
-    if columns is None or isinstance(columns, str):
-        name = columns or "toolalpaca"
-        if name not in TOOL_COLUMNS:
-            raise ConfigError(f"columns={name!r} is not one of {sorted(TOOL_COLUMNS)}")
-        mapping = TOOL_COLUMNS[name]
-    else:
-        mapping = TOOL_COLUMNS["toolalpaca"].merged(columns)
+    mapping = resolve_columns(columns, TOOL_COLUMNS, "toolalpaca")
     rows, found = load_rows(source, default_split="train", keep_splits=True)
     mapping.check(found, source)
     skipped = skipped if skipped is not None else SkipCounter()
