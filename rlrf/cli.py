@@ -18,9 +18,15 @@ from typing import Any
 
 import rlrf
 from rlrf.env import Message, appended_messages, validate_reset, validate_step
-from rlrf.errors import ConfigError, EnvError, RLRFError
+from rlrf.errors import EnvError, RLRFError
 from rlrf.feedback import render_feedback
-from rlrf.options import add_env_options, merge_env_kwargs, new_parser, unknown_option_message
+from rlrf.options import (
+    add_env_options,
+    merge_env_kwargs,
+    new_parser,
+    parse_key_values,
+    unknown_option_message,
+)
 
 __all__ = ["build_parser", "main", "parse_key_values"]
 
@@ -74,22 +80,6 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     else:
         rlrf.pprint_registry()
     return 0
-
-
-def parse_key_values(pairs: Sequence[str], flag: str = "--set") -> dict[str, object]:
-    """Parse ``KEY=VALUE`` strings; each VALUE is JSON when it parses, else the raw string."""
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-        except (ValueError, RecursionError) as e:  # integers past Python's digit limit, nesting
-            raise ConfigError(f"{flag} {key}: the value cannot be read as JSON ({e})") from e
-    return out
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

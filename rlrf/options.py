@@ -19,6 +19,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
+from rlrf.errors import ConfigError
+
 __all__ = [
     "RENAMED",
     "add_env_options",
@@ -29,6 +31,7 @@ __all__ = [
     "merge_env_kwargs",
     "new_parser",
     "parse_args",
+    "parse_key_values",
 ]
 
 RENAMED: dict[str, str] = {
@@ -83,18 +86,37 @@ def env_kwargs_value(text: str) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise argparse.ArgumentTypeError("expected a JSON object")
         return value
-    key, sep, raw = text.partition("=")
+    key, sep, _ = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(
             f"expected a JSON object or KEY=VALUE, got {text!r} (e.g. --env-kwargs digits=1)"
         )
     try:
-        parsed: Any = json.loads(raw)
-    except json.JSONDecodeError:
-        parsed = raw
-    except (ValueError, RecursionError) as e:  # integers past Python's digit limit, nesting
-        raise argparse.ArgumentTypeError(f"{key}: the value cannot be read as JSON ({e})") from e
-    return {key.replace("-", "_"): parsed}
+        return parse_key_values([text], "--env-kwargs")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--env-kwargs ")) from None
+
+
+def parse_key_values(pairs: Sequence[str], flag: str = "--set") -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; each VALUE is JSON when it parses, else the raw string.
+
+    Raises:
+        ConfigError: a string is not ``KEY=VALUE``, or its VALUE is JSON that cannot be read
+            (an integer past Python's digit limit, deep nesting).
+
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+        except (ValueError, RecursionError) as e:  # integers past Python's digit limit, nesting
+            raise ConfigError(f"{flag} {key}: the value cannot be read as JSON ({e})") from e
+    return out
 
 
 def merge_env_kwargs(values: Sequence[dict[str, Any]] | None) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "rlrf demo") -> int:
     from algorithms.grpo.config import GRPOTrainConfig
     from algorithms.registry import build_config
     from algorithms.report import write_report
-    from rlrf.cli import parse_key_values
+    from rlrf.options import parse_key_values
 
     values = {**DEMO_SETTINGS, "model": args.model, "steps": args.steps,
               "output_dir": args.output_dir}  # fmt: skip

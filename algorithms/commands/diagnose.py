@@ -71,7 +71,7 @@ def build_parser(prog: str = "rlrf diagnose") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, prog: str = "rlrf diagnose") -> int:
     """Run ``rlrf diagnose``; return the process exit status."""
-    from rlrf.cli import parse_key_values
+    from rlrf.options import parse_key_values
 
     args = parse_args(build_parser(prog), argv)
     try:
