@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FlatField",
+    "OnAlarm",
     "TrainConfig",
     "check_choice",
     "config_from_dict",
@@ -47,6 +48,7 @@ __all__ = [
     "load_yaml",
     "sections",
     "validate_field_types",
+    "yaml_loader",
 ]
 
 
@@ -143,6 +145,9 @@ def _type_hints(cls: type) -> dict[str, Any]:
 
 
 # --- the training loop's options ---------------------------------------------------------
+
+OnAlarm = Literal["warn", "stop", "rollback"]
+"""What a run does on a stability alarm (see :mod:`algorithms.engine.guard`)."""
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 
@@ -339,7 +344,7 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
 
-    on_alarm: Literal["warn", "stop", "rollback"] = "warn"
+    on_alarm: OnAlarm = "warn"
     """What a stability or learning-signal alarm (algorithms/engine/monitors.py) does: "warn"
     (a warning; the run goes on), "stop" (checkpoint, then stop naming the alarm and the
     command that resumes), "rollback" (restore the newest checkpoint from before the alarm's
@@ -485,6 +490,12 @@ def field_docs(cls: type) -> dict[str, str]:
 
     Base classes are included; a subclass's docstring wins.
     """
+    return dict(_field_docs(cls))  # a copy: the cached one is shared
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    # reads and parses each class's source: cached, as --help and config building ask often
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
@@ -540,7 +551,7 @@ def flat_fields(cls: type[TrainConfig]) -> dict[str, FlatField]:
     for f in dataclasses.fields(cls):
         if f.name in section_types:
             sub = section_types[f.name]
-            sub_hints = typing.get_type_hints(sub)
+            sub_hints = _type_hints(sub)
             sub_docs = field_docs(sub)
             instance = sub()
             for sf in dataclasses.fields(sub):
@@ -631,6 +642,18 @@ _YAML_FLOAT = re.compile(
 )
 
 
+@functools.cache
+def yaml_loader() -> type:
+    """PyYAML's safe loader that reads ``1e-5`` as a float (see :func:`load_yaml`)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+    return Loader
+
+
 def load_yaml(text: str, path: str | Path) -> Any:
     """Parse a config file; ``1e-5`` is a float (YAML 1.2), not the string of YAML 1.1.
 
@@ -640,25 +663,11 @@ def load_yaml(text: str, path: str | Path) -> Any:
     """
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
     try:
-        data = yaml.load(text, Loader=Loader)
+        data = yaml.load(text, Loader=yaml_loader())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return data or {}
-
-
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (an ``algorithm`` key is dropped)."""
-    text = Path(path).read_text(encoding="utf-8")
-    data = load_yaml(text, path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must be a mapping of field names to values")
-    data.pop("algorithm", None)
-    return data
 
 
 def config_to_yaml(config: TrainConfig) -> str:

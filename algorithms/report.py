@@ -214,6 +214,8 @@ def _read_config(path: Path) -> dict[str, Any]:
     """``config.yaml`` as a mapping (YAML's safe subset: no tags that build objects)."""
     import yaml
 
+    from algorithms.config import yaml_loader
+
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -222,7 +224,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise RLRFError(f"cannot read {path}: {e}") from e
     try:
-        config = yaml.safe_load(text)
+        config = yaml.load(text, Loader=yaml_loader())  # as training reads it: 1e-5 a float
     except yaml.YAMLError as e:  # a !!python tag, bad syntax
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -249,6 +249,7 @@ class CodeEnv(RLRFEnv):
             "columns": columns,
             "date_from": date_from,
             "date_until": date_until,
+            "limit": limit,  # a hub dataset stops decoding private tests there
         }
         tasks = self._load(dataset, difficulty, hub, self.skipped)
         if limit is not None:
@@ -335,6 +336,7 @@ class CodeEnv(RLRFEnv):
                 date_from=hub["date_from"],
                 date_until=hub["date_until"],
                 difficulty=difficulty,
+                limit=hub["limit"],
                 skipped=skipped,
             )
         else:

@@ -63,7 +63,6 @@ __all__ = [
     "load_checkpoint",
     "load_latest",
     "log_position",
-    "log_size",
     "prune_checkpoints",
     "restore_log",
     "restore_rng",
@@ -676,18 +675,6 @@ def log_position(path: Path) -> dict[str, int] | None:
             lines += chunk.count(b"\n")
             size += len(chunk)
     return {"lines": lines, "bytes": size}
-
-
-def log_size(path: Path) -> int | None:
-    """Flush ``path`` to disk (fsync) and return its size, or None when it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    _fsync(path)
-    return path.stat().st_size
-
-
-# --- converting checkpoints of older rlrf versions ------------------------------------------
 
 
 def _numpy_globals() -> list[Any]:

@@ -58,8 +58,9 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from algorithms.config import OnAlarm
 from algorithms.engine.monitors import (
     Alarm,
     LearningSignalMonitor,
@@ -73,9 +74,6 @@ if TYPE_CHECKING:
     from algorithms.engine.trainer import Trainer
 
 __all__ = ["ACTION", "AlarmGuard", "AlarmStop", "OnAlarm", "live_records"]
-
-OnAlarm = Literal["warn", "stop", "rollback"]
-"""What a stability alarm does (``TrainConfig.on_alarm``)."""
 
 ACTION = "alarm/action"
 """The key of an action record in ``metrics.jsonl``."""

@@ -462,7 +462,8 @@ class Trainer:
         ``Δθ = -lr(wd·θ' + u) / (1 - lr·wd)`` and ``θ = θ' - Δθ``, one tensor at a time.
         """
         opt = getattr(self.optimizer, "optimizer", self.optimizer)
-        sums = [0.0, 0.0]
+        # summed on the device and read once: a host sync per tensor would stall a GPU step
+        totals: list[torch.Tensor] = []
         with torch.no_grad():
             for group in opt.param_groups:
                 lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
@@ -471,13 +472,17 @@ class Trainer:
                     state = opt.state.get(p) or {}
                     if "exp_avg" not in state:
                         continue
-                    t = float(state["step"])
+                    t = float(state["step"])  # a CPU tensor (not capturable): no device sync
                     m, v = _local(state["exp_avg"]).float(), _local(state["exp_avg_sq"]).float()
                     new = _local(p.detach()).float()
                     u = (m / (1 - beta1**t)) / (v.sqrt() / math.sqrt(1 - beta2**t) + eps)
                     delta = (new * wd + u) * (-lr / (1 - lr * wd))
-                    sums[0] += float(delta.square().sum())
-                    sums[1] += float((new - delta).square().sum())
+                    totals.append(
+                        torch.stack([delta.square().sum(), (new - delta).square().sum()]).double()
+                    )
+        if not totals:
+            return 0.0
+        sums = [float(x) for x in torch.stack(totals).sum(0).cpu()]
         if self.parallel.holds_shards():
             sums = self._sum_over_processes(sums)
         return math.sqrt(sums[0]) / math.sqrt(sums[1]) if sums[1] > 0 else 0.0

@@ -93,9 +93,16 @@ class SDPORow(Row):
 
 
 def has_teacher(batch: Batch) -> torch.Tensor:
-    """[B] bool on the batch's device: which rows have a teacher prompt."""
-    flags = [getattr(r, "teacher_prompt_ids", None) is not None for r in batch.rows]
-    return torch.tensor(flags, dtype=torch.bool, device=batch.mask.device)
+    """[B] bool on the batch's device: which rows have a teacher prompt.
+
+    Computed once per batch (the loss asks for it several times per micro-batch).
+    """
+    cached = batch.__dict__.get("_has_teacher")
+    if cached is None:
+        flags = [getattr(r, "teacher_prompt_ids", None) is not None for r in batch.rows]
+        cached = torch.tensor(flags, dtype=torch.bool, device=batch.mask.device)
+        batch.__dict__["_has_teacher"] = cached
+    return cached
 
 
 class SDPOObjective:

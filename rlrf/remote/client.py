@@ -47,6 +47,7 @@ from typing import Any
 from rlrf.env import Message, RLRFEnv
 from rlrf.errors import ConfigError, RemoteEnvError
 from rlrf.feedback import Feedback, FeedbackKind, truncate_text
+from rlrf.registration import REMOTE_PREFIX
 from rlrf.remote._deps import require_openenv
 from rlrf.remote.wire import (
     ACTION_FIELD,
@@ -60,7 +61,7 @@ from rlrf.remote.wire import (
 __all__ = ["PREFIX", "OpenEnvEnv", "ServerInfo", "StepTiming", "make_remote", "parse_urls"]
 
 #: The ``rlrf.make`` prefix naming OpenEnv servers instead of a registered id.
-PREFIX = "openenv:"
+PREFIX = REMOTE_PREFIX  # one definition, the registry's
 
 _DEFAULT_MAX_TURNS = 16
 
