@@ -249,9 +249,8 @@ class CodeEnv(RLRFEnv):
             "columns": columns,
             "date_from": date_from,
             "date_until": date_until,
-            "limit": limit,  # a hub dataset stops decoding private tests there
         }
-        tasks = self._load(dataset, difficulty, hub, self.skipped)
+        tasks = self._load(dataset, difficulty, hub, self.skipped, limit)
         if limit is not None:
             tasks = tasks[:limit]
         if not tasks:
@@ -301,6 +300,7 @@ class CodeEnv(RLRFEnv):
         difficulty: str | Sequence[str] | None,
         hub: Mapping[str, Any],
         skipped: SkipCounter,
+        limit: int | None = None,
     ) -> list[CodeTask]:
         hub_given = any(v is not None for v in hub.values())
         builtin = isinstance(dataset, (list, tuple)) or dataset in ("shipped", "humaneval")
@@ -336,7 +336,7 @@ class CodeEnv(RLRFEnv):
                 date_from=hub["date_from"],
                 date_until=hub["date_until"],
                 difficulty=difficulty,
-                limit=hub["limit"],
+                limit=limit,  # a hub dataset stops decoding private tests there
                 skipped=skipped,
             )
         else:
